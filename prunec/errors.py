@@ -1,0 +1,35 @@
+"""Errors raised by prunec. Every error names the place (module path, op) and what to do."""
+from __future__ import annotations
+
+__all__ = [
+    "PrunecError",
+    "CaptureError",
+    "UnsupportedOpError",
+    "CalibrationError",
+    "BackendUnavailable",
+    "PlanError",
+]
+
+
+class PrunecError(Exception):
+    """Base of every error prunec raises."""
+
+
+class CaptureError(PrunecError):
+    """The model could not be captured with ``torch.export``."""
+
+
+class UnsupportedOpError(PrunecError):
+    """An op prunec cannot rewrite was asked to be rewritten."""
+
+
+class CalibrationError(PrunecError):
+    """Calibration data was empty, malformed, or produced non-finite statistics."""
+
+
+class BackendUnavailable(PrunecError):
+    """A backend's software or hardware is missing; the message says what to install."""
+
+
+class PlanError(PrunecError):
+    """A pruning plan does not fit the program it is applied to."""
