@@ -88,8 +88,6 @@ def capture(
             f"control flow, no .item()/.tolist() on activations), or pass dynamic=False if "
             f"the failure concerns dynamic shapes."
         ) from exc
-    if train:
-        gm.train()
     program = Program(gm, args, kwargs, training=train)
     refresh_meta(program.gm)
     return program

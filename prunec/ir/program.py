@@ -37,6 +37,8 @@ class Program:
     example_kwargs: dict = field(default_factory=dict)
     training: bool = False
     version: int = 0
+    origin: dict = field(default_factory=dict)  # group key -> size at capture (set by passes)
+    history: list = field(default_factory=list)  # configurations of the passes applied
     _cache: dict = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ analyses
@@ -66,7 +68,7 @@ class Program:
     def clone(self) -> "Program":
         """A deep copy whose mutations never reach this program."""
         return Program(copy.deepcopy(self.gm), self.example_args, dict(self.example_kwargs),
-                       self.training, self.version)
+                       self.training, self.version, dict(self.origin), list(self.history))
 
     # ------------------------------------------------------------------ mutating
     def set_tensor(self, target: str, value: torch.Tensor) -> None:

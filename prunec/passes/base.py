@@ -1,0 +1,187 @@
+"""The pass contract (DESIGN.md contract 3) and the score -> select -> plan skeleton.
+
+A pass is configured in its constructor (keyword-only options) and called as
+``pass_(program, ctx) -> PassResult(program, modified, stats)``. :class:`PassContext` runs
+passes and the instruments around them (verification, timing, IR dumps: contract 8).
+
+:class:`PruningPass` fixes the order of work for every pruning method:
+``score`` (a tensor of importances per group) -> ``select`` (a :class:`PruningPlan`) ->
+``apply_plan`` (the only rewrite). Ratios count units against the program's *original*
+group sizes, so a pass that already reached its target is a no-op when run again.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import torch
+
+from prunec.errors import PrunecError
+from prunec.ir.channels import ChannelAnalysis, ChannelGroup, analyze_channels
+from prunec.ir.program import Program
+from prunec.passes.plan import PruningPlan, apply_plan
+
+__all__ = ["Pass", "PassResult", "PassContext", "PruningPass", "candidate_groups", "check_ratio"]
+
+
+@dataclass
+class PassResult:
+    program: Program
+    modified: bool
+    stats: dict = field(default_factory=dict)
+
+
+class Pass(Protocol):
+    name: str
+
+    def __call__(self, program: Program, ctx: "PassContext") -> PassResult: ...
+
+
+class PassContext:
+    """Runs passes with instruments: ``before(pass_, program)`` and
+    ``after(pass_, program, result)`` callables (verification, timing, dumps)."""
+
+    def __init__(self, instruments: tuple = (), *, progress: bool = False):
+        self.instruments = list(instruments)
+        self.progress = progress
+
+    def run(self, pass_: Pass, program: Program) -> PassResult:
+        for inst in self.instruments:
+            getattr(inst, "before", _noop)(pass_, program)
+        start = time.perf_counter()
+        result = pass_(program, self)
+        result.stats.setdefault("seconds", time.perf_counter() - start)
+        for inst in self.instruments:
+            getattr(inst, "after", _noop)(pass_, program, result)
+        return result
+
+
+def _noop(*_args) -> None:
+    return None
+
+
+def check_ratio(ratio: float, where: str) -> float:
+    if not isinstance(ratio, (int, float)) or not 0.0 <= float(ratio) < 1.0:
+        raise PrunecError(f"{where}: ratio must be in [0, 1), got {ratio!r}. "
+                          f"It is the fraction of candidate channels removed.")
+    return float(ratio)
+
+
+def candidate_groups(analysis: ChannelAnalysis, targets: str) -> list[ChannelGroup]:
+    """``"all"``: every prunable group; ``"mlp"``: hidden groups of MLP/FFN blocks and conv
+    bottlenecks (groups that cross no residual add and are not attention heads)."""
+    if targets == "all":
+        return analysis.prunable()
+    if targets == "mlp":
+        return [g for g in analysis.prunable() if g.is_mlp()]
+    raise PrunecError(f"targets must be 'all' or 'mlp', got {targets!r}.")
+
+
+def unit_step(group: ChannelGroup, round_to: int) -> int:
+    """Units to keep in multiples of: ``k * width`` channels must be a multiple of round_to."""
+    return max(1, round_to // math.gcd(round_to, group.step_width))
+
+
+class PruningPass:
+    """Base of pruning passes: subclasses implement :meth:`score`.
+
+    Args:
+        ratio: Fraction of candidate units removed, in ``[0, 1)``.
+        scope: ``"global"`` ranks all candidate units together (scores normalised by their
+            group's mean so that layers compare); ``"local"`` removes ``ratio`` of every group.
+        targets: ``"all"`` or ``"mlp"`` (see :func:`candidate_groups`).
+        round_to: Kept channel counts are multiples of this (or the group's full size).
+    """
+
+    name = "pruning"
+    normalize_global = True
+
+    def __init__(self, *, ratio: float, scope: str = "global", targets: str = "all", round_to: int = 8):
+        self.ratio = check_ratio(ratio, type(self).__name__)
+        if scope not in ("global", "local"):
+            raise PrunecError(f"{type(self).__name__}: scope must be 'global' or 'local', got {scope!r}.")
+        if int(round_to) < 1:
+            raise PrunecError(f"{type(self).__name__}: round_to must be >= 1, got {round_to!r}.")
+        self.scope, self.targets, self.round_to = scope, targets, int(round_to)
+
+    def config(self) -> dict:
+        """The pass's identity: its class and constructor options."""
+        return {"pass": type(self).__name__, **{k: v for k, v in vars(self).items()
+                                               if isinstance(v, (int, float, str, bool))}}
+
+    # -- to implement ------------------------------------------------------------------
+    def score(self, program: Program, groups: list[ChannelGroup], ctx: PassContext) -> dict[str, torch.Tensor]:
+        """Importance of every unit of every group (higher = keep)."""
+        raise NotImplementedError
+
+    def compensate(self, program, groups, plan: PruningPlan, ctx: PassContext) -> None:
+        """Add compensations to ``plan`` (mean folding); none by default."""
+
+    # -- fixed skeleton ----------------------------------------------------------------
+    def __call__(self, program: Program, ctx: PassContext | None = None) -> PassResult:
+        ctx = ctx or PassContext()
+        analysis = analyze_channels(program)
+        groups = candidate_groups(analysis, self.targets)
+        origin = program.origin
+        for g in groups:
+            origin.setdefault(g.key, g.size)
+        if self.config() in program.history:  # its target is already reached
+            return PassResult(program, False, {"groups": len(groups), "already_applied": True})
+        plan = self.plan(program, groups, ctx) if self.ratio > 0 and groups else PruningPlan()
+        if not plan:
+            return PassResult(program, False, {"groups": len(groups), "pruned_groups": 0})
+        self.compensate(program, groups, plan, ctx)
+        apply_plan(program, plan)
+        program.history.append(self.config())
+        removed = sum(g.size - len(plan.keep[g.key]) for g in groups if g.key in plan.keep)
+        return PassResult(program, True, {"groups": len(groups), "pruned_groups": len(plan.keep),
+                                          "units_removed": removed, "plan": plan})
+
+    def plan(self, program: Program, groups: list[ChannelGroup], ctx: PassContext) -> PruningPlan:
+        scores = self.score(program, groups, ctx)
+        if self.scope == "local":
+            counts = {g.key: self._local_keep(g, program.origin[g.key]) for g in groups}
+        else:
+            counts = self._global_keep(groups, scores, program.origin)
+        keep = {}
+        for g in groups:
+            k = counts[g.key]
+            if k < g.size:
+                order = torch.argsort(scores[g.key].double(), descending=True, stable=True)
+                keep[g.key] = sorted(order[:k].tolist())
+        return PruningPlan(keep)
+
+    def _local_keep(self, group: ChannelGroup, origin: int) -> int:
+        return _round_keep(group, origin * (1.0 - self.ratio), self.round_to)
+
+    def _global_keep(self, groups, scores, origin) -> dict[str, int]:
+        total = sum(origin[g.key] for g in groups)
+        to_remove = round(self.ratio * total) - sum(origin[g.key] - g.size for g in groups)
+        if to_remove <= 0:
+            return {g.key: g.size for g in groups}
+        flat, owner = [], []
+        for i, g in enumerate(groups):
+            s = scores[g.key].double()
+            if self.normalize_global:
+                s = s / s.mean().clamp_min(1e-12)
+            # A group never loses its last step of units: those are not candidates.
+            s = s.clone()
+            s[torch.argsort(s, descending=True)[:unit_step(g, self.round_to)]] = float("inf")
+            flat.append(s)
+            owner.append(torch.full((g.size,), i))
+        flat, owner = torch.cat(flat), torch.cat(owner)
+        chosen = owner[torch.argsort(flat, stable=True)[:to_remove]]
+        removed = torch.bincount(chosen, minlength=len(groups))
+        return {g.key: _round_keep(g, g.size - int(removed[i]), self.round_to) for i, g in enumerate(groups)}
+
+
+def _round_keep(group: ChannelGroup, keep: float, round_to: int) -> int:
+    """Nearest allowed kept count: a positive multiple of the unit step, or the full size."""
+    step = unit_step(group, round_to)
+    if group.size <= step:
+        return group.size
+    k = int(round(keep / step)) * step
+    k = min(max(k, step), group.size)
+    return group.size if group.size - k < step and group.size % step else k
