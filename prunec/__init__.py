@@ -1,9 +1,17 @@
-"""prunec: a structured-pruning compiler for PyTorch models."""
+"""prunec: a structured-pruning compiler for PyTorch models.
+
+``prunec.compile(model, example_inputs, passes=[...], backend=...)`` captures the model with
+``torch.export``, groups coupled channels, runs pruning passes that rewrite the graph, and
+lowers the result to a deployment backend.
+"""
+from prunec import passes
+from prunec.api import CompiledModel, Report, analyze, compile
 from prunec.errors import (
     BackendUnavailable, CalibrationError, CaptureError, PlanError, PrunecError, UnsupportedOpError,
 )
 
 __all__ = [
+    "compile", "analyze", "CompiledModel", "Report", "passes",
     "PrunecError", "CaptureError", "UnsupportedOpError", "CalibrationError",
     "BackendUnavailable", "PlanError",
 ]

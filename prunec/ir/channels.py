@@ -254,7 +254,10 @@ class ChannelAnalysis:
         """A readable table: group, size, parameters, prunable or why not."""
         rows = [("group", "size", "tags", "parameters", "prunable")]
         for i, g in enumerate(self.groups):
-            params = ", ".join(str(s) for s in g.params[:4]) + (" ..." if len(g.params) > 4 else "")
+            if g.size < 2 or all(s.param is not None for s in g.slots):
+                continue  # kernel axes, unused buffers: not channels
+            params = ", ".join(str(s) for s in g.params[:3]) + (
+                f" (+{len(g.params) - 3})" if len(g.params) > 3 else "")
             unit = f"{g.size}" if g.step_width == 1 else f"{g.size}x{g.step_width}"
             rows.append((str(i), unit, ",".join(sorted(g.tags)) or "-", params,
                          "yes" if g.prunable else f"no: {g.reason}"))
@@ -287,6 +290,8 @@ def _couple_node(ctx: CoupleContext, node: fx.Node, first_attr: dict, param_targ
     ctx.node, ctx.touched = node, set()
     if node.op == "get_attr":
         param_targets[node.name] = node.target
+        if not node.users:  # an unused buffer is nobody's channel
+            ctx.block(node, why=f"'{node.target}' is not used by the graph")
         if node.target in first_attr:  # one tensor, several get_attr nodes
             twin = first_attr[node.target]
             for ax in range(len(ctx.shape(node) or ())):
@@ -404,6 +409,8 @@ def _make_group(space, keys, dims, comps, comp, blocked, comp_blocked, param_tar
     anchor = next(s for s in result_slots if (s.node, s.axis) == anchor_key)
     if not is_blocked and len(comps) < 2:
         is_blocked, reason = True, "a single unit (nothing to choose)"
+    if not is_blocked and all(s.param is not None for s in result_slots):
+        is_blocked, reason = True, "no activation carries these channels"
     return ChannelGroup(f"{anchor.param}:{anchor.axis}", len(comps), result_slots, not is_blocked,
                         reason, tags, unit_index)
 
