@@ -398,6 +398,8 @@ def _make_group(space, keys, dims, comps, comp, blocked, comp_blocked, param_tar
         slots.append((name, ax, size, seg, hit, owner))
     result_slots = []
     for name, ax, size, seg, hit, owner in slots:
+        if name.startswith("<virtual"):
+            continue  # a rule's bookkeeping axis, not a tensor
         owner[hit] = rank[seg[hit]]
         width = int(hit.sum()) // len(comps)
         slot = Slot(name, ax, size, width, param_targets.get(name))
