@@ -1,0 +1,284 @@
+"""Benchmark harness: interleaved latency of several artifacts, with MACs-based efficiency.
+
+Artifacts run in the same process, interleaved: every iteration calls each artifact once,
+in list order on even iterations and reversed order on odd ones, so that slow drifts of a
+noisy machine (thermal throttling, a neighbour's job) fall on all artifacts alike and the
+position in the round carries no bias. CUDA is synchronised before and after each timed
+call when the inputs live on a GPU.
+
+Per artifact and batch size the result holds latency median, p90, p95, p99, min, max, mean
+(ms, percentiles linearly interpolated) and throughput ``batch / median`` (samples/s).
+Against a baseline ``b`` (the first artifact unless given), for artifact ``x``:
+
+- ``speedup = median_b / median_x`` (same batch size);
+- ``ideal_speedup = macs_b / macs_x`` (what removing MACs alone would give);
+- ``efficiency = speedup / ideal_speedup`` (1.0: latency fell exactly as MACs did).
+
+Artifact names may be ``"variant/backend"`` (``"dense/torch"``, ``"pruned50/onnxruntime"``):
+:meth:`BenchResult.plot` draws one line per backend through its variants' (MACs, latency).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+import torch.utils._pytree as pytree
+
+from prunec.errors import PrunecError
+
+__all__ = ["benchmark", "BenchResult", "LatencyStats", "environment", "summarize",
+           "interleaved_order"]
+
+InputsFn = Callable[[int], "tuple[tuple, dict]"]
+
+
+@dataclass
+class LatencyStats:
+    """Timing of one artifact at one batch size (latencies in milliseconds)."""
+
+    artifact: str
+    batch_size: int
+    median_ms: float
+    p90_ms: float
+    p95_ms: float
+    p99_ms: float
+    min_ms: float
+    max_ms: float
+    mean_ms: float
+    throughput: float
+    samples_ms: list[float] = field(repr=False, default_factory=list)
+    macs: int | None = None
+    speedup: float | None = None
+    ideal_speedup: float | None = None
+    efficiency: float | None = None
+
+
+def summarize(artifact: str, batch_size: int, seconds: list[float]) -> LatencyStats:
+    """Statistics of timed calls (``seconds`` per call) at ``batch_size`` samples a call."""
+    if not seconds:
+        raise PrunecError(f"No timed calls for {artifact!r}; iters must be >= 1.")
+    ms = np.asarray(seconds, dtype=np.float64) * 1e3
+    p90, p95, p99 = (float(v) for v in np.percentile(ms, [90, 95, 99]))
+    median = float(np.median(ms))
+    return LatencyStats(
+        artifact=artifact, batch_size=batch_size, median_ms=median, p90_ms=p90, p95_ms=p95,
+        p99_ms=p99, min_ms=float(ms.min()), max_ms=float(ms.max()), mean_ms=float(ms.mean()),
+        throughput=batch_size / (median / 1e3) if median > 0 else float("inf"),
+        samples_ms=[float(v) for v in ms])
+
+
+def interleaved_order(names: list[str], iteration: int) -> list[str]:
+    """Names in order on even iterations, reversed on odd ones."""
+    return list(names) if iteration % 2 == 0 else list(reversed(names))
+
+
+@dataclass
+class BenchResult:
+    """Every artifact's :class:`LatencyStats` per batch size, plus the environment."""
+
+    rows: list[LatencyStats]
+    environment: dict
+    settings: dict
+    baseline: str | None = None
+
+    def row(self, artifact: str, batch_size: int) -> LatencyStats:
+        """The statistics of ``artifact`` at ``batch_size``."""
+        for r in self.rows:
+            if r.artifact == artifact and r.batch_size == batch_size:
+                return r
+        raise KeyError((artifact, batch_size))
+
+    def to_dict(self) -> dict:
+        return {"baseline": self.baseline, "settings": self.settings,
+                "environment": self.environment, "rows": [asdict(r) for r in self.rows]}
+
+    def to_json(self, path: str | Path) -> Path:
+        """Write everything (raw samples included) as JSON."""
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), indent=2))
+        return path
+
+    def to_markdown(self) -> str:
+        """A Markdown table, one row per artifact and batch size."""
+        head = ["artifact", "batch", "median ms", "p90 ms", "p95 ms", "p99 ms", "min ms",
+                "max ms", "samples/s", "MACs", "speedup", "ideal", "efficiency"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in self.rows:
+            cells = [r.artifact, str(r.batch_size), *(_fmt(v) for v in (
+                r.median_ms, r.p90_ms, r.p95_ms, r.p99_ms, r.min_ms, r.max_ms)),
+                _fmt(r.throughput, ".1f"), _fmt_macs(r.macs), _fmt(r.speedup, ".2f"),
+                _fmt(r.ideal_speedup, ".2f"), _fmt(r.efficiency, ".2f")]
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+    def plot(self, path: str | Path) -> Path:
+        """PNG of median latency vs MACs, one panel per batch size, one line per backend
+        (the part of each artifact name after ``/``). Needs matplotlib and MACs."""
+        try:
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
+            from matplotlib.figure import Figure
+        except ImportError as exc:
+            raise PrunecError("BenchResult.plot needs matplotlib: pip install matplotlib") from exc
+        rows = [r for r in self.rows if r.macs is not None]
+        if not rows:
+            raise PrunecError("Nothing to plot: pass macs={name: MACs} to benchmark().")
+        batches = sorted({r.batch_size for r in rows})
+        fig = Figure(figsize=(5 * len(batches), 4), layout="constrained")
+        FigureCanvasAgg(fig)
+        for i, batch in enumerate(batches):
+            _plot_panel(fig.add_subplot(1, len(batches), i + 1), batch,
+                        [r for r in rows if r.batch_size == batch])
+        path = Path(path)
+        fig.savefig(path, format="png", dpi=120)
+        return path
+
+
+def _plot_panel(ax: Any, batch: int, rows: list[LatencyStats]) -> None:
+    groups: dict[str, list[LatencyStats]] = {}
+    for r in rows:
+        groups.setdefault(r.artifact.rpartition("/")[2], []).append(r)
+    for backend, members in groups.items():
+        members.sort(key=lambda r: r.macs)
+        ax.plot([r.macs / 1e6 for r in members], [r.median_ms for r in members], "o-",
+                label=backend)
+        for r in members:
+            ax.annotate(r.artifact.rpartition("/")[0] or r.artifact,
+                        (r.macs / 1e6, r.median_ms), fontsize=7)
+    ax.set(title=f"batch {batch}", xlabel="MMACs per sample", ylabel="median latency (ms)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def _fmt(value: float | None, spec: str = ".3f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _fmt_macs(macs: int | None) -> str:
+    return "-" if macs is None else f"{macs / 1e6:.2f}M"
+
+
+def benchmark(artifacts: dict[str, Callable[..., Any]], make_inputs: InputsFn,
+              batch_sizes: Iterable[int] = (1, 8), *, warmup: int = 10, iters: int = 50,
+              timer: Callable[[], float] = time.perf_counter,
+              macs: dict[str, int] | None = None, baseline: str | None = None,
+              synchronize: Callable[[], None] | None = None) -> BenchResult:
+    """Time ``artifacts`` interleaved, per batch size (see the module docstring).
+
+    Args:
+        artifacts: Name -> callable taking the model's inputs (artifacts, modules...).
+        make_inputs: ``batch_size -> (args, kwargs)``; called once per batch size and the
+            same inputs are fed to every artifact.
+        batch_sizes: Batch sizes to measure.
+        warmup: Untimed interleaved rounds before timing (compilation, caches).
+        iters: Timed interleaved rounds.
+        timer: Clock in seconds (tests pass a fake one).
+        macs: Name -> MACs per sample, for ``ideal_speedup`` and ``efficiency``.
+        baseline: Name the speedups are relative to (default: the first artifact).
+        synchronize: Called before and after each timed call; by default
+            ``torch.cuda.synchronize`` when an input tensor is on CUDA, else nothing.
+    """
+    names = list(artifacts)
+    if not names:
+        raise PrunecError("benchmark() needs at least one artifact.")
+    baseline = names[0] if baseline is None else baseline
+    if baseline not in artifacts:
+        raise PrunecError(f"Baseline {baseline!r} is not among the artifacts {names}.")
+    batch_sizes = list(batch_sizes)
+    rows = []
+    for batch in batch_sizes:
+        args, kwargs = make_inputs(batch)
+        sync = synchronize or _default_sync(args, kwargs)
+        times = _run_interleaved(artifacts, args, kwargs, warmup, iters, timer, sync)
+        batch_rows = [summarize(n, batch, times[n]) for n in names]
+        _add_ratios(batch_rows, baseline, macs or {})
+        rows.extend(batch_rows)
+    settings = {"batch_sizes": batch_sizes, "warmup": warmup, "iters": iters,
+                "interleaved": True, "timer": getattr(timer, "__name__", repr(timer)),
+                "artifacts": {n: _describe(fn) for n, fn in artifacts.items()}}
+    return BenchResult(rows=rows, environment=environment(), settings=settings,
+                       baseline=baseline)
+
+
+def _run_interleaved(artifacts: dict[str, Callable[..., Any]], args: tuple, kwargs: dict,
+                     warmup: int, iters: int, timer: Callable[[], float],
+                     sync: Callable[[], None]) -> dict[str, list[float]]:
+    names = list(artifacts)
+    for i in range(warmup):
+        for name in interleaved_order(names, i):
+            artifacts[name](*args, **kwargs)
+    sync()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for i in range(iters):
+        for name in interleaved_order(names, i):
+            sync()
+            start = timer()
+            artifacts[name](*args, **kwargs)
+            sync()
+            times[name].append(timer() - start)
+    return times
+
+
+def _add_ratios(rows: list[LatencyStats], baseline: str, macs: dict[str, int]) -> None:
+    base = next(r for r in rows if r.artifact == baseline)
+    for r in rows:
+        r.macs = macs.get(r.artifact)
+        r.speedup = base.median_ms / r.median_ms if r.median_ms > 0 else None
+        if r.macs and macs.get(baseline):
+            r.ideal_speedup = macs[baseline] / r.macs
+            r.efficiency = r.speedup / r.ideal_speedup if r.speedup is not None else None
+
+
+def _default_sync(args: tuple, kwargs: dict) -> Callable[[], None]:
+    leaves = pytree.tree_leaves((args, kwargs))
+    if any(isinstance(x, torch.Tensor) and x.is_cuda for x in leaves):
+        return torch.cuda.synchronize
+    return lambda: None
+
+
+def _describe(fn: Any) -> dict:
+    return {"backend": getattr(fn, "name", type(fn).__name__),
+            "settings": _jsonable(getattr(fn, "settings", None))}
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def environment() -> dict:
+    """Where the numbers were taken: hardware, software versions, threads."""
+    cuda = torch.cuda.is_available()
+    return {
+        "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+        "cpu": _cpu_model(), "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "cuda": torch.version.cuda if cuda else None,
+        "python": platform.python_version(), "platform": platform.platform(),
+        "versions": {p: _version(p) for p in (
+            "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt", "numpy")},
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None

@@ -1,0 +1,173 @@
+"""The ``inductor`` backend: TorchInductor, just in time or ahead of time.
+
+- Just in time (default): ``torch.compile(gm, backend="inductor", mode=mode)`` on a private
+  copy of the program's graph module. Compilation is lazy: it happens on the first call
+  (and again when a new input shape needs a recompile). ``save`` writes the uncompiled
+  module as a ``torch.export`` ``.pt2`` file, as the ``torch`` backend does, and ``load``
+  gives it back to compile lazily again.
+- Ahead of time (``aot=True``): the module is re-exported and compiled into an
+  AOTInductor package with ``torch._inductor.aoti_compile_and_package``; ``save`` copies that
+  ``.pt2`` package and ``load`` runs it with ``torch._inductor.aoti_load_package``, no
+  Python model code needed.
+
+On CPU Inductor generates C++ and needs a C++ compiler; on CUDA it needs triton. Either one
+missing gives :class:`~prunec.errors.BackendUnavailable`. Parity (``check=True``) uses
+:data:`INDUCTOR_TOLERANCES` (fused kernels reorder float reductions).
+"""
+from __future__ import annotations
+
+import copy
+import shutil
+import tempfile
+import weakref
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.utils._pytree as pytree
+
+from prunec.backends.base import Artifact, IOSpec, require, verify_artifact
+from prunec.backends.torch_backend import TorchArtifact, reexport
+from prunec.errors import BackendUnavailable
+
+if TYPE_CHECKING:
+    from prunec.ir.program import Program
+
+__all__ = ["InductorArtifact", "AOTInductorArtifact", "lower_inductor", "INDUCTOR_TOLERANCES"]
+
+INDUCTOR_TOLERANCES: tuple[float, float] = (1e-4, 1e-4)
+"""Parity tolerance ``(atol, rtol)`` (fp32)."""
+
+
+class InductorArtifact(Artifact):
+    """A graph module compiled lazily by ``torch.compile(backend="inductor")``.
+
+    Args:
+        module: The module to compile.
+        example_args: Positional example inputs (for :meth:`save`'s re-export).
+        example_kwargs: Keyword example inputs.
+        mode: ``torch.compile`` mode (``None``, ``"reduce-overhead"``, ``"max-autotune"``...).
+        dynamic: ``torch.compile``'s ``dynamic`` (``None``: dynamic after a recompile).
+    """
+
+    name = "inductor"
+
+    def __init__(self, module: torch.nn.Module, example_args: tuple = (),
+                 example_kwargs: dict | None = None, *, mode: str | None = None,
+                 dynamic: bool | None = None) -> None:
+        self.module = module
+        self.example_args = tuple(example_args)
+        self.example_kwargs = dict(example_kwargs or {})
+        self.settings = {"mode": mode, "dynamic": dynamic}
+        self._compiled: Any = None
+
+    @property
+    def compiled(self) -> bool:
+        """Whether ``torch.compile`` has been set up (it compiles on the first call)."""
+        return self._compiled is not None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self._compiled is None:
+            _require_toolchain(args, kwargs)
+            self._compiled = torch.compile(self.module, backend="inductor", **self.settings)
+        with torch.no_grad():
+            return self._compiled(*args, **kwargs)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the uncompiled module as a ``torch.export`` ``.pt2`` file."""
+        return TorchArtifact(self.module, self.example_args, self.example_kwargs).save(path)
+
+    @classmethod
+    def load(cls, path: str | Path, **settings: Any) -> "InductorArtifact":
+        """Load a file written by :meth:`save`; it compiles again on first call."""
+        return cls(torch.export.load(Path(path)).module(), **settings)
+
+
+class AOTInductorArtifact(Artifact):
+    """An AOTInductor ``.pt2`` package loaded with ``torch._inductor.aoti_load_package``.
+
+    Args:
+        package_path: The package file.
+        owned_dir: A temporary folder holding the package, removed with the artifact.
+    """
+
+    name = "inductor"
+
+    def __init__(self, package_path: str | Path, owned_dir: Path | None = None) -> None:
+        import torch._inductor
+
+        self.package_path = Path(package_path)
+        self.runner = torch._inductor.aoti_load_package(str(self.package_path))
+        if owned_dir is not None:
+            weakref.finalize(self, shutil.rmtree, owned_dir, ignore_errors=True)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with torch.no_grad():
+            return self.runner(*args, **kwargs)
+
+    def save(self, path: str | Path) -> Path:
+        """Copy the ``.pt2`` package to ``path``."""
+        path = Path(path)
+        if path.resolve() != self.package_path.resolve():
+            shutil.copyfile(self.package_path, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "AOTInductorArtifact":
+        """Load a package written by :meth:`save` (same torch version and device kind)."""
+        return cls(path)
+
+
+def _require_toolchain(args: tuple, kwargs: dict) -> None:
+    """Inductor needs triton for CUDA inputs and a C++ compiler for CPU ones."""
+    leaves = [x for x in pytree.tree_leaves((args, kwargs)) if isinstance(x, torch.Tensor)]
+    if any(t.is_cuda for t in leaves):
+        require("triton", backend="inductor", pip="triton")
+    elif not any(shutil.which(cc) for cc in ("g++", "c++", "clang++")):
+        raise BackendUnavailable(
+            "The 'inductor' backend on CPU compiles C++ and found no compiler (g++, c++ or "
+            "clang++ on PATH). Install one, e.g. apt-get install g++.")
+
+
+def lower_inductor(program: "Program", *, mode: str | None = None, dynamic: bool | None = None,
+                   aot: bool = False, check: bool = False, atol: float | None = None,
+                   rtol: float | None = None) -> InductorArtifact | AOTInductorArtifact:
+    """Lower ``program`` with TorchInductor.
+
+    Args:
+        program: The program (not mutated).
+        mode: ``torch.compile`` mode (just in time only).
+        dynamic: ``torch.compile``'s ``dynamic`` (just in time only).
+        aot: Build an AOTInductor package now instead of compiling lazily.
+        check: Run the parity check now (for the lazy artifact, this compiles it).
+        atol: Absolute tolerance (:data:`INDUCTOR_TOLERANCES` when ``None``).
+        rtol: Tolerance relative to ``max|ref|``.
+
+    Raises:
+        BackendUnavailable: no C++ compiler (CPU) or no triton (CUDA).
+        PrunecError: the parity check failed.
+    """
+    _require_toolchain(program.example_args, program.example_kwargs)
+    gm = copy.deepcopy(program.gm)
+    if aot:
+        artifact: Any = _build_package(gm, program.example_args, program.example_kwargs)
+    else:
+        artifact = InductorArtifact(gm, program.example_args, program.example_kwargs,
+                                    mode=mode, dynamic=dynamic)
+    if check:
+        io = IOSpec.from_program(program)
+        verify_artifact(program, artifact, io, backend="inductor",
+                        atol=INDUCTOR_TOLERANCES[0] if atol is None else atol,
+                        rtol=INDUCTOR_TOLERANCES[1] if rtol is None else rtol)
+    return artifact
+
+
+def _build_package(gm: torch.nn.Module, args: tuple, kwargs: dict) -> AOTInductorArtifact:
+    import torch._inductor
+
+    exported = reexport(gm, args, kwargs)
+    directory = Path(tempfile.mkdtemp(prefix="prunec-aoti-"))
+    with torch.no_grad():
+        path = torch._inductor.aoti_compile_and_package(
+            exported, package_path=str(directory / "model.pt2"))
+    return AOTInductorArtifact(path, owned_dir=directory)

@@ -1,0 +1,259 @@
+"""The ``onnx`` backend: an ONNX model, checked against torch, run with ONNX Runtime (CPU).
+
+Lowering, step by step:
+
+1. The program's graph module is wrapped so that it takes and returns flat tensors
+   (:class:`~prunec.backends.base.IOSpec`): ONNX has no pytrees, kwargs or ``None``.
+   Non-tensor inputs (``None``, ints) are specialised into the graph.
+2. The wrapper is re-exported with ``torch.export`` (non-strict) and handed to
+   ``torch.onnx.export(..., dynamo=True)``. With ``dynamic_batch``, axis 0 of every input
+   whose axis 0 is the program's batch symbol is declared ``Dim("batch")``; other axes are
+   static at the example shape. A program captured with batch 1 has a static batch
+   (export specialises 0/1 dimensions); capture with batch >= 2 to get a dynamic one.
+3. ``fp16``: the module's floating parameters and buffers are cast to half, so are the
+   ``float32`` dtype constants of the graph (a ``mask.to(h.dtype)`` recorded at capture),
+   and the wrapper casts floating inputs to half and floating outputs back to their torch
+   dtype: the ONNX graph computes in half but keeps the model's fp32 interface. Upcasts a
+   model makes on purpose (softmax in fp32) become fp16 as well.
+4. onnx-graphsurgeon ``fold_constants().cleanup().toposort()``, the batch dimension is
+   named ``batch``, ``onnx.checker.check_model`` runs, and the :class:`IOSpec` is stored
+   in the model's metadata (key ``prunec.io``) so a saved file is self-describing.
+5. Parity: the artifact and the program run on random inputs shaped like the examples
+   (and, with a dynamic batch, on batch + 1). Each output must satisfy
+   ``max|ref - out| <= atol + rtol * max|ref|`` with :data:`TOLERANCES` (fp32: 1e-4/1e-4,
+   fp16: 1e-2/1e-2), else :class:`~prunec.errors.PrunecError` names the output.
+
+Outputs come back in the program's output structure (tensor, tuple, dict, or a
+``transformers`` ``ModelOutput`` whose tensors are in field order); an artifact loaded
+from a file whose output type cannot be rebuilt returns its tensors as a tuple.
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from prunec.backends.base import Artifact, IOSpec, require, verify_artifact
+from prunec.errors import PrunecError
+
+if TYPE_CHECKING:
+    import onnx
+
+    from prunec.ir.program import Program
+
+__all__ = [
+    "OnnxArtifact", "lower_onnx", "export_onnx", "optimize_onnx",
+    "DEFAULT_OPSET", "TOLERANCES", "IO_METADATA_KEY",
+]
+
+DEFAULT_OPSET = 18
+TOLERANCES: dict[str, tuple[float, float]] = {"fp32": (1e-4, 1e-4), "fp16": (1e-2, 1e-2)}
+"""Parity tolerances ``(atol, rtol)`` per precision."""
+IO_METADATA_KEY = "prunec.io"
+BATCH_DIM = "batch"
+PIP_HINT = "'prunec[onnx]'  (onnx onnxruntime onnx-graphsurgeon onnxscript)"
+
+
+class _FlatModule(torch.nn.Module):
+    """``forward(*tensors) -> tuple[tensor, ...]`` around a program's graph module."""
+
+    def __init__(self, gm: torch.nn.Module, io: IOSpec, out_dtypes: list[torch.dtype],
+                 half: bool = False) -> None:
+        super().__init__()
+        self.gm = _to_half(gm) if half else gm
+        self.io = io
+        self.out_dtypes = out_dtypes
+        self.half_compute = half
+
+    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.half_compute:
+            tensors = tuple(t.half() if t.is_floating_point() else t for t in tensors)
+        args, kwargs = self.io.unflatten_inputs(list(tensors))
+        outs = self.io.output_tensors(self.gm(*args, **kwargs))
+        return tuple(o.to(dt) if o.dtype != dt else o for o, dt in zip(outs, self.out_dtypes))
+
+
+def _to_half(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Cast floating parameters and buffers to half and every ``float32`` dtype constant
+    in the graph (``x.to(h.dtype)``, ``torch.full(..., dtype=...)``, recorded at capture as
+    ``float32``) to ``float16``, so the whole graph computes in half precision."""
+
+    def halve(arg: Any) -> Any:
+        return torch.float16 if arg is torch.float32 else arg
+
+    gm = gm.half()
+    for node in gm.graph.nodes:
+        node.args = torch.fx.node.map_aggregate(node.args, halve)
+        node.kwargs = torch.fx.node.map_aggregate(node.kwargs, halve)
+    gm.recompile()
+    return gm
+
+
+def export_onnx(program: "Program", *, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True,
+                fp16: bool = False) -> tuple["onnx.ModelProto", IOSpec]:
+    """Export the program to an optimised, checked ONNX model (steps 1-4 above)."""
+    require("onnxscript", backend="onnx", pip=PIP_HINT)
+    io = IOSpec.from_program(program)
+    if not dynamic_batch:
+        io.batch_inputs = [False] * len(io.batch_inputs)
+    elif io.input_names and not any(io.batch_inputs):
+        warnings.warn("The program's batch axis is static (a batch of 1 at capture "
+                      "specialises it), so the ONNX batch is too; capture with batch >= 2 "
+                      "for a dynamic one.", stacklevel=2)
+    tensors = io.flatten_inputs(program.example_args, program.example_kwargs)
+    with torch.no_grad():
+        ref = io.output_tensors(program.gm(*program.example_args, **program.example_kwargs))
+    flat = _FlatModule(copy.deepcopy(program.gm), io, [o.dtype for o in ref], half=fp16)
+    batch = torch.export.Dim(BATCH_DIM, min=1)
+    specs = tuple({0: batch} if b else None for b in io.batch_inputs)
+    try:
+        with torch.no_grad():
+            ep = torch.export.export(flat, tuple(tensors), dynamic_shapes=(specs,),
+                                     strict=False)
+            onnx_program = torch.onnx.export(
+                ep, dynamo=True, opset_version=opset, input_names=io.input_names,
+                output_names=io.output_names, verbose=False)
+    except Exception as exc:  # export raises many unrelated types; we re-raise one.
+        raise PrunecError(
+            f"ONNX export failed: {type(exc).__name__}: {_first_line(exc)}. Try "
+            f"dynamic_batch=False, another opset (now {opset}), or the 'torch' backend."
+        ) from exc
+    batched = [n for n, b in zip(io.input_names, io.batch_inputs) if b]
+    model = optimize_onnx(onnx_program.model_proto, batch_inputs=batched)
+    _set_metadata(model, IO_METADATA_KEY, io.to_json())
+    return model, io
+
+
+def optimize_onnx(model: "onnx.ModelProto", batch_inputs: list[str] | None = None
+                  ) -> "onnx.ModelProto":
+    """Fold constants, drop dead nodes, sort topologically, name the batch axis, check.
+
+    Args:
+        model: The exported model.
+        batch_inputs: Inputs whose axis 0 is the dynamic batch: its symbol is renamed
+            ``batch`` everywhere in the graph.
+    """
+    onnx = require("onnx", backend="onnx", pip=PIP_HINT)
+    gs = require("onnx_graphsurgeon", backend="onnx", pip=PIP_HINT)
+    metadata = {p.key: p.value for p in model.metadata_props}
+    graph = gs.import_onnx(model)
+    graph.fold_constants().cleanup().toposort()
+    _rename_batch_symbol(graph, batch_inputs or [])
+    optimized = gs.export_onnx(graph)
+    for key, value in metadata.items():
+        _set_metadata(optimized, key, value)
+    onnx.checker.check_model(optimized)
+    return optimized
+
+
+def _rename_batch_symbol(graph: Any, batch_inputs: list[str]) -> None:
+    import onnx_graphsurgeon as gs
+
+    inputs = {t.name: t for t in graph.inputs}
+    symbols = {inputs[n].shape[0] for n in batch_inputs
+               if n in inputs and inputs[n].shape and isinstance(inputs[n].shape[0], str)}
+    if not symbols:
+        return
+    for tensor in graph.tensors().values():
+        shape = tensor.shape if isinstance(tensor, gs.Variable) else None
+        if shape:
+            tensor.shape = [BATCH_DIM if d in symbols else d for d in shape]
+
+
+def _set_metadata(model: "onnx.ModelProto", key: str, value: str) -> None:
+    for prop in model.metadata_props:
+        if prop.key == key:
+            prop.value = value
+            return
+    entry = model.metadata_props.add()
+    entry.key, entry.value = key, value
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else ""
+
+
+class OnnxArtifact(Artifact):
+    """An ONNX model run by an ONNX Runtime ``InferenceSession``.
+
+    Args:
+        model: The ONNX model (its metadata holds the :class:`IOSpec` unless ``io`` is
+            given).
+        io: The flat interface; read from the model's metadata when ``None``.
+        session_options: ``onnxruntime.SessionOptions``; ORT's defaults when ``None``.
+        providers: Execution providers; ``["CPUExecutionProvider"]`` when ``None``.
+    """
+
+    name = "onnx"
+
+    def __init__(self, model: "onnx.ModelProto", io: IOSpec | None = None,
+                 session_options: Any = None, providers: list[str] | None = None) -> None:
+        ort = require("onnxruntime", backend=self.name, pip=PIP_HINT)
+        self.model = model
+        self.io = io or _io_from_metadata(model)
+        self.session = ort.InferenceSession(
+            model.SerializeToString(), sess_options=session_options,
+            providers=providers or ["CPUExecutionProvider"])
+        self._input_names = [i.name for i in self.session.get_inputs()]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        tensors = self.io.flatten_inputs(args, kwargs)
+        device = tensors[0].device if tensors else torch.device("cpu")
+        feeds = {n: t.detach().cpu().contiguous().numpy()
+                 for n, t in zip(self._input_names, tensors)}
+        outs = self.session.run(None, feeds)
+        return self.io.unflatten_outputs([torch.from_numpy(o).to(device) for o in outs])
+
+    def save(self, path: str | Path) -> Path:
+        """Write the ``.onnx`` file (the interface travels in its metadata)."""
+        onnx = require("onnx", backend=self.name, pip=PIP_HINT)
+        path = Path(path)
+        onnx.save(self.model, str(path))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, **session: Any) -> "OnnxArtifact":
+        """Load an ``.onnx`` file written by :meth:`save`."""
+        onnx = require("onnx", backend=cls.name, pip=PIP_HINT)
+        return cls(onnx.load(str(path)), **session)
+
+
+def _io_from_metadata(model: "onnx.ModelProto") -> IOSpec:
+    for prop in model.metadata_props:
+        if prop.key == IO_METADATA_KEY:
+            return IOSpec.from_json(prop.value)
+    raise PrunecError(f"This ONNX model has no {IO_METADATA_KEY!r} metadata: it was not "
+                      f"written by prunec; pass io=IOSpec(...) explicitly.")
+
+
+def lower_onnx(program: "Program", *, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True,
+               fp16: bool = False, check: bool = True, atol: float | None = None,
+               rtol: float | None = None) -> OnnxArtifact:
+    """Lower ``program`` to ONNX, run by ONNX Runtime on CPU with default settings.
+
+    Args:
+        program: The program (not mutated).
+        opset: ONNX opset for the dynamo exporter (18 is its tested default).
+        dynamic_batch: Keep axis 0 of batched inputs dynamic (``batch`` in the graph).
+        fp16: Compute in half precision behind an fp32 interface.
+        check: Run the parity check against torch.
+        atol: Absolute tolerance; :data:`TOLERANCES` per precision when ``None``.
+        rtol: Tolerance relative to ``max|ref|``; likewise.
+
+    Raises:
+        BackendUnavailable: onnx, onnxruntime, onnx-graphsurgeon or onnxscript is missing.
+        PrunecError: export failed, or an output is outside the tolerance.
+    """
+    for module in ("onnx", "onnxruntime", "onnx_graphsurgeon", "onnxscript"):
+        require(module, backend="onnx", pip=PIP_HINT)
+    model, io = export_onnx(program, opset=opset, dynamic_batch=dynamic_batch, fp16=fp16)
+    artifact = OnnxArtifact(model, io)
+    if check:
+        tol = TOLERANCES["fp16" if fp16 else "fp32"]
+        verify_artifact(program, artifact, io, atol=tol[0] if atol is None else atol,
+                        rtol=tol[1] if rtol is None else rtol, backend="onnx")
+    return artifact

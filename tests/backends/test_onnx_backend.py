@@ -1,0 +1,107 @@
+"""The onnx and onnxruntime backends: parity against torch on every test model.
+
+Tolerances (``max|ref - out| <= atol + rtol * max|ref|``): fp32 1e-4 / 1e-4, fp16 1e-2 / 1e-2
+(``prunec.backends.onnx_backend.TOLERANCES``); the lowering itself enforces them on random
+inputs, and these tests check again on other inputs and a batch size of their own.
+"""
+from __future__ import annotations
+
+import sys
+
+import onnx
+import pytest
+import torch
+
+from prunec.backends import lower
+from prunec.backends.base import check_parity
+from prunec.backends.onnx_backend import TOLERANCES, OnnxArtifact
+from prunec.backends.onnxruntime_backend import OnnxRuntimeArtifact, pick_providers
+from prunec.errors import BackendUnavailable, PrunecError
+from tests.backends.models import MODELS, inputs, model, program
+
+
+def _check(name, art, batch, precision):
+    args, kwargs = inputs(name, batch)
+    with torch.no_grad():
+        ref = model(name)(*args, **kwargs)
+    out = art(*args, **kwargs)
+    assert type(out) is type(ref)
+    atol, rtol = TOLERANCES[precision]
+    check_parity(ref, out, atol=atol, rtol=rtol, backend=art.name)
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_onnx_fp32_parity_dynamic_batch_and_reload(name, tmp_path):
+    art = lower(program(name), "onnx")
+    dims = art.model.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param == "batch"
+    _check(name, art, 5, "fp32")
+    path = art.save(tmp_path / f"{name}.onnx")
+    onnx.checker.check_model(str(path))
+    _check(name, OnnxArtifact.load(path), 4, "fp32")
+
+
+@pytest.mark.parametrize("name", ["cnn", "attention", "kwargs"])
+def test_onnxruntime_fp16_parity(name):
+    art = lower(program(name), "onnxruntime", fp16=True)
+    types = {i.data_type for i in art.model.graph.initializer}
+    assert onnx.TensorProto.FLOAT16 in types and onnx.TensorProto.FLOAT not in types
+    out = _check(name, art, 3, "fp16")
+    # the fp32 interface is kept: outputs come back in the model's dtype
+    assert all(t.dtype == torch.float32 for t in torch.utils._pytree.tree_leaves(out)
+               if isinstance(t, torch.Tensor) and t.is_floating_point())
+
+
+def test_onnxruntime_session_settings_and_reload(tmp_path):
+    art = lower(program("mlp"), "onnxruntime", intra_op_threads=1)
+    assert art.settings["intra_op_threads"] == 1
+    assert art.session.get_providers() == ["CPUExecutionProvider"]
+    loaded = OnnxRuntimeArtifact.load(art.save(tmp_path / "mlp.onnx"))
+    assert loaded.settings["intra_op_threads"] == 2
+    _check("mlp", loaded, 6, "fp32")
+
+
+def test_pick_providers_prefers_cuda():
+    assert pick_providers(["CPUExecutionProvider", "CUDAExecutionProvider"]) == [
+        "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert pick_providers(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+
+
+def test_static_batch_when_asked():
+    art = lower(program("mlp"), "onnx", dynamic_batch=False)
+    dims = art.model.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [2, 16]
+
+
+def test_batch_one_capture_warns_and_stays_static():
+    with pytest.warns(UserWarning, match="batch >= 2"):
+        art = lower(program("mlp", batch=1), "onnx")
+    dims = art.model.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [1, 16]
+
+
+def test_structured_outputs_survive_the_file(tmp_path):
+    art = lower(program("kwargs"), "onnx", check=False)
+    args, kwargs = inputs("kwargs", 2)
+    out = OnnxArtifact.load(art.save(tmp_path / "k.onnx"))(*args, **kwargs)
+    assert set(out) == {"logits", "extra"} and out["extra"][1] is None
+
+
+def test_parity_failure_names_the_output():
+    with pytest.raises(PrunecError, match=r"onnx: output 'output' differs .* max abs diff"):
+        lower(program("mlp"), "onnx", atol=0.0, rtol=-1.0)  # an impossible bound
+
+
+def test_missing_onnxruntime_is_backend_unavailable(monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    for backend in ("onnx", "onnxruntime"):
+        with pytest.raises(BackendUnavailable, match="pip install"):
+            lower(program("mlp"), backend)
+
+
+def test_graph_is_cleaned_up():
+    art = lower(program("cnn"), "onnx")
+    ops = [n.op_type for n in art.model.graph.node]
+    assert "BatchNormalization" not in ops and "Identity" not in ops  # folded into Conv
+    assert ops.count("Conv") == 2
