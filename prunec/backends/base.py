@@ -207,8 +207,9 @@ class IOSpec:
 
     # ----------------------------------------------------------------- persistence
     def to_json(self) -> str:
-        """Serialise; an output spec of an unregistered type is dropped (outputs then
-        come back as a tuple), constants must be JSON values."""
+        """Serialise. An output spec of an unregistered type is dropped (outputs then come
+        back as a tuple); constants that are not JSON values are stored as their ``repr``
+        (a reloaded artifact then rejects them, which is safe but strict)."""
         try:
             out_spec = pytree.treespec_dumps(self.out_spec) if self.out_spec else None
         except Exception:  # types without a serialized_type_name cannot be dumped
@@ -218,7 +219,7 @@ class IOSpec:
             "input_constants": self.input_constants, "input_names": self.input_names,
             "batch_inputs": self.batch_inputs, "out_spec": out_spec,
             "output_constants": self.output_constants, "output_names": self.output_names,
-        })
+        }, default=repr)
 
     @classmethod
     def from_json(cls, text: str) -> "IOSpec":
@@ -264,15 +265,20 @@ def _output_names(paths: list) -> list[str]:
 def _batch_inputs(placeholders: list, leaves: list) -> list[bool]:
     """Per tensor input: whether its axis 0 is the batch axis and was kept dynamic.
 
-    The batch symbol is axis 0 of the first tensor placeholder whose axis 0 is symbolic;
-    every tensor whose axis 0 is that same symbol is batched.
+    An input is batched when its placeholder's axis 0 is symbolic and its example has the
+    same axis-0 size as the first such input. Sizes, not symbols, are compared: export may
+    give ``input_ids`` and ``attention_mask`` separate batch symbols.
     """
+    tensors = [(n, x) for n, x in zip(placeholders, leaves) if _is_tensor(x)]
     if len(placeholders) != len(leaves):
         return [False for x in leaves if _is_tensor(x)]
-    vals = [n.meta.get("val") for n, x in zip(placeholders, leaves) if _is_tensor(x)]
-    dim0 = [v.shape[0] if isinstance(v, torch.Tensor) and v.dim() else None for v in vals]
-    symbols = [str(d) for d in dim0 if isinstance(d, torch.SymInt)]
-    return [isinstance(d, torch.SymInt) and str(d) == symbols[0] for d in dim0]
+    symbolic = [
+        isinstance(n.meta.get("val"), torch.Tensor) and n.meta["val"].dim() > 0
+        and isinstance(n.meta["val"].shape[0], torch.SymInt) for n, _ in tensors
+    ]
+    sizes = [x.shape[0] if x.dim() else None for _, x in tensors]
+    batch = next((size for size, sym in zip(sizes, symbolic) if sym), None)
+    return [sym and size == batch for size, sym in zip(sizes, symbolic)]
 
 
 # --------------------------------------------------------------------------- parity

@@ -81,6 +81,28 @@ def test_iospec_rejects_other_constants_and_keywords():
     io.flatten_inputs((ids,), {"temperature": 2.0, "attention_mask": kwargs["attention_mask"]})
 
 
+class _TwoTowers(torch.nn.Module):
+    """Export gives each input its own batch symbol: nothing ties them together."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(4, 2), torch.nn.Linear(3, 2)
+
+    def forward(self, x, y, z):
+        return self.a(x), self.b(y), z * 2
+
+
+def test_batch_inputs_matched_by_size_not_symbol():
+    from prunec.ir.capture import capture
+
+    prog = capture(_TwoTowers(), (torch.randn(2, 4), torch.randn(2, 3), torch.randn(5, 2)))
+    assert IOSpec.from_program(prog).batch_inputs == [True, True, False]
+    art = lower(prog, "onnx")  # one shared "batch" dim; z keeps its own size
+    dims = [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
+            for i in art.model.graph.input]
+    assert dims == [["batch", 4], ["batch", 3], [5, 2]]
+
+
 def test_static_batch_when_captured_with_batch_one():
     io = IOSpec.from_program(program("mlp", batch=1))
     assert io.batch_inputs == [False]

@@ -105,3 +105,25 @@ def test_graph_is_cleaned_up():
     ops = [n.op_type for n in art.model.graph.node]
     assert "BatchNormalization" not in ops and "Identity" not in ops  # folded into Conv
     assert ops.count("Conv") == 2
+
+
+@pytest.mark.slow
+def test_transformers_model_output_round_trip(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from prunec.ir.capture import capture
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=32)
+    bert = transformers.BertModel(config).eval()
+    ids = torch.randint(0, 100, (2, 8))
+    mask = torch.ones(2, 8, dtype=torch.long)
+    art = lower(capture(bert, (ids,), {"attention_mask": mask}), "onnxruntime")
+    ids3, mask3 = torch.randint(0, 100, (3, 8)), torch.ones(3, 8, dtype=torch.long)
+    with torch.no_grad():
+        ref = bert(ids3, attention_mask=mask3)
+    out = OnnxArtifact.load(art.save(tmp_path / "bert.onnx"))(ids3, attention_mask=mask3)
+    assert type(out) is type(ref)
+    check_parity(ref, out, atol=TOLERANCES["fp32"][0], rtol=TOLERANCES["fp32"][1],
+                 backend="onnx")
