@@ -3,8 +3,9 @@ from prunec.passes.base import Pass, PassContext, PassResult, PruningPass
 from prunec.passes.plan import MeanCompensation, PruningPlan, apply_plan
 from prunec.passes.prune_magnitude import MagnitudePruning
 from prunec.passes.prune_random import RandomPruning
+from prunec.passes.prune_variance import VarianceBasedPruning
 
 __all__ = [
     "Pass", "PassContext", "PassResult", "PruningPass", "PruningPlan", "MeanCompensation",
-    "apply_plan", "MagnitudePruning", "RandomPruning",
+    "apply_plan", "MagnitudePruning", "RandomPruning", "VarianceBasedPruning",
 ]
