@@ -375,7 +375,23 @@ def _build_groups(program: Program, space: _Space, comp: np.ndarray, param_targe
     groups = [_make_group(space, keys, dims, comps, comp, blocked, comp_blocked, param_targets)
               for dims, comps in by_sig.items()]
     groups.sort(key=lambda g: min(space.offsets[(s.node, s.axis)] for s in g.slots))
+    _disambiguate_keys(groups)
     return groups
+
+
+def _disambiguate_keys(groups: list[ChannelGroup]) -> None:
+    """Groups sharing an anchor axis (the halves of a chunked tensor) get ``#k`` suffixes,
+    numbered by their first index on it -- an order pruning never changes."""
+    by_key: dict[str, list[ChannelGroup]] = {}
+    for g in groups:
+        by_key.setdefault(g.key, []).append(g)
+    for key, same in by_key.items():
+        if len(same) < 2:
+            continue
+        anchor = lambda g: next(s for s in g.slots if str(s) == key.replace(":", "[", 1) + "]")
+        same.sort(key=lambda g: int(np.argmax(g.unit_index[anchor(g)] >= 0)))
+        for k, g in enumerate(same):
+            g.key = f"{key}#{k}"
 
 
 def _make_group(space, keys, dims, comps, comp, blocked, comp_blocked, param_targets) -> ChannelGroup:

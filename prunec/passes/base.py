@@ -124,9 +124,6 @@ class PruningPass:
         ctx = ctx or PassContext()
         analysis = analyze_channels(program)
         groups = candidate_groups(analysis, self.targets)
-        origin = program.origin
-        for g in groups:
-            origin.setdefault(g.key, g.size)
         if self.config() in program.history:  # its target is already reached
             return PassResult(program, False, {"groups": len(groups), "already_applied": True})
         plan = self.plan(program, groups, ctx) if self.ratio > 0 and groups else PruningPlan()
@@ -140,6 +137,8 @@ class PruningPass:
                                           "units_removed": removed, "plan": plan})
 
     def plan(self, program: Program, groups: list[ChannelGroup], ctx: PassContext) -> PruningPlan:
+        for g in groups:  # the first time a group is seen it has its original size
+            program.origin.setdefault(g.key, g.size)
         scores = self.score(program, groups, ctx)
         if self.scope == "local":
             counts = {g.key: self._local_keep(g, program.origin[g.key]) for g in groups}
