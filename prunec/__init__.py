@@ -6,12 +6,13 @@ lowers the result to a deployment backend.
 """
 from prunec import passes
 from prunec.api import CompiledModel, Report, analyze, compile
+from prunec.train import finetune
 from prunec.errors import (
     BackendUnavailable, CalibrationError, CaptureError, PlanError, PrunecError, UnsupportedOpError,
 )
 
 __all__ = [
-    "compile", "analyze", "CompiledModel", "Report", "passes",
+    "compile", "analyze", "finetune", "CompiledModel", "Report", "passes",
     "PrunecError", "CaptureError", "UnsupportedOpError", "CalibrationError",
     "BackendUnavailable", "PlanError",
 ]

@@ -1,0 +1,314 @@
+"""Recovery fine-tuning of a pruned model by distillation from the unpruned one.
+
+Loss per batch, with student logits ``s``, teacher logits ``t``, temperature ``T`` and task
+target ``y``:
+
+    L = alpha * T^2 * KL(softmax(t / T) || softmax(s / T)) + (1 - alpha) * loss_fn(s, y)
+
+(the KL term averaged over rows: every leading axis of the logits counts as a row, so token
+logits ``[B, N, V]`` work). AdamW with decoupled weight decay, learning rate on a cosine from
+``lr`` to 0 over all steps, stepped once per batch.
+
+**Train mode.** The graph in ``compiled.program`` was captured in eval mode: dropout is the
+identity, batch norm uses its running statistics, and any ``if self.training`` branch of the
+model (stochastic depth ...) was resolved to its eval side at capture; ``.train()`` on it
+raises. Patching the graph (``torch.ao.quantization.move_exported_model_to_train``) can
+only swap the dropout and batch-norm patterns it knows and cannot bring back a branch that
+capture removed. So the student trains as a *train-mode capture* of the original model on
+which the same pruning plans are replayed (plans are plain data keyed by group, DESIGN
+contract 4): it has the pruned shapes and the model's exact training behaviour. Its
+parameters and buffers are loaded from ``compiled.program`` before training (same fully
+qualified names, including biases created by mean folding) and copied back after it, so
+``compiled`` keeps its eval-mode graph and gets the trained weights and the batch-norm
+running statistics. A program captured with ``train=True`` trains as it is.
+
+**Distributed.** Under ``torchrun`` (``torch.distributed`` initialised, world size > 1) the
+student is wrapped in ``DistributedDataParallel`` (which broadcasts rank 0's state at the
+start and averages gradients), a ``Dataset`` is sharded with ``DistributedSampler``; every
+rank ends with the same weights.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from prunec.api import CompiledModel
+from prunec.errors import PrunecError
+from prunec.ir.capture import capture
+from prunec.ir.interpret import split_inputs
+from prunec.ir.program import Program
+from prunec.passes.plan import MeanCompensation, PruningPlan, apply_plan
+
+__all__ = ["finetune", "train_program", "distillation_loss", "logits_of"]
+
+aten = torch.ops.aten
+_CONSUMERS = (aten.linear, aten.conv1d, aten.conv2d, aten.conv3d)
+
+
+# ---------------------------------------------------------------------------- train program
+def train_program(compiled: CompiledModel, original: nn.Module) -> Program:
+    """A train-mode Program with ``compiled``'s pruned structure and current weights.
+
+    Captures ``original`` with ``train=True`` and the example inputs of ``compiled.program``,
+    replays every plan in ``compiled.report.passes`` in order, then loads the parameters and
+    buffers of ``compiled.program`` into it.
+
+    Raises:
+        PrunecError: when the replayed structure does not match (a pass that changed the
+            program without recording a plan).
+    """
+    program = compiled.program
+    if program.training:
+        return program
+    student = capture(original, program.example_args, program.example_kwargs, train=True)
+    for entry in compiled.report.passes:
+        plan = entry.get("plan")
+        if plan:
+            apply_plan(student, _translate(plan, program, student))
+    copy_state(program.gm, student.gm)
+    student.bump()
+    return student
+
+
+def _translate(plan: PruningPlan, source: Program, target: Program) -> PruningPlan:
+    """The plan with each compensation's value renamed to the node of ``target`` that feeds
+    the same consumer weights (train mode may insert nodes, e.g. active dropout)."""
+    comps = [MeanCompensation(_counterpart(c.value, source, target), c.axis, c.mean)
+             for c in plan.compensations]
+    return PruningPlan(dict(plan.keep), comps)
+
+
+def _consumer_weights(node: torch.fx.Node) -> set:
+    return {u.args[1].target for u in node.users
+            if getattr(u.target, "overloadpacket", None) in _CONSUMERS and u.args[0] is node}
+
+
+def _counterpart(name: str, source: Program, target: Program) -> str:
+    node = next((n for n in source.graph.nodes if n.name == name), None)
+    weights = _consumer_weights(node) if node is not None else set()
+    found = {u.args[0].name for u in target.graph.nodes
+             if getattr(u.target, "overloadpacket", None) in _CONSUMERS
+             and len(u.args) > 1 and getattr(u.args[1], "target", None) in weights}
+    return found.pop() if len(found) == 1 else name
+
+
+def copy_state(source: nn.Module, target: nn.Module) -> None:
+    """Copy every parameter and buffer of ``source`` into ``target`` in place, by name.
+
+    Raises:
+        PrunecError: naming the first parameter missing or of another shape in ``target``.
+    """
+    dst = dict(target.named_parameters())
+    dst.update(target.named_buffers())
+    src = dict(source.named_parameters())
+    src.update(source.named_buffers())
+    with torch.no_grad():
+        for name, tensor in src.items():
+            if name not in dst or dst[name].shape != tensor.shape:
+                got = tuple(dst[name].shape) if name in dst else "missing"
+                raise PrunecError(
+                    f"'{name}' is {tuple(tensor.shape)} in the pruned program but {got} in the "
+                    f"train-mode replay; every pass that changes structure must record its "
+                    f"plan in the report.")
+            dst[name].copy_(tensor)
+
+
+# ---------------------------------------------------------------------------- losses
+def logits_of(output: Any) -> torch.Tensor:
+    """The logits of a model output: a tensor, ``.logits``, ``["logits"]`` or the first item."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if hasattr(output, "logits"):
+        return output.logits
+    if isinstance(output, Mapping) and "logits" in output:
+        return output["logits"]
+    if isinstance(output, (tuple, list)) and output:
+        return logits_of(output[0])
+    raise PrunecError(f"cannot find logits in a {type(output).__name__} output; return a "
+                      f"tensor or an object with .logits.")
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``T^2 * KL(softmax(t/T) || softmax(s/T))``, averaged over rows of the last axis."""
+    s = F.log_softmax(student.reshape(-1, student.shape[-1]).float() / temperature, -1)
+    t = F.log_softmax(teacher.reshape(-1, teacher.shape[-1]).float() / temperature, -1)
+    return F.kl_div(s, t, log_target=True, reduction="batchmean") * temperature ** 2
+
+
+# ---------------------------------------------------------------------------- data
+def _split_batch(batch: Any, label_key: str) -> tuple[Any, Any]:
+    """``(inputs, target)`` pairs, or dicts holding the target under ``label_key``."""
+    if isinstance(batch, Mapping):
+        inputs = {k: v for k, v in batch.items() if k != label_key}
+        return inputs, batch.get(label_key)
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch[0], batch[1]
+    raise PrunecError("training items must be (inputs, target) pairs (target may be None) or "
+                      f"dicts with the target under {label_key!r}.")
+
+
+def _loader(data: Any, batch_size: int, seed: int) -> Iterable:
+    from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, RandomSampler
+
+    if not isinstance(data, Dataset) or isinstance(data, IterableDataset):
+        return data
+    if _world() > 1:
+        sampler = DistributedSampler(data, shuffle=True, seed=seed)
+    else:
+        sampler = RandomSampler(data, generator=torch.Generator().manual_seed(seed))
+    return DataLoader(data, batch_size=batch_size, sampler=sampler)
+
+
+def _to(x: Any, device: torch.device) -> Any:
+    import torch.utils._pytree as pytree
+
+    return pytree.tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, x)
+
+
+def _world() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+# ---------------------------------------------------------------------------- loop
+def _wrap(module: nn.Module, device: torch.device) -> nn.Module:
+    if _world() == 1:
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=ids)
+
+
+def _cosine(optimizer: torch.optim.Optimizer, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """``lr_t = lr * (1 + cos(pi * t / total)) / 2``."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda t: 0.5 * (1.0 + math.cos(math.pi * min(t, total) / max(total, 1))))
+
+
+def _steps_per_epoch(loader: Iterable) -> int:
+    try:
+        return len(loader)  # type: ignore[arg-type]
+    except TypeError as exc:
+        raise PrunecError("train_data needs a length (a Dataset, DataLoader or list) to plan "
+                          "the cosine schedule.") from exc
+
+
+def finetune(
+    compiled: CompiledModel,
+    train_data: Any,
+    *,
+    epochs: int = 1,
+    teacher: nn.Module | None = None,
+    original: nn.Module | None = None,
+    lr: float = 1.5e-5,
+    weight_decay: float = 0.01,
+    batch_size: int = 32,
+    temperature: float = 1.0,
+    alpha: float = 0.5,
+    loss_fn: Callable[[torch.Tensor, Any], torch.Tensor] | None = None,
+    device: str | torch.device | None = None,
+    label_key: str = "labels",
+    seed: int = 0,
+) -> tuple[CompiledModel, list[dict]]:
+    """Fine-tune the pruned model in train mode, distilling from ``teacher``.
+
+    Args:
+        compiled: The result of :func:`prunec.compile`; updated in place.
+        train_data: A ``Dataset`` (batched here with ``batch_size``; sharded under
+            ``torchrun``) or an iterable of batches (e.g. a ``DataLoader``). Items are
+            ``(inputs, target)`` pairs (inputs as for calibration: a tensor, a tuple of
+            positional inputs or a dict; target may be None) or dicts with ``label_key``.
+        epochs: Passes over ``train_data``.
+        teacher: The unpruned model; run in eval mode on a copy. ``None``: no distillation.
+        original: The model ``compiled`` was built from (defaults to ``teacher``); captured
+            in train mode to give the student its training behaviour.
+        lr: Peak learning rate of AdamW (cosine to 0).
+        weight_decay: AdamW's decoupled weight decay.
+        batch_size: Batch size when ``train_data`` is a ``Dataset``.
+        temperature: ``T`` of the distillation term.
+        alpha: Weight of the distillation term; ``1 - alpha`` weighs the task loss.
+        loss_fn: Task loss ``loss_fn(logits, target)``; cross-entropy by default.
+        device: Where to train (default: where the pruned weights are).
+        label_key: Key of the target in dict items.
+        seed: Seed of the shuffling.
+
+    Returns:
+        ``(compiled, history)``: ``history`` has one dict per step with ``epoch``, ``step``,
+        ``loss``, ``kl``, ``task`` and ``lr``.
+
+    Raises:
+        PrunecError: no model to capture in train mode, no length for the schedule, items
+            of another form, or a structure that the plans do not replay.
+    """
+    base = original if original is not None else teacher
+    if base is None and not compiled.program.training:
+        raise PrunecError("finetune needs the unpruned model (original= or teacher=) to capture "
+                          "the pruned structure in train mode.")
+    student = train_program(compiled, base)
+    device = torch.device(device) if device is not None else next(student.gm.parameters()).device
+    student.gm.to(device)
+    net = _wrap(student.gm, device)
+    tutor = copy.deepcopy(teacher).eval().to(device) if teacher is not None else None
+    loader = _loader(train_data, batch_size, seed)
+    total = epochs * _steps_per_epoch(loader)
+    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad],
+                                  lr=lr, weight_decay=weight_decay)
+    schedule = _cosine(optimizer, total)
+    step_fn = _Step(net, tutor, optimizer, schedule, temperature, alpha,
+                    loss_fn or F.cross_entropy, device, label_key)
+    history = []
+    for epoch in range(epochs):
+        if hasattr(getattr(loader, "sampler", None), "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        for batch in loader:
+            history.append({"epoch": epoch, "step": len(history), **step_fn(batch)})
+    if student is not compiled.program:
+        copy_state(student.gm, compiled.program.gm)
+        compiled.program.bump()  # weights changed: cached analyses (statistics) are stale
+    return compiled, history
+
+
+class _Step:
+    """One optimisation step: forward student (and teacher), loss, backward, update."""
+
+    def __init__(self, net, teacher, optimizer, schedule, temperature, alpha, loss_fn, device,
+                 label_key):
+        self.net, self.teacher, self.optimizer, self.schedule = net, teacher, optimizer, schedule
+        self.temperature, self.alpha, self.loss_fn = temperature, alpha, loss_fn
+        self.device, self.label_key = device, label_key
+
+    def __call__(self, batch: Any) -> dict:
+        inputs, target = _split_batch(batch, self.label_key)
+        args, kwargs = split_inputs(_to(inputs, self.device))
+        logits = logits_of(self.net(*args, **kwargs))
+        kl = task = torch.zeros((), device=logits.device)
+        if self.teacher is not None and self.alpha > 0:
+            with torch.no_grad():
+                reference = logits_of(self.teacher(*args, **kwargs))
+            kl = distillation_loss(logits, reference, self.temperature)
+        if target is not None and self.alpha < 1:
+            task = self.loss_fn(logits, _to(target, self.device))
+        loss = self._combine(kl, task, distilled=self.teacher is not None and self.alpha > 0,
+                             supervised=target is not None and self.alpha < 1)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.schedule.step()
+        return {"loss": loss.item(), "kl": kl.item(), "task": task.item(), "lr": lr}
+
+    def _combine(self, kl, task, *, distilled: bool, supervised: bool) -> torch.Tensor:
+        """``alpha * kl + (1 - alpha) * task`` when both apply, else the one that does."""
+        if distilled and supervised:
+            return self.alpha * kl + (1.0 - self.alpha) * task
+        if distilled or supervised:
+            return kl if distilled else task
+        raise PrunecError("nothing to train on: pass teacher= for distillation or items with a "
+                          "target (and alpha < 1) for the task loss.")
