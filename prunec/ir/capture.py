@@ -20,11 +20,12 @@ __all__ = ["capture", "auto_dynamic_shapes"]
 
 
 def auto_dynamic_shapes(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    """``Dim.AUTO`` on every axis of every tensor input (``None`` for non-tensors)."""
+    """``Dim.AUTO`` on every axis of size > 1 of every tensor input (size-1 axes are
+    specialised by export anyway; ``None`` for non-tensors)."""
 
     def spec(x: Any) -> Any:
         if isinstance(x, torch.Tensor):
-            return {i: torch.export.Dim.AUTO for i in range(x.dim())}
+            return {i: torch.export.Dim.AUTO for i in range(x.dim()) if x.shape[i] > 1}
         return None
 
     return (pytree.tree_map(spec, tuple(args)), pytree.tree_map(spec, dict(kwargs)))

@@ -356,24 +356,32 @@ def _element_dims(space: _Space) -> np.ndarray:
 def _build_groups(program: Program, space: _Space, comp: np.ndarray, param_targets: dict) -> list[ChannelGroup]:
     keys = list(space.offsets)
     dim_of = _element_dims(space)
+    n_comp, n_dims = int(comp.max()) + 1 if len(comp) else 0, len(keys)
     is_param_dim = np.array([k[0] in param_targets for k in keys], dtype=bool)
     # Components that touch a parameter axis are the candidates.
-    param_comps = np.unique(comp[is_param_dim[dim_of]])
+    in_param = np.zeros(n_comp, dtype=bool)
+    in_param[comp[is_param_dim[dim_of]]] = True
     blocked = np.zeros(space.total, dtype=bool)
     for ids in space.blocked:
         blocked[ids] = True
-    comp_blocked = np.zeros(comp.max() + 1 if len(comp) else 0, dtype=bool)
-    np.logical_or.at(comp_blocked, comp[blocked], True)
-    pairs = np.unique(np.stack([comp, dim_of], 1), axis=0)
-    pairs = pairs[np.isin(pairs[:, 0], param_comps)]
-    signature: dict[int, list[int]] = {}
-    for c, d in pairs:
-        signature.setdefault(int(c), []).append(int(d))
-    by_sig: dict[tuple, list[int]] = {}
-    for c, dims in signature.items():
-        by_sig.setdefault(tuple(dims), []).append(c)
-    groups = [_make_group(space, keys, dims, comps, comp, blocked, comp_blocked, param_targets)
-              for dims, comps in by_sig.items()]
+    comp_blocked = np.zeros(n_comp, dtype=bool)
+    comp_blocked[comp[blocked]] = True
+    sel = in_param[comp]
+    code = np.unique(comp[sel] * n_dims + dim_of[sel])  # (component, axis) pairs, sorted
+    pair_comp, pair_dim = code // n_dims, code % n_dims
+    # Components with the same set of axes form one group: hash each set, then group.
+    salt = np.random.default_rng(0).integers(1, 2**62, size=n_dims, dtype=np.int64)
+    sig = np.zeros(n_comp, dtype=np.int64)
+    np.add.at(sig, pair_comp, salt[pair_dim])
+    cands = np.unique(pair_comp)
+    _, inverse = np.unique(sig[cands], return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.flatnonzero(np.diff(inverse[order])) + 1
+    groups = []
+    for members in np.split(cands[order], bounds):
+        lo, hi = np.searchsorted(pair_comp, [members[0], members[0] + 1])
+        groups.append(_make_group(space, keys, pair_dim[lo:hi].tolist(), members, comp, blocked,
+                                  comp_blocked, param_targets))
     groups.sort(key=lambda g: min(space.offsets[(s.node, s.axis)] for s in g.slots))
     _disambiguate_keys(groups)
     return groups

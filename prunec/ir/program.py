@@ -79,7 +79,7 @@ class Program:
         mod_path, _, attr = target.rpartition(".")
         mod = self.gm.get_submodule(mod_path) if mod_path else self.gm
         old = getattr(mod, attr)
-        value = value.detach().clone().contiguous()
+        value = value.detach().contiguous()  # callers pass fresh tensors (index_select, sums)
         if isinstance(old, torch.nn.Parameter):
             mod._parameters[attr] = torch.nn.Parameter(value, requires_grad=old.requires_grad)
         elif attr in getattr(mod, "_buffers", {}):
@@ -109,11 +109,21 @@ class Program:
     def bump(self) -> None:
         self.version += 1
 
-    def finalize(self) -> None:
-        """Recompile the code and refresh ``meta["val"]`` after a rewrite."""
+    def finalize(self, sizes: dict | None = None) -> None:
+        """Recompile the code and refresh ``meta["val"]`` after a rewrite.
+
+        Args:
+            sizes: ``{(node name, axis): new size}`` for every static axis, as the channel
+                analysis computed them. When given, fake values are re-made with those sizes
+                (fast: no op is re-run); otherwise fake tensors are re-propagated through every
+                op. Tests check that both give the same shapes.
+        """
         self.gm.graph.lint()
         self.gm.recompile()
-        refresh_meta(self.gm)
+        if sizes is None:
+            refresh_meta(self.gm)
+        else:
+            resize_meta(self.gm, sizes)
         self.bump()
 
 
@@ -133,6 +143,30 @@ def refresh_meta(gm: fx.GraphModule) -> None:
     # The in/out pytree codegen is bypassed: propagate over the flat placeholders.
     interp = FakeTensorProp(gm, mode=fake_mode)
     interp.propagate_dont_convert_inputs(*[n.meta.get("val") for n in phs])
+
+
+def resize_meta(gm: fx.GraphModule, sizes: dict) -> None:
+    """Re-make every ``meta["val"]`` whose static sizes changed (contiguous fake tensors)."""
+    from torch._guards import detect_fake_mode
+
+    fake_mode = detect_fake_mode([n.meta.get("val") for n in gm.graph.nodes if n.op == "placeholder"])
+    for node in gm.graph.nodes:
+        val = node.meta.get("val")
+        if isinstance(val, torch.Tensor):
+            node.meta["val"] = _resized(val, node.name, sizes, fake_mode)
+        elif isinstance(val, (list, tuple)) and node.op == "call_function":
+            outs = {u.args[1]: u.name for u in node.users if u.op == "call_function" and len(u.args) > 1}
+            node.meta["val"] = type(val)(
+                _resized(v, outs[i], sizes, fake_mode) if isinstance(v, torch.Tensor) and i in outs else v
+                for i, v in enumerate(val))
+
+
+def _resized(val: torch.Tensor, name: str, sizes: dict, fake_mode) -> torch.Tensor:
+    shape = [sizes.get((name, ax), s) for ax, s in enumerate(val.shape)]
+    if all(a is b or (isinstance(b, int) and a == b) for a, b in zip(shape, val.shape)):
+        return val
+    with fake_mode:
+        return torch.empty(shape, dtype=val.dtype, device=val.device, requires_grad=val.requires_grad)
 
 
 def param_nodes(program: Program) -> dict[str, fx.Node]:

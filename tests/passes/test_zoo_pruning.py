@@ -10,6 +10,7 @@ import prunec
 from prunec.ir.capture import capture
 from prunec.ir.channels import analyze_channels
 from prunec.ir.cost import count_macs
+from prunec.ir.program import refresh_meta
 from prunec.passes import MagnitudePruning, PassContext, RandomPruning
 from prunec.passes.plan import PruningPlan, apply_plan
 from tests.helpers import max_diff, state_equal, zeroed_copy
@@ -56,6 +57,17 @@ def test_pruned_runs_smaller_and_rounded(case_program, ratio, pass_cls):
     for key, kept in result.stats["plan"].keep.items():
         for slot in before[key].slots:
             assert (len(kept) * slot.width) % 8 == 0, f"{case.name}: {slot} keeps {len(kept)} units"
+    _assert_meta_matches_propagation(p)
+
+
+def _assert_meta_matches_propagation(program):
+    """apply_plan's fast metadata refresh agrees with re-running every op on fake tensors."""
+    fast = {n.name: tuple(n.meta["val"].shape) for n in program.graph.nodes
+            if isinstance(n.meta.get("val"), torch.Tensor)}
+    refresh_meta(program.gm)
+    slow = {n.name: tuple(n.meta["val"].shape) for n in program.graph.nodes
+            if isinstance(n.meta.get("val"), torch.Tensor)}
+    assert {k: str(v) for k, v in fast.items()} == {k: str(v) for k, v in slow.items()}
 
 
 def test_zeroing_removed_channels_matches(case_program):
