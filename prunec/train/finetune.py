@@ -177,6 +177,20 @@ def _world() -> int:
 
 
 # ---------------------------------------------------------------------------- loop
+def _sync_buffers(module: nn.Module) -> None:
+    """Give every rank rank 0's buffers (batch-norm running statistics).
+
+    DDP broadcasts rank 0's buffers before each forward, so during training every rank
+    normalises with rank 0's statistics; the last forward still updated each rank's own copy.
+    """
+    if _world() == 1:
+        return
+    import torch.distributed as dist
+
+    for buffer in module.buffers():
+        dist.broadcast(buffer.data, src=0)
+
+
 def _wrap(module: nn.Module, device: torch.device) -> nn.Module:
     if _world() == 1:
         return module
@@ -269,6 +283,7 @@ def finetune(
             loader.sampler.set_epoch(epoch)
         for batch in loader:
             history.append({"epoch": epoch, "step": len(history), **step_fn(batch)})
+    _sync_buffers(student.gm)
     if student is not compiled.program:
         copy_state(student.gm, compiled.program.gm)
         compiled.program.bump()  # weights changed: cached analyses (statistics) are stale
