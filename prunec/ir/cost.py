@@ -40,7 +40,7 @@ from prunec.ir.program import Program
 
 __all__ = [
     "count_macs", "count_params", "cost_report", "macs_by_node", "node_macs", "mac_kind",
-    "ShapeOf",
+    "ShapeOf", "concrete_shapes",
 ]
 
 Shape = tuple[int, ...]
@@ -226,14 +226,14 @@ def _recorded_shapes(program: Program) -> dict[fx.Node, Shape]:
     return recorder.shapes
 
 
-def _concrete_shapes(program: Program) -> dict[fx.Node, Shape]:
+def concrete_shapes(program: Program) -> dict[fx.Node, Shape]:
     shapes = _hinted_shapes(program)
     return shapes if shapes is not None else _recorded_shapes(program)
 
 
 # --------------------------------------------------------------------------- public API
 def _compute_macs_by_node(program: Program) -> dict[str, int]:
-    shapes = _concrete_shapes(program)
+    shapes = concrete_shapes(program)
     shape_of: ShapeOf = lambda a: shapes.get(a) if isinstance(a, fx.Node) else None  # noqa: E731
     return {n.name: node_macs(n, shape_of) for n in program.graph.nodes if mac_kind(n)}
 

@@ -32,7 +32,7 @@ from prunec.ir.channels import ChannelAnalysis, analyze_channels, static_shape
 from prunec.ir.program import Program
 from prunec.ir.rules import rule_for
 
-__all__ = ["PruningPlan", "MeanCompensation", "apply_plan"]
+__all__ = ["PruningPlan", "MeanCompensation", "apply_plan", "estimate_macs"]
 
 aten = torch.ops.aten
 
@@ -138,6 +138,29 @@ def apply_plan(program: Program, plan: PruningPlan) -> Program:
             rule.rewrite(ctx, node)
     program.finalize(sizes=expected)
     return program
+
+
+def estimate_macs(program: Program, plan: PruningPlan) -> int:
+    """MACs ``program`` would have after ``plan``, without rewriting anything.
+
+    Every counted op is re-costed with its axes shrunk to their kept sizes (what a threshold
+    search over hypothetical plans needs, e.g. OCSPruner's MACs-targeted selection).
+    """
+    from prunec.ir.cost import concrete_shapes, node_macs
+
+    analysis = analyze_channels(program)
+    keep = _element_keep(analysis, plan)
+    shapes = concrete_shapes(program)
+    offsets = analysis.offsets
+
+    def shape_of(arg):
+        shape = shapes.get(arg) if isinstance(arg, fx.Node) else None
+        if shape is None:
+            return None
+        return tuple(int(keep[offsets[(arg.name, ax)]:offsets[(arg.name, ax)] + n].sum())
+                     if (arg.name, ax) in offsets else n for ax, n in enumerate(shape))
+
+    return sum(node_macs(node, shape_of) for node in program.graph.nodes if node.op == "call_function")
 
 
 def _element_keep(analysis: ChannelAnalysis, plan: PruningPlan) -> np.ndarray:

@@ -12,7 +12,7 @@ from prunec.ir.channels import analyze_channels
 from prunec.ir.cost import count_macs
 from prunec.ir.program import refresh_meta
 from prunec.passes import MagnitudePruning, PassContext, RandomPruning
-from prunec.passes.plan import PruningPlan, apply_plan
+from prunec.passes.plan import PruningPlan, apply_plan, estimate_macs
 from tests.helpers import max_diff, state_equal, zeroed_copy
 from tests.zoo import ZOO
 
@@ -84,6 +84,16 @@ def test_zeroing_removed_channels_matches(case_program):
     with torch.no_grad():
         diff = max_diff(reference(*case.args, **case.kwargs), _run(case, p))
     assert diff < 1e-4, f"{case.name}: {diff}"
+
+
+def test_estimated_macs_match_rewritten(case_program):
+    case, program = case_program
+    p = program.clone()
+    analysis = analyze_channels(p)
+    plan = MagnitudePruning(0.5).plan(p, analysis.prunable(), PassContext())
+    estimate = estimate_macs(p, plan)
+    apply_plan(p, plan)
+    assert estimate == count_macs(p) < count_macs(program)
 
 
 def test_second_run_is_not_modified(case_program):
