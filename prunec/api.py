@@ -15,6 +15,7 @@ from prunec.ir.capture import capture
 from prunec.ir.channels import ChannelAnalysis, analyze_channels
 from prunec.ir.program import Program
 from prunec.passes.base import PassContext
+from prunec.passes.instruments import CheckOutputs
 
 __all__ = ["compile", "analyze", "CompiledModel", "Report"]
 
@@ -87,7 +88,7 @@ def compile(  # noqa: A001 - the public name the design asks for
     backend_options: dict | None = None,
     train: bool = False,
     dynamic: bool | tuple | dict = True,
-    instruments: Sequence = (),
+    instruments: Sequence | None = None,
 ) -> CompiledModel:
     """Capture ``model``, run ``passes``, lower to ``backend``.
 
@@ -100,12 +101,15 @@ def compile(  # noqa: A001 - the public name the design asks for
         backend_options: Keyword options for the backend (opset, threads, fp16...).
         train: Capture in train mode (for pruning during training).
         dynamic: See :func:`prunec.ir.capture.capture`.
-        instruments: Objects with ``before``/``after`` hooks run around every pass.
+        instruments: Objects with ``before``/``after`` hooks run around every pass; by
+            default :class:`~prunec.passes.instruments.CheckOutputs`.
     """
     from prunec.ir.cost import count_macs, count_params
 
     program = capture(model, example_inputs, example_kwargs, train=train, dynamic=dynamic)
     report = Report(count_macs(program), count_params(program), backend=backend)
+    if instruments is None:
+        instruments = (CheckOutputs(),)
     ctx = PassContext(tuple(instruments))
     for pass_ in passes:
         result = ctx.run(pass_, program)

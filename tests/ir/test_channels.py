@@ -131,3 +131,13 @@ def test_train_mode_capture_keeps_batch_norm_training():
     program.run(torch.randn(4, 3, 32, 32))
     assert not torch.equal(before, program.get_tensor(bn))  # running statistics were updated
     assert case.model.training is False
+
+
+def test_instruments_dump_ir_and_check_outputs(tmp_path):
+    from prunec.passes.instruments import CheckOutputs, DumpIR
+
+    model = UnknownOp().eval()
+    prunec.compile(model, (torch.randn(2, 8),), [MagnitudePruning(0.5)],
+                   instruments=[CheckOutputs(), DumpIR(tmp_path)])
+    dumped = list(tmp_path.glob("*.py"))
+    assert len(dumped) == 1 and "linear" in dumped[0].read_text()
