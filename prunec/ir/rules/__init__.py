@@ -68,7 +68,7 @@ def rule_for(node: fx.Node) -> Rule | None:
 
 def _load_rule_modules() -> None:
     from prunec.ir.rules import (  # noqa: F401  (imports register the rules)
-        attention, conv, elementwise, linear, norm, shape,
+        attention, conv, elementwise, linear, norm, pool, shape,
     )
 
 
