@@ -6,12 +6,9 @@ fresh capture of the same model.
 
 :func:`apply_plan` then
 
-1. folds compensations into consumers' biases from the *original* weights: for a value whose
-   pruned channels ``P`` are replaced by constants ``mu`` and a linear consumer
-   ``y = W x + b``, ``b' = b + W[:, P] @ mu[P]``; for a convolution
-   ``b'_o = b_o + sum_{i in P} mu_i * sum_k W[o, i, k]`` (exact for 1x1 kernels and unpadded
-   convolutions; at zero-padded borders the padded taps contributed 0, not ``mu``, so the fold is
-   approximate there -- see docs/compensation.md);
+1. folds compensations into consumers from the *original* weights
+   (:mod:`prunec.passes.compensation`: ``b' = b + W[:, P] @ mu[P]``, exact at the borders of
+   zero-padded convolutions too);
 2. slices every coupled parameter and buffer with ``index_select`` on the kept indices;
 3. recomputes shape constants with the op rules' ``rewrite`` (view sizes, split sizes, group
    counts, normalised shapes, slice bounds);
@@ -31,6 +28,7 @@ from prunec.errors import PlanError
 from prunec.ir.channels import ChannelAnalysis, analyze_channels, static_shape
 from prunec.ir.program import Program
 from prunec.ir.rules import rule_for
+from prunec.passes.compensation import fold_mean
 
 __all__ = ["PruningPlan", "MeanCompensation", "apply_plan", "estimate_macs"]
 
@@ -129,14 +127,16 @@ def apply_plan(program: Program, plan: PruningPlan) -> Program:
     expected = {key: int(elem_keep[off:off + analysis.shapes[key[0]][key[1]]].sum())
                 for key, off in analysis.offsets.items()}
     ctx = RewriteContext(program, analysis, elem_keep)
+    added_nodes = False
     for comp in plan.compensations:
-        _fold_mean(ctx, comp)
+        added_nodes |= fold_mean(ctx, comp)
     _slice_tensors(ctx)
     for node in list(program.graph.nodes):
         rule = rule_for(node) if node.op == "call_function" else None
         if rule is not None and rule.rewrite is not None:
             rule.rewrite(ctx, node)
-    program.finalize(sizes=expected)
+    # New nodes (border corrections) have no metadata yet: propagate through every op then.
+    program.finalize(sizes=None if added_nodes else expected)
     return program
 
 
@@ -202,60 +202,3 @@ def _slice_tensors(ctx: RewriteContext) -> None:
                 changed = True
         if changed:
             ctx.program.set_tensor(node.target, tensor)
-
-
-# ----------------------------------------------------------------------------- compensation
-def _fold_mean(ctx: RewriteContext, comp: MeanCompensation) -> None:
-    node = next((n for n in ctx.program.graph.nodes if n.name == comp.value), None)
-    if node is None:
-        raise PlanError(f"compensation names value '{comp.value}', which is not in the graph.")
-    if not ctx.changed(node, comp.axis):
-        return
-    mask = ctx._mask(node, comp.axis)
-    pruned = torch.from_numpy(np.nonzero(~mask)[0])
-    mu = comp.mean.to(torch.float64)[pruned]
-    for user in list(node.users):
-        _fold_into(ctx, user, node, pruned, mu)
-
-
-def _fold_into(ctx: RewriteContext, user: fx.Node, value: fx.Node, pruned, mu) -> None:
-    packet = getattr(user.target, "overloadpacket", None)
-    if packet is aten.linear and user.args[0] is value:
-        w = ctx.program.get_tensor(user.args[1].target).detach().double()
-        delta = w[:, pruned] @ mu
-    elif packet in (aten.conv1d, aten.conv2d, aten.conv3d) and user.args[0] is value \
-            and _groups(user) == 1:
-        w = ctx.program.get_tensor(user.args[1].target).detach().double()
-        delta = torch.einsum("oi...,i->o", w[:, pruned], mu)
-    else:
-        raise PlanError(
-            f"cannot fold the means of '{value.name}' into its consumer '{user.name}' "
-            f"({user.target}): only linear and ungrouped convolution consumers take a bias fold. "
-            f"Use compensate=False or target groups whose consumers are linear.")
-    _add_to_bias(ctx, user, delta)
-
-
-def _groups(node: fx.Node) -> int:
-    return int(node.args[6]) if len(node.args) > 6 else int(node.kwargs.get("groups", 1))
-
-
-def _add_to_bias(ctx: RewriteContext, user: fx.Node, delta: torch.Tensor) -> None:
-    bias = user.args[2] if len(user.args) > 2 else user.kwargs.get("bias")
-    program = ctx.program
-    if bias is not None:
-        old = program.get_tensor(bias.target)
-        program.set_tensor(bias.target, (old.detach().double() + delta).to(old.dtype))
-        return
-    weight = user.args[1]
-    out_ax = 1 if user.target.overloadpacket is not aten.linear else len(static_shape(user)) - 1
-    if ctx.changed(user, out_ax):  # a new bias is not in the analysis: slice it here
-        delta = delta[ctx.kept(user, out_ax)]
-    prefix = weight.target.rpartition(".")[0]
-    target = f"{prefix}.prunec_bias" if prefix else "prunec_bias"
-    program.add_tensor(target, delta.to(program.get_tensor(weight.target).dtype))
-    with program.graph.inserting_before(user):
-        attr = program.graph.get_attr(target)
-    attr.meta["val"] = weight.meta["val"].new_empty(delta.shape)  # sliced later like any bias
-    args = list(user.args) + [None] * (3 - len(user.args))
-    args[2] = attr
-    program.set_args(user, tuple(args))

@@ -72,3 +72,12 @@ def couple_elementwise(ctx, node) -> None:
 
 def _is_activation(x) -> bool:
     return getattr(x, "op", None) not in (None, "get_attr")
+
+
+@register(aten.new_ones, aten.new_zeros, aten.new_full, aten.new_empty)
+def couple_new_tensor(ctx, node) -> None:
+    """``x.new_ones(size)`` reads only ``x``'s dtype and device: ``x``'s axes are free; the
+    output's axes come from constants and so are kept."""
+    x = node.args[0]
+    for ax in range(len(ctx.shape(x) or ())):
+        ctx.cover(x, ax)

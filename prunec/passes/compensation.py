@@ -1,0 +1,137 @@
+"""Mean compensation: removed channels replaced by constants, folded into their consumers.
+
+For a value ``x`` whose pruned channels ``P`` are replaced by their calibration means ``mu``:
+
+* linear consumer ``y = W x + b``: ``b' = b + W[:, P] @ mu[P]`` (a bias is created if absent);
+* convolution without padding, or with a 1x1 kernel: every output position sees all kernel
+  taps, so ``b'_o = b_o + sum_{i in P} mu_i sum_k W[o, i, k]``;
+* convolution with zero padding and a kernel larger than 1: at the borders some taps read the
+  padding (0, not ``mu``), so a bias is not exact there. The exact correction is the
+  convolution of a constant image: ``delta = conv(1[H, W], K)`` with the one-channel kernel
+  ``K[o, 0] = sum_{i in P} mu_i W[o, i]``, added to the consumer's output. It is written in the
+  graph as ``conv2d(new_ones(K, [1, 1, H, W]), K) + y``: with static spatial sizes every input
+  of it is constant and ONNX constant folding turns it into a constant map; with dynamic sizes
+  it costs ``1 / C_in`` of the consumer's own convolution.
+
+All arithmetic is done in float64 from the original, unsliced weights.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.fx as fx
+
+from prunec.errors import PlanError
+from prunec.ir.channels import static_shape
+
+__all__ = ["fold_mean"]
+
+aten = torch.ops.aten
+_CONVS = (aten.conv1d, aten.conv2d, aten.conv3d)
+
+
+def fold_mean(ctx, comp) -> bool:
+    """Fold one :class:`MeanCompensation`; returns whether graph nodes were added."""
+    node = next((n for n in ctx.program.graph.nodes if n.name == comp.value), None)
+    if node is None:
+        raise PlanError(f"compensation names value '{comp.value}', which is not in the graph.")
+    if not ctx.changed(node, comp.axis):
+        return False
+    pruned = torch.from_numpy(np.nonzero(~ctx._mask(node, comp.axis))[0])
+    mu = comp.mean.to(torch.float64)[pruned]
+    added = False
+    for user in list(node.users):
+        added |= _fold_into(ctx, user, node, pruned, mu)
+    return added
+
+
+def _conv_arg(node: fx.Node, pos: int, name: str, default):
+    return node.args[pos] if len(node.args) > pos else node.kwargs.get(name, default)
+
+
+def _fold_into(ctx, user: fx.Node, value: fx.Node, pruned, mu) -> bool:
+    packet = getattr(user.target, "overloadpacket", None)
+    weight = ctx.program.get_tensor(user.args[1].target).detach().double() if len(user.args) > 1 \
+        and isinstance(user.args[1], fx.Node) and user.args[1].op == "get_attr" else None
+    if packet is aten.linear and user.args[0] is value and weight is not None:
+        _add_to_bias(ctx, user, weight[:, pruned] @ mu)
+        return False
+    if packet in _CONVS and user.args[0] is value and weight is not None \
+            and int(_conv_arg(user, 6, "groups", 1)) == 1:
+        kernel = torch.einsum("oi...,i->o...", weight[:, pruned], mu)  # [C_out, *k]
+        if _pads_borders(user, kernel):
+            _add_border_exact(ctx, user, value, kernel.unsqueeze(1))
+            return True
+        _add_to_bias(ctx, user, kernel.flatten(1).sum(1))
+        return False
+    raise PlanError(
+        f"cannot fold the means of '{value.name}' into its consumer '{user.name}' "
+        f"({user.target}): only linear and ungrouped convolution consumers take a fold. "
+        f"Use compensate=False or target groups whose consumers are linear.")
+
+
+def _pads_borders(user: fx.Node, kernel: torch.Tensor) -> bool:
+    padding = _conv_arg(user, 4, "padding", 0)
+    if isinstance(padding, str):
+        return padding != "valid" and kernel[0].numel() > 1
+    pads = padding if isinstance(padding, (list, tuple)) else [padding]
+    return any(int(p) > 0 for p in pads) and kernel[0].numel() > 1
+
+
+def _out_axis(user: fx.Node) -> int:
+    return len(static_shape(user)) - 1 if user.target.overloadpacket is aten.linear else 1
+
+
+def _new_tensor(ctx, user: fx.Node, name: str, value: torch.Tensor, like: fx.Node) -> fx.Node:
+    """Register ``value`` (sliced to the kept outputs) next to ``like``'s parameter."""
+    if ctx.changed(user, _out_axis(user)):  # new tensors are not in the analysis: slice here
+        value = value[ctx.kept(user, _out_axis(user))]
+    program = ctx.program
+    prefix = like.target.rpartition(".")[0]
+    target = f"{prefix}.{name}" if prefix else name
+    program.add_tensor(target, value.to(program.get_tensor(like.target).dtype), parameter=False)
+    with program.graph.inserting_before(user):
+        attr = program.graph.get_attr(target)
+    attr.meta["val"] = like.meta["val"].new_empty(value.shape)
+    return attr
+
+
+def _add_to_bias(ctx, user: fx.Node, delta: torch.Tensor) -> None:
+    bias = user.args[2] if len(user.args) > 2 else user.kwargs.get("bias")
+    program = ctx.program
+    if bias is not None:
+        old = program.get_tensor(bias.target)
+        program.set_tensor(bias.target, (old.detach().double() + delta).to(old.dtype))
+        return
+    attr = _new_tensor(ctx, user, "prunec_bias", delta, user.args[1])
+    args = list(user.args) + [None] * (3 - len(user.args))
+    args[2] = attr
+    program.set_args(user, tuple(args))
+
+
+def _add_border_exact(ctx, user: fx.Node, value: fx.Node, kernel: torch.Tensor) -> None:
+    """``y + conv(ones[1, 1, *S], K)`` with the consumer's stride, padding and dilation."""
+    graph = ctx.program.graph
+    k_node = _new_tensor(ctx, user, "prunec_mean_kernel", kernel, user.args[1])
+    shape = static_shape(value) or ()
+    cursor, sizes = user, []
+    for ax in range(2, len(value.meta["val"].shape)):
+        if ax < len(shape) and isinstance(shape[ax], int):
+            sizes.append(shape[ax])
+            continue
+        with graph.inserting_after(cursor):
+            cursor = graph.call_function(aten.sym_size.int, (value, ax))
+        sizes.append(cursor)
+    last = cursor
+    with graph.inserting_after(last):
+        ones = graph.call_function(aten.new_ones.default, (k_node, [1, 1, *sizes]))
+    with graph.inserting_after(ones):
+        n = len(sizes)
+        conv_args = (ones, k_node, None, *[_conv_arg(user, i, name, d) for i, name, d in
+                                           ((3, "stride", [1] * n), (4, "padding", [0] * n),
+                                            (5, "dilation", [1] * n))], 1)
+        corr = graph.call_function(user.target, conv_args)
+    with graph.inserting_after(corr):
+        total = graph.call_function(aten.add.Tensor, (user, corr))
+    user.replace_all_uses_with(total, delete_user_cb=lambda n: n is not total)
+    ctx.program.bump()
