@@ -18,8 +18,8 @@ by the raw ``sigma_i^2`` alone.
    ``b2' = b2 + W2[:, P] @ mu[P]`` from the original ``W2`` (a bias is created if absent),
    then ``W1[K]``, ``b1[K]``, ``W2[:, K]``. The fold is a :class:`MeanCompensation` that
    :func:`~prunec.passes.plan.apply_plan` writes as constants (no runtime cost). It is exact:
-   the pruned model equals the original with ``h_P`` replaced by ``mu_P``. For a ``k x k``
-   convolution consumer with zero padding the fold is exact only away from the borders (see
+   the pruned model equals the original with ``h_P`` replaced by ``mu_P``, for ``linear``
+   and ungrouped convolution consumers (zero-padded ``k x k`` ones included: see
    ``docs/compensation.md``).
 
 Which value is measured: for a group, every activation ``v`` that is the input (``args[0]``)
