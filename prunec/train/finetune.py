@@ -20,7 +20,9 @@ contract 4): it has the pruned shapes and the model's exact training behaviour. 
 parameters and buffers are loaded from ``compiled.program`` before training (same fully
 qualified names, including biases created by mean folding) and copied back after it, so
 ``compiled`` keeps its eval-mode graph and gets the trained weights and the batch-norm
-running statistics. A program captured with ``train=True`` trains as it is.
+running statistics. Tensors that mean folding created (``prunec_bias``,
+``prunec_mean_kernel``) are buffers: they are copied across but stay constant while training.
+A program captured with ``train=True`` trains as it is.
 
 **Distributed.** Under ``torchrun`` (``torch.distributed`` initialised, world size > 1) the
 student is wrapped in ``DistributedDataParallel`` (which broadcasts rank 0's state at the

@@ -41,10 +41,25 @@ def test_train_program_replays_structure_and_folded_bias():
     model, compiled = compiled_mlp()
     student = train_program(compiled, model)
     assert student.training and student is not compiled.program
-    assert "2.prunec_bias" in dict(student.gm.named_parameters())  # created by mean folding
+    assert "2.prunec_bias" in dict(student.gm.named_buffers())  # created by mean folding
     x = batches(1, seed=3)[0][0]
     with torch.no_grad():  # no dropout or batch norm: train and eval graphs agree
         assert max_diff(student.gm(x), compiled(x)) < 1e-6
+
+
+def test_train_program_replays_padded_conv_border_correction():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(16, 8, 3, padding=1, bias=False), nn.Flatten(1),
+                          nn.Linear(8 * 6 * 6, 4)).eval()
+    x = torch.randn(4, 3, 6, 6)
+    compiled = prunec.compile(model, x, [VarianceBasedPruning(0.5, [x], targets="all")])
+    student = train_program(compiled, model)
+    assert any(k.endswith("prunec_mean_kernel") for k, _ in student.gm.named_buffers())
+    with torch.no_grad():
+        assert max_diff(student.gm(x), compiled(x)) < 1e-6
+    _, history = prunec.finetune(compiled, [(x, torch.tensor([0, 1, 2, 3]))], teacher=model)
+    assert len(history) == 1
 
 
 def test_batch_norm_and_dropout_behave_as_in_training():
@@ -78,9 +93,9 @@ def test_distillation_lowers_the_kl():
 
 def test_weights_come_back_into_the_eval_program():
     model, compiled = compiled_mlp()
-    before = copy.deepcopy(compiled.module.state_dict())
+    before = {k: v.clone() for k, v in compiled.module.named_parameters()}
     prunec.finetune(compiled, batches(), epochs=1, teacher=model, lr=1e-2)
-    after = compiled.module.state_dict()
+    after = dict(compiled.module.named_parameters())
     assert after.keys() == before.keys()
     assert all(not torch.equal(after[k], before[k]) for k in before)
 
