@@ -400,8 +400,8 @@ def plot(rows: list[dict], path: Path) -> Path:
         ax.plot(xs, [r["ideal"] for r in sel], "r_", markersize=30, mew=2,
                 label="ideal (MACs ratio)")
         for x, r in zip(xs, sel):
-            ax.annotate(f"eff {r['efficiency']:.2f}", (x, r["speedup"]), ha="center",
-                        xytext=(0, 12), textcoords="offset points", fontsize=8)
+            ax.annotate(f"eff\n{r['efficiency']:.2f}", (x, r["speedup"] / 2), ha="center",
+                        va="center", color="white", fontsize=8)
         ax.set_xticks(list(xs), labels, fontsize=7)
         ax.axhline(1.0, color="gray", lw=0.8)
         ax.set(title=f"{name}, pruned vs dense", ylabel="speedup (x)")

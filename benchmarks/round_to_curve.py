@@ -106,9 +106,15 @@ def markdown(rows: list[dict], res, args) -> str:
         m8 = [r["vs_trend"] for r in sel if r["mult8"]]
         other = [r["vs_trend"] for r in sel if not r["mult8"]]
         worst = max(sel, key=lambda r: r["vs_trend"])
+        steps = [(b["median_ms"] / a["median_ms"] - 1, a["width"], b["width"])
+                 for a, b in zip(sel, sel[1:])]
+        up = max(steps)
         lines += ["", f"Mean `vs trend`: multiples of 8 {np.mean(m8):.3f} ({len(m8)} widths), "
                   f"others {np.mean(other):.3f} ({len(other)} widths); slowest against the "
-                  f"trend: W={worst['width']} ({worst['vs_trend']:.3f}).", ""]
+                  f"trend: W={worst['width']} ({worst['vs_trend']:.3f}); largest step up between "
+                  f"neighbouring widths: {up[1]} -> {up[2]} ({100 * up[0]:+.1f}%); range of "
+                  f"medians {100 * (max(r['median_ms'] for r in sel) / min(r['median_ms'] for r in sel) - 1):.1f}% "
+                  f"for +{100 * (sel[-1]['width'] / sel[0]['width'] - 1):.1f}% width.", ""]
     lines += ["## Environment", ""] + common.env_lines(res.environment, [
         f"- iterations per batch size {args.iters}, warmup {args.warmup} rounds; "
         f"{common.load_note()} at the end of the run"])

@@ -19,7 +19,9 @@ recorded. Torch-Pruning's documented HF ViT recipe (``examples/transformers/prun
 also tried on DeiT-Small and what it needed is recorded (not timed: it prunes other layers).
 
 Per backend and batch size, dense / prunec / Torch-Pruning artifacts run interleaved in one
-process. Goal: prunec's artifact at least as fast as Torch-Pruning's.
+process (ONNX Runtime sessions with intra-op spinning off: with spinning, the artifact in the
+middle of the round, here prunec's, is systematically slowed by its neighbours' spinning
+workers; see ``common.py``). Goal: prunec's artifact at least as fast as Torch-Pruning's.
 
 Run: ``python benchmarks/torch_pruning_compare.py`` ->
 ``benchmarks/results/tp_compare.{md,json,png}`` (``--quick``: ``tp_compare_quick.*``).
@@ -281,8 +283,12 @@ def markdown(models: dict, rows: list[dict], recipe: dict, args) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     verdict = [r for r in rows if "tp_ms" in r]
     faster = [r for r in verdict if r["prunec_vs_tp"] >= 1.0]
+    missed = [f"{r['model']} {r['backend']} b{r['batch']}: {r['prunec_vs_tp']:.3f} "
+              f"[{r['prunec_vs_tp_ci95'][0]:.3f}, {r['prunec_vs_tp_ci95'][1]:.3f}]"
+              for r in verdict if r["prunec_vs_tp"] < 1.0]
     lines += ["", f"Goal (prunec at least as fast as Torch-Pruning, by median): met in "
-              f"{len(faster)} of {len(verdict)} rows.", ""]
+              f"{len(faster)} of {len(verdict)} rows"
+              + (f"; not met: {'; '.join(missed)}." if missed else "."), ""]
     for name, m in models.items():
         s = m["search"]
         lines += [f"## {name}", "", f"- prunec: {m['recipe']}", f"- Torch-Pruning: {m['tp_recipe']}",
@@ -306,6 +312,13 @@ def markdown(models: dict, rows: list[dict], recipe: dict, args) -> str:
               "`prune_head_dims=True`, `prune_num_heads=False`, then hand-patching the "
               "attention modules. With transformers 5.x:", ""]
     lines += [f"- {k}: {v}" for k, v in recipe.items()]
+    before, after = recipe.get("unpatched_sdpa_q_shape"), recipe.get("patched_sdpa_q_shape")
+    if before and after and before != after and isinstance(before[0], list):
+        lines += ["", f"Without the hand patch the pruned model runs without any error but its "
+                  f"attention is computed over {before[0][1]} heads of {before[0][3]} instead of "
+                  f"{after[0][1]} heads of {after[0][3]} (query shape given to SDPA): silently "
+                  f"wrong outputs. prunec prunes whole heads and rewrites the reshape constants "
+                  f"in the captured graph, so there is no module attribute to patch."]
     lines += ["", "## Environment", ""] + common.env_lines(env, [
         f"- iterations per batch size {args.iters}, warmup {args.warmup} rounds; "
         f"{common.load_note()} at the end of the run"])
