@@ -3,7 +3,9 @@
 The ONNX model is the one :func:`~prunec.backends.onnx_backend.export_onnx` produces (same
 options, same parity check). The session uses graph optimisation level ``ORT_ENABLE_ALL``,
 ``intra_op_threads`` threads inside an op (default 2) and ``inter_op_threads`` between ops
-(default 1, sequential execution), and ``CUDAExecutionProvider`` when the installed
+(default 1, sequential execution), intra-op spinning as ONNX Runtime's default unless
+``spinning=False`` (worth turning off when several sessions share few cores: a session's
+spinning workers slow the next one), and ``CUDAExecutionProvider`` when the installed
 onnxruntime has it (``onnxruntime-gpu``), else ``CPUExecutionProvider``. Inputs go through
 host memory (numpy) on every provider.
 """
@@ -25,7 +27,8 @@ if TYPE_CHECKING:
 __all__ = ["OnnxRuntimeArtifact", "lower_onnxruntime", "session_options", "pick_providers"]
 
 
-def session_options(intra_op_threads: int = 2, inter_op_threads: int = 1) -> Any:
+def session_options(intra_op_threads: int = 2, inter_op_threads: int = 1,
+                    spinning: bool = True) -> Any:
     """``onnxruntime.SessionOptions`` with every graph optimisation enabled."""
     ort = require("onnxruntime", backend="onnxruntime", pip=PIP_HINT)
     options = ort.SessionOptions()
@@ -34,6 +37,8 @@ def session_options(intra_op_threads: int = 2, inter_op_threads: int = 1) -> Any
     options.inter_op_num_threads = inter_op_threads
     options.execution_mode = (ort.ExecutionMode.ORT_SEQUENTIAL if inter_op_threads <= 1
                               else ort.ExecutionMode.ORT_PARALLEL)
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
@@ -55,16 +60,17 @@ class OnnxRuntimeArtifact(OnnxArtifact):
         intra_op_threads: Threads inside one op.
         inter_op_threads: Threads across independent ops.
         providers: Execution providers; :func:`pick_providers` when ``None``.
+        spinning: Let idle intra-op threads spin (ONNX Runtime's default).
     """
 
     name = "onnxruntime"
 
     def __init__(self, model: "onnx.ModelProto", io: IOSpec | None = None, *,
                  intra_op_threads: int = 2, inter_op_threads: int = 1,
-                 providers: list[str] | None = None) -> None:
+                 providers: list[str] | None = None, spinning: bool = True) -> None:
         self.settings = {"intra_op_threads": intra_op_threads,
-                         "inter_op_threads": inter_op_threads}
-        super().__init__(model, io, session_options(intra_op_threads, inter_op_threads),
+                         "inter_op_threads": inter_op_threads, "spinning": spinning}
+        super().__init__(model, io, session_options(intra_op_threads, inter_op_threads, spinning),
                          providers or pick_providers())
         self.settings["providers"] = self.session.get_providers()
 
@@ -79,7 +85,7 @@ def lower_onnxruntime(program: "Program", *, intra_op_threads: int = 2,
                       inter_op_threads: int = 1, providers: list[str] | None = None,
                       opset: int = DEFAULT_OPSET, dynamic_batch: bool = True,
                       fp16: bool = False, check: bool = True, atol: float | None = None,
-                      rtol: float | None = None) -> OnnxRuntimeArtifact:
+                      rtol: float | None = None, spinning: bool = True) -> OnnxRuntimeArtifact:
     """Lower ``program`` to ONNX and serve it with a tuned ONNX Runtime session.
 
     Args:
@@ -93,6 +99,7 @@ def lower_onnxruntime(program: "Program", *, intra_op_threads: int = 2,
         check: Likewise (tolerances from :data:`TOLERANCES` unless given).
         atol: Likewise.
         rtol: Likewise.
+        spinning: Intra-op spinning (see the module docstring).
 
     Raises:
         BackendUnavailable: an ONNX package is missing.
@@ -102,7 +109,8 @@ def lower_onnxruntime(program: "Program", *, intra_op_threads: int = 2,
         require(module, backend="onnxruntime", pip=PIP_HINT)
     model, io = export_onnx(program, opset=opset, dynamic_batch=dynamic_batch, fp16=fp16)
     artifact = OnnxRuntimeArtifact(model, io, intra_op_threads=intra_op_threads,
-                                   inter_op_threads=inter_op_threads, providers=providers)
+                                   inter_op_threads=inter_op_threads, providers=providers,
+                                   spinning=spinning)
     if check:
         tol = TOLERANCES["fp16" if fp16 else "fp32"]
         verify_artifact(program, artifact, io, atol=tol[0] if atol is None else atol,

@@ -62,6 +62,18 @@ def test_onnxruntime_session_settings_and_reload(tmp_path):
     _check("mlp", loaded, 6, "fp32")
 
 
+def test_onnxruntime_spinning_option():
+    from prunec.backends.onnxruntime_backend import session_options
+
+    art = lower(program("mlp"), "onnxruntime", spinning=False)
+    assert art.settings["spinning"] is False
+    _check("mlp", art, 6, "fp32")
+    opts = session_options(2, 1, spinning=False)
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    with pytest.raises(RuntimeError):  # not set: ONNX Runtime's default (spinning) applies
+        session_options(2, 1).get_session_config_entry("session.intra_op.allow_spinning")
+
+
 def test_pick_providers_prefers_cuda():
     assert pick_providers(["CPUExecutionProvider", "CUDAExecutionProvider"]) == [
         "CUDAExecutionProvider", "CPUExecutionProvider"]
