@@ -23,8 +23,9 @@ import torch.fx as fx
 
 from prunec.errors import PlanError
 from prunec.ir.channels import static_shape
+from prunec.ir.rules.conv import conv_arg, conv_groups
 
-__all__ = ["fold_mean"]
+__all__ = ["fold_mean", "fold_axis"]
 
 aten = torch.ops.aten
 _CONVS = (aten.conv1d, aten.conv2d, aten.conv3d)
@@ -45,33 +46,47 @@ def fold_mean(ctx, comp) -> bool:
     return added
 
 
-def _conv_arg(node: fx.Node, pos: int, name: str, default):
-    return node.args[pos] if len(node.args) > pos else node.kwargs.get(name, default)
+def fold_axis(consumer: fx.Node, value: fx.Node) -> int | None:
+    """The channel axis of ``value`` that ``consumer`` can take a mean fold on, else None.
+
+    ``linear(value, W)`` folds on the last axis, an ungrouped ``conv(value, W)`` on axis 1;
+    ``W`` must be a parameter. Passes use this to choose groups they can compensate.
+    """
+    if consumer.op != "call_function" or not consumer.args or consumer.args[0] is not value:
+        return None
+    weight = consumer.args[1] if len(consumer.args) > 1 else None
+    if not isinstance(weight, fx.Node) or weight.op != "get_attr":
+        return None
+    packet = getattr(consumer.target, "overloadpacket", None)
+    val = value.meta.get("val")
+    if packet is aten.linear and isinstance(val, torch.Tensor):
+        return val.dim() - 1
+    if packet in _CONVS and conv_groups(consumer) == 1:
+        return 1
+    return None
 
 
 def _fold_into(ctx, user: fx.Node, value: fx.Node, pruned, mu) -> bool:
-    packet = getattr(user.target, "overloadpacket", None)
-    weight = ctx.program.get_tensor(user.args[1].target).detach().double() if len(user.args) > 1 \
-        and isinstance(user.args[1], fx.Node) and user.args[1].op == "get_attr" else None
-    if packet is aten.linear and user.args[0] is value and weight is not None:
+    axis = fold_axis(user, value)
+    if axis is None:
+        raise PlanError(
+            f"cannot fold the means of '{value.name}' into its consumer '{user.name}' "
+            f"({user.target}): only linear and ungrouped convolution consumers take a fold. "
+            f"Use compensate=False or target groups whose consumers are linear.")
+    weight = ctx.program.get_tensor(user.args[1].target).detach().double()
+    if user.target.overloadpacket is aten.linear:
         _add_to_bias(ctx, user, weight[:, pruned] @ mu)
         return False
-    if packet in _CONVS and user.args[0] is value and weight is not None \
-            and int(_conv_arg(user, 6, "groups", 1)) == 1:
-        kernel = torch.einsum("oi...,i->o...", weight[:, pruned], mu)  # [C_out, *k]
-        if _pads_borders(user, kernel):
-            _add_border_exact(ctx, user, value, kernel.unsqueeze(1))
-            return True
-        _add_to_bias(ctx, user, kernel.flatten(1).sum(1))
-        return False
-    raise PlanError(
-        f"cannot fold the means of '{value.name}' into its consumer '{user.name}' "
-        f"({user.target}): only linear and ungrouped convolution consumers take a fold. "
-        f"Use compensate=False or target groups whose consumers are linear.")
+    kernel = torch.einsum("oi...,i->o...", weight[:, pruned], mu)  # [C_out, *k]
+    if _pads_borders(user, kernel):
+        _add_border_exact(ctx, user, value, kernel.unsqueeze(1))
+        return True
+    _add_to_bias(ctx, user, kernel.flatten(1).sum(1))
+    return False
 
 
 def _pads_borders(user: fx.Node, kernel: torch.Tensor) -> bool:
-    padding = _conv_arg(user, 4, "padding", 0)
+    padding = conv_arg(user, 4, "padding", 0)
     if isinstance(padding, str):
         return padding != "valid" and kernel[0].numel() > 1
     pads = padding if isinstance(padding, (list, tuple)) else [padding]
@@ -127,7 +142,7 @@ def _add_border_exact(ctx, user: fx.Node, value: fx.Node, kernel: torch.Tensor) 
         ones = graph.call_function(aten.new_ones.default, (k_node, [1, 1, *sizes]))
     with graph.inserting_after(ones):
         n = len(sizes)
-        conv_args = (ones, k_node, None, *[_conv_arg(user, i, name, d) for i, name, d in
+        conv_args = (ones, k_node, None, *[conv_arg(user, i, name, d) for i, name, d in
                                            ((3, "stride", [1] * n), (4, "padding", [0] * n),
                                             (5, "dilation", [1] * n))], 1)
         corr = graph.call_function(user.target, conv_args)

@@ -37,19 +37,18 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 import torch
-import torch.fx as fx
 
 from prunec.errors import CalibrationError, PrunecError
 from prunec.ir.calibration import ChannelStats, MaskSpec, collect_statistics
 from prunec.ir.channels import ChannelGroup, Slot
 from prunec.ir.program import Program
 from prunec.passes.base import PassContext, PruningPass
+from prunec.passes.compensation import fold_axis
 from prunec.passes.plan import MeanCompensation, PruningPlan
 
 __all__ = ["VarianceBasedPruning", "MeasuredValue", "measured_values", "unit_variances"]
 
 aten = torch.ops.aten
-_CONVS = (aten.conv1d, aten.conv2d, aten.conv3d)
 
 
 @dataclass(frozen=True)
@@ -59,34 +58,6 @@ class MeasuredValue:
     node: str
     axis: int
     slot: Slot
-
-
-def _packet(node: fx.Node):
-    return getattr(node.target, "overloadpacket", None) if node.op == "call_function" else None
-
-
-def _groups_arg(node: fx.Node) -> int:
-    return int(node.args[6]) if len(node.args) > 6 else int(node.kwargs.get("groups", 1))
-
-
-def _channel_axis(consumer: fx.Node, value: fx.Node) -> int | None:
-    """Channel axis of ``value`` when ``consumer`` contracts it with a weight, else None.
-
-    ``linear(v, W)`` contracts the last axis of ``v``; an ungrouped ``conv(v, W)`` axis 1.
-    Only these take the bias fold in :func:`~prunec.passes.plan.apply_plan`.
-    """
-    if not consumer.args or consumer.args[0] is not value:
-        return None
-    weight = consumer.args[1] if len(consumer.args) > 1 else None
-    if not isinstance(weight, fx.Node) or weight.op != "get_attr":
-        return None
-    packet = _packet(consumer)
-    val = value.meta.get("val")
-    if packet is aten.linear and isinstance(val, torch.Tensor):
-        return val.dim() - 1
-    if packet in _CONVS and _groups_arg(consumer) == 1:
-        return 1
-    return None
 
 
 def measured_values(program: Program, group: ChannelGroup) -> list[MeasuredValue] | None:
@@ -109,13 +80,13 @@ def measured_values(program: Program, group: ChannelGroup) -> list[MeasuredValue
         for user in value.users:
             if user.name in slot_nodes:
                 continue
-            axis = _channel_axis(user, value)
+            axis = fold_axis(user, value)
             if axis is None or (user.args[1].target, 1) not in weight_axes \
                     or (name, axis) not in act_slots:
                 return None
             found[name] = MeasuredValue(name, axis, act_slots[(name, axis)])
     for mv in found.values():  # every user of a measured value must take the fold
-        if any(_channel_axis(u, nodes[mv.node]) != mv.axis for u in nodes[mv.node].users):
+        if any(fold_axis(u, nodes[mv.node]) != mv.axis for u in nodes[mv.node].users):
             return None
     return list(found.values()) or None
 

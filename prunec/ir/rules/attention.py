@@ -22,7 +22,7 @@ def couple_sdpa(ctx, node) -> None:
     out = node if ctx.shape(node) is not None else _first_output(ctx, node)
     if out is None:
         return
-    qs, ks, vs = ctx.shape(q), ctx.shape(k), ctx.shape(v)
+    qs, ks = ctx.shape(q), ctx.shape(k)
     if len(qs) < 3:
         return
     h = len(qs) - 3
@@ -43,7 +43,7 @@ def couple_sdpa(ctx, node) -> None:
 
 
 def _tie_mask(ctx, mask, q, k, h) -> None:
-    ms, qs = ctx.shape(mask), ctx.shape(q)
+    ms = ctx.shape(mask)
     target = [(q, ax) for ax in range(h + 2)] + [(k, h + 1)]
     offset = len(target) - len(ms)
     for ax, size in enumerate(ms):

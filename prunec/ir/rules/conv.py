@@ -30,27 +30,29 @@ def _packet(node):
     return getattr(node.target, "overloadpacket", node.target)
 
 
-def _arg(node, pos: int, name: str, default):
+def conv_arg(node, pos: int, name: str, default):
+    """Argument ``pos`` (keyword ``name``) of a conv node, or ``default``."""
     if len(node.args) > pos:
         return node.args[pos]
     return node.kwargs.get(name, default)
 
 
-def _groups(node) -> int:
+def conv_groups(node) -> int:
+    """The ``groups`` argument of any conv overload."""
     pos, _ = _GROUPS_ARG[_packet(node)]
-    return int(_arg(node, pos, "groups", 1))
+    return int(conv_arg(node, pos, "groups", 1))
 
 
 def _transposed(node) -> bool:
     pos, transposed = _GROUPS_ARG[_packet(node)]
     if transposed is None:  # aten.convolution carries it as argument 6
-        return bool(_arg(node, 6, "transposed", False))
+        return bool(conv_arg(node, 6, "transposed", False))
     return transposed
 
 
 def rewrite_conv(ctx, node) -> None:
     """Recompute ``groups`` after pruning: ``g' = Cin' / (Cin / g)``."""
-    g = _groups(node)
+    g = conv_groups(node)
     x = node.args[0]
     if g == 1 or not ctx.changed(x, 1):
         return
@@ -62,8 +64,8 @@ def rewrite_conv(ctx, node) -> None:
 @register(*_GROUPS_ARG, rewrite=rewrite_conv)
 def couple_conv(ctx, node) -> None:
     x, w = node.args[0], node.args[1]
-    b = _arg(node, 2, "bias", None)
-    g, transposed = _groups(node), _transposed(node)
+    b = conv_arg(node, 2, "bias", None)
+    g, transposed = conv_groups(node), _transposed(node)
     cin, cout = ctx.shape(x)[1], ctx.shape(node)[1]
     out_ax, in_ax = (1, 0) if transposed else (0, 1)
     if b is not None:
