@@ -22,7 +22,7 @@ import transformers
 from prunec.ir.capture import capture
 from prunec.ir.channels import _analyze
 from prunec.passes import MagnitudePruning
-from prunec.passes.plan import apply_plan
+from prunec.rewrite import apply_plan
 
 RESULTS = Path(__file__).parent / "results"
 

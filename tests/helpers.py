@@ -7,7 +7,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from prunec.ir.channels import ChannelAnalysis
-from prunec.passes.plan import PruningPlan
+from prunec.rewrite import PruningPlan
 
 
 def tensors(out) -> list[torch.Tensor]:

@@ -1,6 +1,6 @@
 """Passes: each is configured in its constructor and called as ``pass_(program, ctx)``."""
 from prunec.passes.base import Pass, PassContext, PassResult, PruningPass
-from prunec.passes.plan import MeanCompensation, PruningPlan, apply_plan
+from prunec.rewrite import MeanCompensation, PruningPlan, apply_plan
 from prunec.passes.prune_magnitude import MagnitudePruning
 from prunec.passes.prune_random import RandomPruning
 from prunec.passes.prune_variance import VarianceBasedPruning

@@ -21,7 +21,7 @@ import torch
 from prunec.errors import PrunecError
 from prunec.ir.channels import ChannelAnalysis, ChannelGroup, analyze_channels
 from prunec.ir.program import Program
-from prunec.passes.plan import PruningPlan, apply_plan
+from prunec.rewrite import PruningPlan, apply_plan
 
 __all__ = ["Pass", "PassResult", "PassContext", "PruningPass", "candidate_groups", "check_ratio"]
 

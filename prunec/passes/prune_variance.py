@@ -17,7 +17,7 @@ by the raw ``sigma_i^2`` alone.
 3. **Compensation.** For the pruned set ``P`` and kept set ``K``:
    ``b2' = b2 + W2[:, P] @ mu[P]`` from the original ``W2`` (a bias is created if absent),
    then ``W1[K]``, ``b1[K]``, ``W2[:, K]``. The fold is a :class:`MeanCompensation` that
-   :func:`~prunec.passes.plan.apply_plan` writes as constants (no runtime cost). It is exact:
+   :func:`~prunec.rewrite.apply.apply_plan` writes as constants (no runtime cost). It is exact:
    the pruned model equals the original with ``h_P`` replaced by ``mu_P``, for ``linear``
    and ungrouped convolution consumers (zero-padded ``k x k`` ones included: see
    ``docs/compensation.md``).
@@ -43,8 +43,8 @@ from prunec.ir.calibration import ChannelStats, MaskSpec, collect_statistics
 from prunec.ir.channels import ChannelGroup, Slot
 from prunec.ir.program import Program
 from prunec.passes.base import PassContext, PruningPass
-from prunec.passes.compensation import fold_axis
-from prunec.passes.plan import MeanCompensation, PruningPlan
+from prunec.rewrite.compensation import fold_axis
+from prunec.rewrite.plan import MeanCompensation, PruningPlan
 
 __all__ = ["VarianceBasedPruning", "MeasuredValue", "measured_values", "unit_variances"]
 

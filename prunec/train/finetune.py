@@ -44,7 +44,7 @@ from prunec.errors import PrunecError
 from prunec.ir.capture import capture
 from prunec.ir.interpret import split_inputs
 from prunec.ir.program import Program
-from prunec.passes.plan import MeanCompensation, PruningPlan, apply_plan
+from prunec.rewrite import MeanCompensation, PruningPlan, apply_plan
 
 __all__ = ["finetune", "train_program", "distillation_loss", "logits_of"]
 

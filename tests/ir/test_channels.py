@@ -10,7 +10,7 @@ import prunec
 from prunec.ir.capture import capture
 from prunec.ir.channels import analyze_channels
 from prunec.passes import MagnitudePruning
-from prunec.passes.plan import PruningPlan, apply_plan
+from prunec.rewrite import PruningPlan, apply_plan
 from tests.property_models import RandomTransformer
 from tests.zoo import ZOO
 

@@ -10,7 +10,7 @@ from prunec.ir.capture import capture
 from prunec.ir.channels import analyze_channels
 from prunec.ir.cost import count_macs
 from prunec.passes import MagnitudePruning, RandomPruning
-from prunec.passes.plan import PruningPlan, apply_plan
+from prunec.rewrite import PruningPlan, apply_plan
 from tests.helpers import max_diff, zeroed_copy
 from tests.property_models import BLOCKS, RandomCNN, RandomTransformer
 

@@ -12,7 +12,7 @@ from prunec.ir.channels import analyze_channels
 from prunec.ir.cost import count_macs
 from prunec.ir.program import refresh_meta
 from prunec.passes import MagnitudePruning, PassContext, RandomPruning
-from prunec.passes.plan import PruningPlan, apply_plan, estimate_macs
+from prunec.rewrite import PruningPlan, apply_plan, estimate_macs
 from tests.helpers import max_diff, state_equal, zeroed_copy
 from tests.zoo import ZOO
 

@@ -1,13 +1,9 @@
-"""Pruning plans and the one place that rewrites parameters and shape constants.
+"""``apply_plan``: the one place that rewrites parameters and shape constants.
 
-A :class:`PruningPlan` is plain data (DESIGN.md contract 4): for each channel group, by its
-stable key, the units to keep; plus compensations. It prints, saves to JSON and replays on a
-fresh capture of the same model.
-
-:func:`apply_plan` then
+Given a :class:`~prunec.rewrite.plan.PruningPlan`, :func:`apply_plan`
 
 1. folds compensations into consumers from the *original* weights
-   (:mod:`prunec.passes.compensation`: ``b' = b + W[:, P] @ mu[P]``, exact at the borders of
+   (:mod:`prunec.rewrite.compensation`: ``b' = b + W[:, P] @ mu[P]``, exact at the borders of
    zero-padded convolutions too);
 2. slices every coupled parameter and buffer with ``index_select`` on the kept indices;
 3. recomputes shape constants with the op rules' ``rewrite`` (view sizes, split sizes, group
@@ -17,7 +13,6 @@ fresh capture of the same model.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,47 +23,12 @@ from prunec.errors import PlanError
 from prunec.ir.channels import ChannelAnalysis, analyze_channels, static_shape
 from prunec.ir.program import Program
 from prunec.ir.rules import rule_for
-from prunec.passes.compensation import fold_mean
+from prunec.rewrite.compensation import fold_mean
+from prunec.rewrite.plan import MeanCompensation, PruningPlan
 
-__all__ = ["PruningPlan", "MeanCompensation", "apply_plan", "estimate_macs"]
+__all__ = ["PruningPlan", "MeanCompensation", "apply_plan", "estimate_macs", "RewriteContext"]
 
 aten = torch.ops.aten
-
-
-@dataclass
-class MeanCompensation:
-    """Replace the pruned channels of ``value`` (along ``axis``) by the constants ``mean``."""
-
-    value: str
-    axis: int
-    mean: torch.Tensor  # one entry per channel of the original axis
-
-
-@dataclass
-class PruningPlan:
-    """Kept units per group key, plus compensations. Plain data: print, save, replay."""
-
-    keep: dict[str, list[int]] = field(default_factory=dict)
-    compensations: list[MeanCompensation] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return bool(self.keep)
-
-    def summary(self, analysis: ChannelAnalysis) -> str:
-        groups = analysis.by_key()
-        return "\n".join(f"{k}: keep {len(v)}/{groups[k].size}" for k, v in self.keep.items())
-
-    def to_json(self) -> str:
-        comps = [{"value": c.value, "axis": c.axis, "mean": c.mean.double().tolist()}
-                 for c in self.compensations]
-        return json.dumps({"keep": self.keep, "compensations": comps})
-
-    @classmethod
-    def from_json(cls, text: str) -> "PruningPlan":
-        data = json.loads(text)
-        comps = [MeanCompensation(c["value"], c["axis"], torch.tensor(c["mean"], dtype=torch.float64))
-                 for c in data.get("compensations", [])]
-        return cls({k: list(v) for k, v in data["keep"].items()}, comps)
 
 
 class RewriteContext:
