@@ -1,11 +1,14 @@
 """Built-in models that ship with prunec: no downloads, seeded, small.
 
-Three things live here:
+Four things live here:
 
 - architectures reused by the test zoo and the benchmarks: a CIFAR-style :class:`CifarResNet`
   (3 stages of basic blocks, widths 16/32/64, 1x1 conv + BN projection shortcuts so that every
-  channel is prunable; ``resnet56()`` is 3 x 9 blocks) and :class:`VGG` (``vgg16()``: VGG-16 with
-  batch norm for 32x32 inputs, a flatten -> linear classifier);
+  channel is prunable; ``resnet56()`` is 3 x 9 blocks), its 1-D counterpart
+  :class:`ResNet1d` (``resnet56_1d()``, for 40-sample sequences) and :class:`VGG` (``vgg16()``:
+  VGG-16 with batch norm for 32x32 inputs, a flatten -> linear classifier);
+- :func:`mnist1d_data`: the MNIST-1D benchmark (Greydanus, 2020) generated locally with the
+  ``mnist1d`` package (no download), split into fixed train / validation / test sets;
 - :func:`digits_data`: scikit-learn's ``load_digits`` (1,797 real 8x8 handwritten digits, one
   channel, pixel values 0..16 scaled to 0..1) split into a fixed train and test set;
 - :func:`default_model`: a small CIFAR-style ResNet trained at call time on those digits in a
@@ -27,6 +30,7 @@ import torch.nn.functional as F
 __all__ = [
     "BasicBlock", "CifarResNet", "VGG", "VGG16_CONFIG",
     "resnet56", "resnet20", "vgg16", "digits_data", "default_model", "evaluate",
+    "BasicBlock1d", "ResNet1d", "resnet56_1d", "mnist1d_data",
 ]
 
 VGG16_CONFIG: tuple = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
@@ -137,6 +141,128 @@ def resnet20(num_classes: int = 10, in_channels: int = 3) -> CifarResNet:
 def vgg16(num_classes: int = 10, in_channels: int = 3, width_mult: float = 1.0) -> VGG:
     """VGG-16 with batch norm for 32x32 images (``width_mult`` < 1 for a lighter net)."""
     return VGG(VGG16_CONFIG, num_classes, in_channels, width_mult)
+
+
+# --------------------------------------------------------------------------- 1-D ResNet
+class BasicBlock1d(nn.Module):
+    """Two kernel-3 Conv1d-BN layers with a residual; a 1x1 Conv1d + BN projection when the
+    stride or the width changes (so that, as in :class:`BasicBlock`, every channel is prunable)."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv1d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm1d(planes)
+        self.conv2 = nn.Conv1d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm1d(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(
+                nn.Conv1d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm1d(planes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet1d(nn.Module):
+    """:class:`CifarResNet` for sequences: a kernel-3 Conv1d stem, three stages of
+    :class:`BasicBlock1d`, global average pooling over time, a linear classifier.
+
+    Depth is ``6 * blocks_per_stage + 2`` (``resnet56_1d``: 9). The first block of stages 2
+    and 3 halves the length (40 -> 20 -> 10 for MNIST-1D).
+
+    Args:
+        blocks_per_stage: Basic blocks in each of the three stages.
+        widths: Channels of the three stages.
+        num_classes: Outputs of the classifier.
+        in_channels: Input channels (1 for MNIST-1D).
+    """
+
+    def __init__(self, blocks_per_stage: int = 9, widths: Sequence[int] = (16, 32, 64),
+                 num_classes: int = 10, in_channels: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv1d(in_channels, widths[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm1d(widths[0])
+        stages, in_planes = [], widths[0]
+        for i, planes in enumerate(widths):
+            blocks = [BasicBlock1d(in_planes, planes, 1 if i == 0 else 2)]
+            blocks += [BasicBlock1d(planes, planes, 1) for _ in range(blocks_per_stage - 1)]
+            stages.append(nn.Sequential(*blocks))
+            in_planes = planes
+        self.layer1, self.layer2, self.layer3 = stages
+        self.fc = nn.Linear(widths[-1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        return self.fc(out.mean(dim=2))
+
+
+def resnet56_1d(num_classes: int = 10, in_channels: int = 1,
+                blocks_per_stage: int = 9) -> ResNet1d:
+    """1-D ResNet-56 (3 x 9 basic blocks, widths 16/32/64) for MNIST-1D: 0.29 M parameters,
+    3.81 M MACs per 1x40 sequence. ``blocks_per_stage`` gives the smaller depths
+    (3: ResNet-20)."""
+    return ResNet1d(blocks_per_stage, (16, 32, 64), num_classes, in_channels)
+
+
+# --------------------------------------------------------------------------- MNIST-1D
+def mnist1d_data(num_samples: int = 30000, seed: int = 0, val_fraction: float = 0.1
+                 ) -> tuple[torch.Tensor, ...]:
+    """MNIST-1D as ``(x_train, y_train, x_val, y_val, x_test, y_test)``.
+
+    The data are generated locally by ``mnist1d.data.make_dataset`` (10 one-dimensional digit
+    templates, padded, scaled, sheared, translated and noised; 40 samples per sequence) with
+    ``num_samples`` sequences and generator seed ``seed``; nothing is downloaded. The package's
+    own 80 / 20 split gives the test set; the last ``val_fraction`` of its training part is the
+    validation set (for selection decisions; keep the test set for final numbers). Sequences
+    are ``float32`` of shape ``(N, 1, 40)``, labels ``int64`` in ``0..9``. The generator
+    re-seeds numpy's and Python's global random states; they are restored afterwards.
+    Results are cached per process; each call returns fresh tensors.
+
+    Args:
+        num_samples: Sequences generated in all (a multiple of 10; 1,000 per class of 10 is a
+            usual size; generation takes about 0.6 s per 1,000 on one core).
+        seed: Generator seed (same seed, same data).
+        val_fraction: Share of the training part held out for validation, in ``[0, 1)``.
+
+    Raises:
+        ValueError: ``num_samples`` below 100 or ``val_fraction`` outside ``[0, 1)``.
+        ImportError: when the ``mnist1d`` package is missing, with the pip command.
+    """
+    if int(num_samples) < 100:
+        raise ValueError(f"mnist1d_data: num_samples must be >= 100, got {num_samples!r}.")
+    if not 0.0 <= float(val_fraction) < 1.0:
+        raise ValueError(f"mnist1d_data: val_fraction must be in [0, 1), got {val_fraction!r}.")
+    return tuple(t.clone() for t in _mnist1d_cached(int(num_samples), int(seed), float(val_fraction)))
+
+
+@functools.lru_cache(maxsize=4)
+def _mnist1d_cached(num_samples: int, seed: int, val_fraction: float) -> tuple[torch.Tensor, ...]:
+    import random
+
+    import numpy as np
+    try:
+        from mnist1d.data import get_dataset_args, make_dataset
+    except ImportError as exc:  # optional dependency: only the 1-D benchmarks need it
+        raise ImportError("prunec.zoo.mnist1d_data needs the mnist1d package: "
+                          "pip install mnist1d") from exc
+    args = get_dataset_args()
+    args.num_samples, args.seed = num_samples, seed
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:  # make_dataset seeds the global generators; the caller's streams must not change
+        data = make_dataset(args)
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+    x = torch.tensor(data["x"], dtype=torch.float32).unsqueeze(1)
+    y = torch.tensor(data["y"], dtype=torch.int64)
+    n_val = int(round(len(y) * val_fraction))
+    n_train = len(y) - n_val
+    x_test = torch.tensor(data["x_test"], dtype=torch.float32).unsqueeze(1)
+    y_test = torch.tensor(data["y_test"], dtype=torch.int64)
+    return x[:n_train], y[:n_train], x[n_train:], y[n_train:], x_test, y_test
 
 
 # --------------------------------------------------------------------------- digits
