@@ -69,9 +69,12 @@ def train_epoch(model: nn.Module, optimizer, x: torch.Tensor, y: torch.Tensor, *
                 after_step: Callable[[], Any] | None = None) -> tuple[float, float]:
     """One shuffled pass over ``(x, y)``; returns ``(mean loss, seconds)``.
 
-    The last partial batch is kept. ``after_step()`` runs after every optimizer step.
+    The last partial batch is kept. ``after_step()`` runs after every optimizer step. A
+    ``torch.export`` module (a train-mode prunec capture) has no ``train()``: its mode is fixed
+    at capture, so it is left as it is.
     """
-    model.train()
+    if not isinstance(model, torch.fx.GraphModule):
+        model.train()
     start = time.perf_counter()
     order = torch.randperm(len(y), generator=generator)
     total, count = 0.0, 0
@@ -89,9 +92,11 @@ def train_epoch(model: nn.Module, optimizer, x: torch.Tensor, y: torch.Tensor, *
 
 @torch.no_grad()
 def evaluate(model: Callable, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
-    """Top-1 accuracy in ``[0, 1]``; an ``nn.Module`` is put in eval mode and restored."""
-    was_training = isinstance(model, nn.Module) and model.training
-    if isinstance(model, nn.Module):
+    """Top-1 accuracy in ``[0, 1]``; an ``nn.Module`` is put in eval mode and restored
+    (a ``torch.export`` module is called as it is: pass an eval-mode capture)."""
+    switch = isinstance(model, nn.Module) and not isinstance(model, torch.fx.GraphModule)
+    was_training = switch and model.training
+    if switch:
         model.eval()
     try:
         correct = sum(int((model(xb).argmax(-1) == yb).sum())
