@@ -22,6 +22,7 @@ Run: ``python benchmarks/round_to_curve.py`` -> ``benchmarks/results/round_to_cu
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -141,7 +142,10 @@ def plot(rows: list[dict], path: Path) -> Path:
         ax.set(title=f"batch {batch}: DeiT-S MLP stack, ORT 2 threads", xlabel="MLP width W",
                ylabel="median latency (ms)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    # One legend for the figure, above the panels: never over a bar or a point.
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside upper center", ncols=len(labels), fontsize=8,
+               frameon=False)
     fig.savefig(path, format="png", dpi=110)
     return path
 
@@ -152,7 +156,13 @@ def main() -> None:
     parser.add_argument("--iters", type=int, nargs=2, default=[80, 15], metavar=("B1", "B8"))
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--replot", action="store_true",
+                        help="only redraw the PNG from the committed JSON (no timing)")
     args = parser.parse_args()
+    if args.replot:
+        stem = common.RESULTS / ("round_to_curve_quick" if args.quick else "round_to_curve")
+        plot(json.loads(stem.with_suffix(".json").read_text())["rows"], stem.with_suffix(".png"))
+        return
     args.iters = {1: 3, 8: 1} if args.quick else {1: args.iters[0], 8: args.iters[1]}
     widths = list(range(args.widths[0], args.widths[1] + 1))
     common.set_threads()

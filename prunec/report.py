@@ -1,14 +1,249 @@
-"""The report of a compile: costs before and after, and one entry per pass."""
+"""The report of a compile, written for the person who runs it.
+
+A :class:`Report` holds what ``prunec.compile`` did: the model and its example inputs, the
+passes with their options and what each removed, the backend, costs before and after, and
+per-layer widths before and after. It prints as text (``print(report)``), renders as
+Markdown (:meth:`Report.to_markdown`) and JSON (:meth:`Report.to_json`), and draws per-layer
+widths and MACs as a PNG (:meth:`Report.plot`).
+
+**MACs are per sample.** ``macs_before`` / ``macs_after`` count one forward on the example
+inputs (the cost model of :mod:`prunec.ir.cost`); the readable forms divide by the example
+batch size (the first axis of the first example tensor), so an example batch of 128 items
+does not make a model look 128 times as costly. Parameters do not depend on the batch.
+
+**Layers** are the ops that own a weight and multiply with it (``linear`` and the
+convolutions) plus attention (``scaled_dot_product_attention``, whose width is its number
+of heads). A layer is named by its module path (``layer1.0.conv1``) and keyed by its weight
+(``layer1.0.conv1.weight``), which pruning never renames.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["Report"]
+import torch
+
+from prunec.errors import PrunecError
+
+if TYPE_CHECKING:
+    from prunec.ir.program import Program
+
+__all__ = ["Report", "LayerWidth", "LayerRow", "layer_widths", "format_count", "describe_pass"]
+
+_LAYER_KINDS = ("linear", "conv", "conv_transpose", "attention")
+
+
+# ---------------------------------------------------------------------------- numbers
+def format_count(value: float, unit: str = "") -> str:
+    """``950``, ``12.3K``, ``6.29M``, ``4.09G``: three significant digits, adaptive unit."""
+    value = float(value)
+    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(value) >= scale:
+            return f"{_three_digits(value / scale)}{suffix}{unit}"
+    return f"{_three_digits(value)}{unit}" if value != int(value) else f"{int(value)}{unit}"
+
+
+def _three_digits(x: float) -> str:
+    if abs(x) >= 100:
+        return f"{x:.0f}"
+    return f"{x:.1f}" if abs(x) >= 10 else f"{x:.2f}"
+
+
+def _percent_fewer(before: float, after: float) -> str:
+    return f"{100 * (1 - after / before):.1f}% fewer" if before else "-"
+
+
+def _seconds(value: float) -> str:
+    from prunec.progress import format_seconds
+
+    return format_seconds(value)
+
+
+# ---------------------------------------------------------------------------- layers
+@dataclass
+class LayerWidth:
+    """One layer of a program: its op kind, input and output width, and MACs per sample."""
+
+    name: str
+    kind: str
+    inputs: int
+    outputs: int
+    macs: float
 
 
 @dataclass
+class LayerRow:
+    """A layer before and after pruning (``after`` is None when the layer is gone)."""
+
+    name: str
+    kind: str
+    before: LayerWidth
+    after: LayerWidth | None
+
+    @property
+    def changed(self) -> bool:
+        a, b = self.after, self.before
+        return a is None or (a.inputs, a.outputs) != (b.inputs, b.outputs)
+
+
+def _weight_width(node, kind: str, program: "Program") -> tuple[str, int, int] | None:
+    weight = node.args[1] if len(node.args) > 1 else None
+    if getattr(weight, "op", None) != "get_attr":
+        return None
+    shape = tuple(program.get_tensor(weight.target).shape)
+    groups = node.args[-1] if kind.startswith("conv") and isinstance(node.args[-1], int) else 1
+    if kind == "conv_transpose":
+        return weight.target, shape[0], shape[1] * groups
+    if kind == "conv":
+        return weight.target, shape[1] * groups, shape[0]
+    return weight.target, shape[-1], shape[0]
+
+
+def _attention_width(node) -> tuple[int, int] | None:
+    q = node.args[0].meta.get("val") if node.args else None
+    if q is None or q.dim() != 4 or not isinstance(q.shape[1], int):
+        return None
+    return int(q.shape[1]), int(q.shape[1])
+
+
+def layer_widths(program: "Program", batch_size: int = 1) -> dict[str, LayerWidth]:
+    """Every layer of ``program`` by key (weight name, or ``<module>.attention``).
+
+    Widths count channels (``linear`` features, conv channels, grouped convs' full input
+    width) or heads (attention); MACs are per sample (divided by ``batch_size``), summed
+    over every use of a weight.
+    """
+    from prunec.ir.cost import mac_kind, macs_by_node
+    from prunec.ir.program import node_module_path
+
+    macs = macs_by_node(program)
+    layers: dict[str, LayerWidth] = {}
+    for node in program.graph.nodes:
+        kind = mac_kind(node)
+        if kind not in _LAYER_KINDS:
+            continue
+        path = node_module_path(node)
+        if kind == "attention":
+            width = _attention_width(node)
+            key, sizes = f"{path or node.name}.attention", width
+        else:
+            found = _weight_width(node, kind, program)
+            key, sizes = (found[0], found[1:]) if found else (None, None)
+        if key is None or sizes is None:
+            continue
+        per_sample = macs.get(node.name, 0) / max(batch_size, 1)
+        if key in layers:
+            layers[key].macs += per_sample
+            continue
+        name = path or key.removesuffix(".weight")
+        layers[key] = LayerWidth(name, kind, sizes[0], sizes[1], per_sample)
+    return layers
+
+
+def batch_size_of(args: tuple, kwargs: dict | None = None) -> int:
+    """The first axis of the first example tensor (1 when there is none)."""
+    import torch.utils._pytree as pytree
+
+    for leaf in pytree.tree_leaves((args, kwargs or {})):
+        if isinstance(leaf, torch.Tensor) and leaf.dim() > 0:
+            return int(leaf.shape[0])
+    return 1
+
+
+def describe_inputs(args: tuple, kwargs: dict | None = None) -> str:
+    """``float32[8, 1, 8, 8]`` / ``input_ids=int64[1, 128], attention_mask=int64[1, 128]``."""
+    def one(t: Any) -> str:
+        if isinstance(t, torch.Tensor):
+            return f"{str(t.dtype).removeprefix('torch.')}[{', '.join(map(str, t.shape))}]"
+        if isinstance(t, (tuple, list)):
+            return "(" + ", ".join(one(x) for x in t) + ")"
+        if isinstance(t, dict):
+            return "{" + ", ".join(f"{k}: {one(v)}" for k, v in t.items()) + "}"
+        return type(t).__name__
+    parts = [one(a) for a in args] + [f"{k}={one(v)}" for k, v in (kwargs or {}).items()]
+    return ", ".join(parts) or "(none)"
+
+
+# ---------------------------------------------------------------------------- passes in words
+def _unit_word(entry: dict, kinds: dict[str, str] | None) -> str:
+    """What the pass's units are, from its targets and the kinds of the pruned groups'
+    anchor weights (group keys are ``<weight>:<axis>``)."""
+    targets = entry.get("targets") or _options_dict(entry).get("targets")
+    plan = entry.get("plan")
+    found = {kinds.get(key.rpartition(":")[0]) for key in getattr(plan, "keep", {})} \
+        if kinds and plan is not None else set()
+    found.discard(None)
+    if targets == "mlp":
+        if found == {"linear"}:
+            return "MLP neurons"
+        if found and found <= {"conv", "conv_transpose"}:
+            return "bottleneck channels"
+        return "hidden units (MLP neurons, conv bottleneck channels)"
+    return "channels" if targets == "all" else "units"
+
+
+def describe_pass(entry: dict, kinds: dict[str, str] | None = None) -> str:
+    """What a pass did, in words: ``removed 112 of 240 MLP neurons in 6 of 9 groups``.
+
+    Reads the entry's stats (``groups``, ``pruned_groups``, ``units_removed``, ``units_total``
+    when the pass reports it, ``compensations``, ``already_applied``) and its options
+    (``targets``); ``kinds`` (weight name -> layer kind) names the units.
+    """
+    if entry.get("already_applied"):
+        return "nothing: its target was already reached (the pass ran before)"
+    if "plan_groups" in entry:
+        return f"replayed a saved plan on {entry['plan_groups']} groups"
+    if not entry.get("units_removed"):
+        if "groups" in entry and not entry.get("modified", True):
+            return (f"removed nothing: none of the {entry['groups']} candidate groups "
+                    f"could be pruned at this ratio")
+        return "changed the program" if entry.get("modified") else "left the program unchanged"
+    total = entry.get("units_total")
+    of_total = f" of {total}" if total else ""
+    groups = entry.get("groups")
+    in_groups = f" in {entry.get('pruned_groups', '?')} of {groups} groups" if groups else ""
+    text = f"removed {entry['units_removed']}{of_total} {_unit_word(entry, kinds)}{in_groups}"
+    if entry.get("compensations"):
+        text += "; their mean outputs are folded into the next layers"
+    return text
+
+
+def _options_dict(entry: dict) -> dict:
+    options = entry.get("options")
+    return options if isinstance(options, dict) else {}
+
+
+def _pass_text(entry: dict) -> str:
+    """``MagnitudePruning(ratio=0.5, ...)``: the entry's options, a dict or already text."""
+    options = entry.get("options")
+    if isinstance(options, str):
+        return options
+    return f"{entry['pass']}({', '.join(f'{k}={v}' for k, v in (options or {}).items())})"
+
+
+# ---------------------------------------------------------------------------- the report
+@dataclass
 class Report:
-    """What a compile did: costs before and after, and one entry per pass."""
+    """What a compile did (see the module docstring).
+
+    Attributes:
+        macs_before: MACs of one forward on the example inputs, before the passes.
+        params_before: Parameters before the passes.
+        macs_after: MACs after the passes (same inputs).
+        params_after: Parameters after the passes.
+        passes: One dict per pass: ``pass`` (class name), ``options``, ``modified``,
+            ``seconds`` and the pass's own statistics (``plan`` is kept out of
+            :meth:`to_dict`).
+        backend: The backend the program was lowered to.
+        model: The model's class name (or a description).
+        inputs: The example inputs, e.g. ``float32[8, 1, 8, 8]``.
+        batch_size: Example batch size; MACs are shown per sample.
+        seconds: Wall time of the whole compile, when measured.
+        layers_before: Per-layer widths before the passes (see :func:`layer_widths`).
+        layers_after: Per-layer widths after the passes.
+    """
 
     macs_before: int
     params_before: int
@@ -16,26 +251,194 @@ class Report:
     params_after: int = 0
     passes: list = field(default_factory=list)
     backend: str = "torch"
+    model: str = ""
+    inputs: str = ""
+    batch_size: int = 1
+    seconds: float | None = None
+    layers_before: dict = field(default_factory=dict, repr=False)
+    layers_after: dict = field(default_factory=dict, repr=False)
 
+    # -- filling it (called by prunec.compile) -----------------------------------------
+    @classmethod
+    def start(cls, program: "Program", *, model: Any = None, backend: str = "torch") -> "Report":
+        """A report with the program's costs and layers before any pass."""
+        from prunec.ir.cost import count_macs, count_params
+
+        batch = batch_size_of(program.example_args, program.example_kwargs)
+        name = model if isinstance(model, str) else type(model).__name__ if model is not None else ""
+        return cls(count_macs(program), count_params(program), backend=backend, model=name,
+                   inputs=describe_inputs(program.example_args, program.example_kwargs),
+                   batch_size=batch, layers_before=layer_widths(program, batch))
+
+    def add_pass(self, pass_: Any, result: Any, **extra: Any) -> dict:
+        """Record a pass, its options (``pass_.config()`` when it has one) and its result."""
+        config = dict(pass_.config()) if hasattr(pass_, "config") else {}
+        config.pop("pass", None)
+        config.pop("progress", None)  # how it ran, not what it did
+        stats = dict(getattr(result, "stats", {}) or {})
+        plan = stats.get("plan") or getattr(result, "plan", None)
+        if plan is not None:
+            stats["plan"] = plan
+            stats.setdefault("compensations", len(getattr(plan, "compensations", ()) or ()))
+        entry = {"pass": type(pass_).__name__, "options": config,
+                 "modified": bool(getattr(result, "modified", False)), **stats, **extra}
+        self.passes.append(entry)
+        return entry
+
+    def finish(self, program: "Program", *, seconds: float | None = None) -> "Report":
+        """Record the costs and layers after the passes (and the total time)."""
+        from prunec.ir.cost import count_macs, count_params
+
+        self.macs_after, self.params_after = count_macs(program), count_params(program)
+        self.layers_after = layer_widths(program, self.batch_size)
+        if seconds is not None:
+            self.seconds = seconds
+        return self
+
+    # -- reading it --------------------------------------------------------------------
     @property
     def macs_ratio(self) -> float:
         """``macs_before / macs_after``: the ideal speedup."""
         return self.macs_before / max(self.macs_after, 1)
 
-    def to_dict(self) -> dict:
-        return {"macs_before": self.macs_before, "macs_after": self.macs_after,
-                "params_before": self.params_before, "params_after": self.params_after,
-                "backend": self.backend,
-                "passes": [{k: v for k, v in p.items() if k != "plan"} for p in self.passes]}
+    @property
+    def macs_per_sample_before(self) -> float:
+        return self.macs_before / max(self.batch_size, 1)
+
+    @property
+    def macs_per_sample_after(self) -> float:
+        return self.macs_after / max(self.batch_size, 1)
+
+    def _kinds(self) -> dict[str, str]:
+        return {key: layer.kind for key, layer in self.layers_before.items()}
+
+    def layers(self) -> list[LayerRow]:
+        """Every layer before, and after (None when gone), in graph order."""
+        after = self.layers_after
+        return [LayerRow(b.name, b.kind, b, after.get(key)) for key, b in self.layers_before.items()]
+
+    def layers_markdown(self, changed_only: bool = False) -> str:
+        """The per-layer table: width in -> out before and after, MACs per sample."""
+        rows = [r for r in self.layers() if r.changed or not changed_only]
+        lines = ["| layer | kind | before (in -> out) | after (in -> out) | MACs before | MACs after |",
+                 "|---|---|---|---|---|---|"]
+        for r in rows:
+            a = r.after
+            after = f"{a.inputs} -> {a.outputs}" if a else "removed"
+            lines.append(f"| {r.name} | {r.kind} | {r.before.inputs} -> {r.before.outputs} | "
+                         f"{after} | {format_count(r.before.macs)} | "
+                         f"{format_count(a.macs) if a else '0'} |")
+        return "\n".join(lines)
+
+    def header(self) -> list[tuple[str, str]]:
+        """``(label, value)`` pairs: model, example inputs, passes with options, backend."""
+        items = [("model", self.model or "(unnamed)"),
+                 ("example inputs", f"{self.inputs} (MACs below are per sample of "
+                                    f"{self.batch_size})" if self.batch_size > 1 else self.inputs),
+                 ("backend", self.backend)]
+        for i, p in enumerate(self.passes):
+            items.append((f"pass {i + 1}" if len(self.passes) > 1 else "pass",
+                          _pass_text(p)))
+        if not self.passes:
+            items.append(("passes", "none"))
+        return items
+
+    def summary_lines(self) -> list[str]:
+        mb, ma = self.macs_per_sample_before, self.macs_per_sample_after
+        lines = [f"MACs per sample  {format_count(mb):>7} -> {format_count(ma):>7}  "
+                 f"({_percent_fewer(mb, ma)}, ideal speedup {self.macs_ratio:.2f}x)",
+                 f"parameters       {format_count(self.params_before):>7} -> "
+                 f"{format_count(self.params_after):>7}  "
+                 f"({_percent_fewer(self.params_before, self.params_after)})"]
+        for p in self.passes:
+            took = f" ({_seconds(p['seconds'])})" if isinstance(p.get("seconds"), (int, float)) else ""
+            lines.append(f"{p['pass']}: {describe_pass(p, self._kinds())}{took}")
+        if self.seconds is not None:
+            lines.append(f"compile took {_seconds(self.seconds)}")
+        return lines
 
     def __str__(self) -> str:
-        lines = [f"MACs   {self.macs_before / 1e6:12.2f}M -> {self.macs_after / 1e6:12.2f}M "
-                 f"({100 * (1 - self.macs_after / max(self.macs_before, 1)):.1f}% fewer, "
-                 f"ideal speedup {self.macs_ratio:.2f}x)",
-                 f"params {self.params_before / 1e6:12.3f}M -> {self.params_after / 1e6:12.3f}M "
-                 f"({100 * (1 - self.params_after / max(self.params_before, 1)):.1f}% fewer)"]
+        width = max(len(k) for k, _ in self.header())
+        head = [f"{k.ljust(width)}  {v}" for k, v in self.header()]
+        return "\n".join(head + [""] + self.summary_lines())
+
+    def to_markdown(self, *, title: str = "prunec report", layers: bool = True) -> str:
+        """The report as Markdown: header, summary, per-pass lines, per-layer table."""
+        lines = [f"# {title}", ""]
+        lines += [f"- **{k}**: {v}" for k, v in self.header()]
+        lines += ["", "## Result", "", "```", *self.summary_lines(), "```"]
+        if layers and self.layers_before:
+            lines += ["", "## Layers (widths before and after)", "",
+                      self.layers_markdown()]
+        return "\n".join(lines) + "\n"
+
+    def to_dict(self) -> dict:
+        """Plain data (JSON-ready): everything but the plans (see ``compiled.plans``)."""
+        passes = []
         for p in self.passes:
-            extra = ", ".join(f"{k}={v}" for k, v in p.items()
-                              if k not in ("pass", "plan") and not isinstance(v, (dict, list)))
-            lines.append(f"  {p['pass']}: {extra}")
-        return "\n".join(lines)
+            entry = {k: _plain(v) for k, v in p.items() if k != "plan"}
+            entry["summary"] = describe_pass(p, self._kinds())
+            passes.append(entry)
+        return {"model": self.model, "inputs": self.inputs, "batch_size": self.batch_size,
+                "backend": self.backend,
+                "macs_before": self.macs_before, "macs_after": self.macs_after,
+                "macs_per_sample_before": self.macs_per_sample_before,
+                "macs_per_sample_after": self.macs_per_sample_after,
+                "params_before": self.params_before, "params_after": self.params_after,
+                "seconds": self.seconds, "passes": passes,
+                "layers": [{"name": r.name, "kind": r.kind, "before": asdict(r.before),
+                            "after": asdict(r.after) if r.after else None} for r in self.layers()]}
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        """The report as JSON text; also written to ``path`` when given."""
+        text = json.dumps(self.to_dict(), indent=2)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    def plot(self, path: str | Path) -> Path:
+        """PNG: per-layer output width (top) and MACs per sample (bottom), before and after.
+
+        The legend sits above the panels, outside the data. Needs matplotlib.
+        """
+        try:
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
+            from matplotlib.figure import Figure
+            from matplotlib.ticker import FuncFormatter
+        except ImportError as exc:
+            raise PrunecError("Report.plot needs matplotlib: pip install matplotlib") from exc
+        rows = self.layers()
+        if not rows:
+            raise PrunecError("Report.plot: this report has no per-layer widths to draw.")
+        fig = Figure(figsize=(max(6.0, 0.28 * len(rows) + 2), 6), layout="constrained")
+        FigureCanvasAgg(fig)
+        top, bottom = fig.subplots(2, 1, sharex=True)
+        x = range(len(rows))
+        for ax, field_name, label in ((top, "outputs", "output width"),
+                                      (bottom, "macs", "MACs per sample")):
+            before = [getattr(r.before, field_name) for r in rows]
+            after = [getattr(r.after, field_name) if r.after else 0 for r in rows]
+            ax.bar([i - 0.2 for i in x], before, 0.4, label="before", color="#9aa5b1")
+            ax.bar([i + 0.2 for i in x], after, 0.4, label="after", color="#2f6fb0")
+            ax.set_ylabel(label)
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: format_count(v)))
+            ax.grid(axis="y", alpha=0.3)
+        bottom.set_xticks(list(x), [r.name for r in rows], rotation=90, fontsize=7)
+        top.set_title(f"{self.model or 'model'}: per-layer width and MACs", loc="left")
+        fig.legend(*top.get_legend_handles_labels(), loc="outside upper right", ncols=2,
+                   frameon=False)
+        path = Path(path)
+        fig.savefig(path, format="png", dpi=110)
+        return path
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    return str(value)

@@ -23,7 +23,6 @@ order, so every rank returns the statistics of the union of all shards.
 from __future__ import annotations
 
 import itertools
-import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
@@ -216,7 +215,7 @@ def collect_statistics(
     targets: Mapping[str, int],
     *,
     mask: MaskSpec = None,
-    progress: bool = True,
+    progress: bool | None = None,
     max_batches: int | None = None,
 ) -> dict[str, ChannelStats]:
     """Per-channel mean and variance of target node values over calibration data.
@@ -231,7 +230,8 @@ def collect_statistics(
         targets: ``{node name: channel axis of its value}``; negative axes count from the end.
         mask: Padding mask ``[B, N]`` per item: a dict key, a callable ``item -> mask``, or
             None. See the module docstring for which values it applies to.
-        progress: Show a tqdm bar (on rank 0, and only on a terminal).
+        progress: False: no bar; otherwise a bar on rank 0 as :mod:`prunec.progress`
+            decides (on a terminal, unless turned off).
         max_batches: Stop after this many items (per rank when distributed).
 
     Returns:
@@ -247,7 +247,8 @@ def collect_statistics(
     acc = _Accumulator(program, axes)
     error: BaseException | None = None
     try:
-        _run_pass(program, calibration, acc, mask, progress and _rank() == 0, max_batches)
+        _run_pass(program, calibration, acc, mask, progress if _rank() == 0 else False,
+                  max_batches)
     except Exception as exc:  # re-raised below; ranks must agree before any of them raises
         if not distributed:
             raise
@@ -260,13 +261,12 @@ def collect_statistics(
 
 def _run_pass(program: Program, calibration: Iterable[Any], acc: _Accumulator, mask: MaskSpec,
               progress: bool, max_batches: int | None) -> None:
-    from tqdm.auto import tqdm
+    from prunec.progress import bar as progress_bar
 
     interp = ProgramInterpreter(program, observers={n: acc.observer(n) for n in acc.axes})
     total = _length(calibration, max_batches)
     items = calibration if max_batches is None else itertools.islice(calibration, max_batches)
-    bar = tqdm(items, total=total, desc="calibration", unit="batch",
-               disable=not progress or not sys.stderr.isatty())
+    bar = progress_bar(items, total=total, desc="calibration", unit="batch", progress=progress)
     try:
         with torch.no_grad():
             for index, item in enumerate(bar):

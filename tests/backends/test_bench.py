@@ -104,7 +104,7 @@ def test_outputs_json_markdown_plot(tmp_path):
     table = result.to_markdown().splitlines()
     assert table[0].startswith("| artifact | batch | median ms") and len(table) == 2 + 4
     assert "| pruned/torch | 8 | 10.000 |" in table[-1]
-    assert table[-1].endswith("| 2.00 | 2.00 | 1.00 |")
+    assert table[-1].endswith("| 2.00 | 2.00-2.00 | 2.00 | 1.00 |")
     png = result.plot(tmp_path / "r.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -1,0 +1,141 @@
+"""Reports a person reads: units, passes in words, per-layer widths, Markdown/JSON/PNG; and
+the progress switch."""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import sys
+
+import pytest
+import torch
+
+from prunec import progress
+from prunec.ir.capture import capture
+from prunec.passes import MagnitudePruning, PassContext
+from prunec.report import Report, describe_pass, format_count, layer_widths
+
+
+class Net(torch.nn.Module):
+    """conv -> conv -> pool -> two-layer MLP: conv channels and MLP neurons to prune."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(16, 8, 3, padding=1)
+        self.fc1, self.fc2 = torch.nn.Linear(8, 32), torch.nn.Linear(32, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return self.fc2(torch.relu(self.fc1(x.mean((2, 3)))))
+
+
+def _pruned(targets: str = "all", batch: int = 4) -> tuple[Report, torch.nn.Module]:
+    torch.manual_seed(0)
+    model = Net().eval()
+    program = capture(model, (torch.randn(batch, 3, 6, 6),))
+    report = Report.start(program, model=model, backend="torch")
+    pass_ = MagnitudePruning(0.5, targets=targets, round_to=4)
+    report.add_pass(pass_, PassContext().run(pass_, program))
+    return report.finish(program, seconds=1.234), model
+
+
+def test_format_count_adapts_units():
+    assert [format_count(v) for v in (0, 7, 950, 12_345, 786_432, 6.29e6, 4.09e9)] == \
+        ["0", "7", "950", "12.3K", "786K", "6.29M", "4.09G"]
+    assert format_count(0.5) == "0.50"
+
+
+def test_macs_are_per_sample_and_layers_are_counted():
+    report, _ = _pruned(batch=4)
+    one, _ = _pruned(batch=1)
+    assert report.batch_size == 4 and report.macs_before == 4 * one.macs_before
+    assert report.macs_per_sample_before == one.macs_before
+    layers = {r.name: r for r in report.layers()}
+    # conv1: 3 -> 16 over 6x6 positions, 3x3 kernel: 16 * 3 * 9 * 36 MACs per sample
+    assert layers["conv1"].before.macs == 16 * 3 * 9 * 36
+    assert (layers["conv1"].before.inputs, layers["conv1"].before.outputs) == (3, 16)
+    assert (layers["conv1"].after.inputs, layers["conv1"].after.outputs) == (3, 8)
+    assert (layers["fc2"].after.inputs, layers["fc2"].after.outputs) == (16, 5)
+    assert sum(r.after.macs for r in report.layers()) == pytest.approx(report.macs_per_sample_after)
+
+
+def test_pass_in_words_and_header():
+    report, _ = _pruned()
+    text = str(report)
+    assert "model           Net" in text and "float32[4, 3, 6, 6]" in text
+    assert "MagnitudePruning(ratio=0.5, scope=global, targets=all, round_to=4, norm=2.0)" in text
+    removed = report.passes[0]["units_removed"]
+    assert 0 < removed < 16 + 8 + 32
+    assert f"MagnitudePruning: removed {removed} " in text and " channels in 3 of 3 groups" in text
+    assert "(0." in text or "s)" in text  # rounded seconds, not 0.29334...
+    assert "compile took 1.2 s" in text
+
+
+def test_describe_pass_cases():
+    assert describe_pass({"pass": "X", "already_applied": True}).startswith("nothing")
+    assert "none of the 3" in describe_pass({"pass": "X", "groups": 3, "modified": False})
+    words = describe_pass({"units_removed": 112, "units_total": 240, "groups": 9,
+                           "pruned_groups": 6, "options": {"targets": "mlp"}},
+                          kinds={})
+    assert words.startswith("removed 112 of 240 hidden units") and "in 6 of 9 groups" in words
+
+
+def test_markdown_json_and_plot(tmp_path):
+    report, _ = _pruned(targets="mlp")
+    md = report.to_markdown()
+    assert md.startswith("# prunec report") and "| fc1 | linear | 8 -> 32 | 4 -> 16 |" in md
+    # conv channels and MLP neurons are both hidden (no residual): named together
+    assert " hidden units (MLP neurons, conv bottleneck channels) in 3 of 3 groups" in md
+    data = json.loads(report.to_json(tmp_path / "r.json"))
+    assert data == json.loads((tmp_path / "r.json").read_text())
+    assert data["macs_per_sample_after"] < data["macs_per_sample_before"]
+    assert "plan" not in data["passes"][0] and data["passes"][0]["summary"].startswith("removed")
+    assert {row["name"] for row in data["layers"]} == {"conv1", "conv2", "fc1", "fc2"}
+    png = report.plot(tmp_path / "layers.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_layer_widths_of_attention_heads():
+    layer = torch.nn.TransformerEncoderLayer(16, 4, 32, batch_first=True, dropout=0.0).eval()
+    widths = layer_widths(capture(layer, (torch.randn(2, 5, 16),)), batch_size=2)
+    heads = [w for w in widths.values() if w.kind == "attention"]
+    assert [h.outputs for h in heads] in ([4], [])  # fast paths may not expose sdpa
+    assert any(w.kind == "linear" and (w.inputs, w.outputs) == (16, 32) for w in widths.values())
+
+
+# ---------------------------------------------------------------------------- progress
+def test_progress_switch(monkeypatch):
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    assert not progress.enabled()  # not a terminal
+    progress.set_enabled(True)
+    try:
+        assert progress.enabled() and not progress.enabled(False)
+        with progress.step("capturing"):
+            pass
+        with progress.step("pruning"):
+            for _ in progress.bar(range(3), desc="calibration"):
+                pass
+    finally:
+        progress.set_enabled(None)
+    text = stream.getvalue()
+    assert text.startswith("capturing ... ") and "\npruning ...\n" in text
+    assert "calibration" in text and "pruning: " in text
+    stream.truncate(0)
+    with progress.step("quiet"):
+        list(progress.bar(range(3)))
+    assert stream.getvalue() == ""
+
+
+def test_format_seconds():
+    assert [progress.format_seconds(s) for s in (0.123, 3.14, 42.4, 125, 3600 * 1.5)] == \
+        ["0.12 s", "3.1 s", "42 s", "2 min 5 s", "1 h 30 min"]
+
+
+def test_setup_logging_levels():
+    log = progress.setup_logging(1)
+    assert log.level == logging.INFO and not log.propagate
+    assert progress.setup_logging(2).level == logging.DEBUG
+    assert len([h for h in log.handlers if type(h).__name__ == "_TqdmHandler"]) == 1
+    progress.setup_logging(0)
