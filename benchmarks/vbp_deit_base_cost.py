@@ -55,7 +55,7 @@ def measure(kind: str, ratio: float, round_to: int, calibration: list) -> dict:
     program = capture(model, (torch.randn(1, 3, 224, 224),), dynamic=False)
     before = {"macs_before": count_macs(program), "params_before": count_params(program)}
     result = VarianceBasedPruning(ratio, calibration, round_to=round_to)(program, PassContext())
-    kept = {k: len(v) for k, v in result.stats["plan"].keep.items()}
+    kept = {k: len(v) for k, v in result.plan.keep.items()}
     return {"model": kind, "ratio": ratio, "round_to": round_to, **before,
             "macs_after": count_macs(program), "params_after": count_params(program),
             "neurons_removed": result.stats["units_removed"], "neurons_total": 12 * 3072,

@@ -5,15 +5,17 @@
 lowers the result to a deployment backend.
 """
 from prunec import passes
-from prunec.api import CompiledModel, Report, analyze, compile
+from prunec.api import CompiledModel, Report, analyze, compile, load
 from prunec.train import finetune
 from prunec.errors import (
-    BackendUnavailable, CalibrationError, CaptureError, PlanError, PrunecError, UnsupportedOpError,
+    BackendUnavailable, CalibrationError, CaptureError, PassError, PlanError, PrunecError,
+    UnsupportedOpError, VerificationError,
 )
+from prunec.rewrite import PruningPlan
 
 __all__ = [
-    "compile", "analyze", "finetune", "CompiledModel", "Report", "passes",
+    "compile", "analyze", "load", "finetune", "CompiledModel", "Report", "PruningPlan", "passes",
     "PrunecError", "CaptureError", "UnsupportedOpError", "CalibrationError",
-    "BackendUnavailable", "PlanError",
+    "BackendUnavailable", "PlanError", "PassError", "VerificationError",
 ]
 __version__ = "0.1.0"

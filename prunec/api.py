@@ -1,12 +1,13 @@
 """``prunec.compile`` and ``prunec.analyze``: the public entry points.
 
-``compile`` captures a *copy* of the model (the caller's module is never mutated), runs the
-passes in order through a :class:`~prunec.passes.base.PassContext`, lowers the result to the
-chosen backend and reports MACs and parameters before and after, with one entry per pass.
+``compile`` captures the model (the caller's module is never mutated), replays saved plans,
+runs the passes in order through a :class:`~prunec.passes.base.PassManager` (each pass
+verified numerically by default), lowers the result to the chosen backend and reports MACs
+and parameters before and after, with one entry per pass. ``load`` restores a saved artifact.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -14,34 +15,66 @@ import torch
 from prunec.ir.capture import capture
 from prunec.ir.channels import ChannelAnalysis, analyze_channels
 from prunec.ir.program import Program
-from prunec.passes.base import PassContext
+from prunec.passes.base import PassManager, describe_pass
 from prunec.passes.instruments import CheckOutputs
 from prunec.report import Report
+from prunec.rewrite import PruningPlan, apply_plan
 
-__all__ = ["compile", "analyze", "CompiledModel", "Report"]
+__all__ = ["compile", "analyze", "load", "CompiledModel", "Report"]
 
 
-@dataclass
 class CompiledModel:
-    """The result of :func:`compile`.
+    """The result of :func:`compile`: the pruned program and its lowered artifact.
 
     Attributes:
-        module: An ``nn.Module`` called exactly like the original model.
-        program: The pruned Program (graph, parameters, history).
-        artifact: The backend's artifact (the module itself for ``backend="torch"``).
-        report: Costs before/after and per-pass statistics.
+        program: The pruned Program (graph, parameters, lineage in ``program.plans``).
+        report: Costs before/after and one entry per pass.
+        backend: The backend name; ``backend_options`` its options.
+
+    The artifact always reflects the program's current weights: when the program changes
+    after lowering (``prunec.finetune``), the next use of :attr:`artifact` (a call, a save)
+    lowers it again.
     """
 
-    module: torch.nn.Module
-    program: Program
-    artifact: Any
-    report: Report
+    def __init__(self, program: Program, report: Report, backend: str = "torch",
+                 backend_options: dict | None = None, artifact: Any = None):
+        self.program = program
+        self.report = report
+        self.backend = backend
+        self.backend_options = dict(backend_options or {})
+        self._artifact = artifact
+        self._lowered_version = program.version if artifact is not None else -1
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The pruned graph module, called exactly like the original model (eval mode)."""
+        return self.program.gm
+
+    @property
+    def plans(self) -> list[PruningPlan]:
+        """Every plan applied, in order: replay them with ``prunec.compile(model, x,
+        plans=compiled.plans)`` or save them with ``plan.to_json()``."""
+        return list(self.program.plans)
+
+    @property
+    def artifact(self) -> Any:
+        """The backend's artifact, lowered again if the program changed since."""
+        if self._artifact is None or self._lowered_version != self.program.version:
+            self._artifact = _lower(self.program, self.backend, self.backend_options)
+            self._lowered_version = self.program.version
+        return self._artifact
 
     def __call__(self, *args, **kwargs):
         return self.artifact(*args, **kwargs)
 
-    def save(self, path):
+    def save(self, path: str | Path) -> Path:
+        """Save the artifact (``.pt2`` for torch and inductor, ``.onnx``, a TensorRT plan);
+        :func:`prunec.load` restores it without the model's code."""
         return self.artifact.save(path)
+
+    def __repr__(self) -> str:
+        return (f"<CompiledModel backend={self.backend!r} plans={len(self.program.plans)} "
+                f"MACs {self.report.macs_before} -> {self.report.macs_after}>")
 
 
 def compile(  # noqa: A001 - the public name the design asks for
@@ -49,49 +82,74 @@ def compile(  # noqa: A001 - the public name the design asks for
     example_inputs: Any,
     passes: Sequence = (),
     *,
+    plans: Sequence[PruningPlan] = (),
     example_kwargs: dict | None = None,
     backend: str = "torch",
     backend_options: dict | None = None,
     train: bool = False,
     dynamic: bool | tuple | dict = True,
+    verify: bool = True,
     instruments: Sequence | None = None,
 ) -> CompiledModel:
-    """Capture ``model``, run ``passes``, lower to ``backend``.
+    """Capture ``model``, replay ``plans``, run ``passes``, lower to ``backend``.
 
     Args:
         model: The trained model; never mutated.
         example_inputs: A tensor or tuple of positional inputs.
-        passes: Pass objects, e.g. ``[prunec.passes.MagnitudePruning(0.5)]``.
+        passes: Pass objects, e.g. ``[prunec.passes.MagnitudePruning(0.5)]``, run in order by
+            a :class:`~prunec.passes.base.PassManager`, each on the program the previous
+            one returned.
+        plans: Saved :class:`PruningPlan` objects (``compiled.plans``,
+            ``PruningPlan.from_json``) replayed, in order, before the passes.
         example_kwargs: Keyword example inputs (``attention_mask``...).
         backend: ``torch`` (default), ``onnx``, ``onnxruntime``, ``tensorrt`` or ``inductor``.
         backend_options: Keyword options for the backend (opset, threads, fp16...).
         train: Capture in train mode (for pruning during training).
         dynamic: See :func:`prunec.ir.capture.capture`.
-        instruments: Objects with ``before``/``after`` hooks run around every pass; by
-            default :class:`~prunec.passes.instruments.CheckOutputs`.
+        verify: Check every pass numerically against the program before it
+            (:class:`~prunec.passes.instruments.CheckOutputs`; about four extra forward
+            passes per pass).
+        instruments: Extra instruments run around every pass (``Timing``, ``DumpIR``...).
+
+    Raises:
+        PrunecError: invalid arguments, a failing pass (named, with the passes before it),
+            a rewrite that fails verification, or a backend that is not available.
     """
     from prunec.ir.cost import count_macs, count_params
 
     program = capture(model, example_inputs, example_kwargs, train=train, dynamic=dynamic)
     report = Report(count_macs(program), count_params(program), backend=backend)
-    if instruments is None:
-        instruments = (CheckOutputs(),)
-    ctx = PassContext(tuple(instruments))
-    for pass_ in passes:
-        result = ctx.run(pass_, program)
-        report.passes.append({"pass": type(pass_).__name__, "modified": result.modified,
-                              **result.stats})
+    for plan in plans:
+        apply_plan(program, plan)
+        report.passes.append({"pass": "replay", "modified": True, "plan_groups": len(plan.keep)})
+    chain = ([CheckOutputs()] if verify else []) + list(instruments or ())
+    manager = PassManager(passes, chain)
+    program = manager.run(program)
+    for pass_, result in zip(manager.passes, manager.results):
+        report.passes.append({"pass": type(pass_).__name__, "options": describe_pass(pass_),
+                              "modified": result.modified, **result.stats})
     report.macs_after, report.params_after = count_macs(program), count_params(program)
-    artifact = _lower(program, backend, backend_options or {})
-    return CompiledModel(program.gm, program, artifact, report)
+    options = dict(backend_options or {})
+    return CompiledModel(program, report, backend, options, _lower(program, backend, options))
 
 
 def _lower(program: Program, backend: str, options: dict):
-    if backend == "torch" and not options:
-        return program.gm
     from prunec.backends import lower
 
     return lower(program, backend, **options)
+
+
+def load(path: str | Path) -> Any:
+    """Load an artifact saved by ``compiled.save(path)`` or ``artifact.save(path)``, without
+    the model's code: a ``.pt2`` (torch export or AOTInductor package), an ``.onnx`` file, or
+    a TensorRT plan with its ``.json`` sidecar.
+
+    Raises:
+        PrunecError: the file is missing or not a prunec artifact.
+    """
+    from prunec.backends.artifact import load_artifact
+
+    return load_artifact(path)
 
 
 def analyze(model: torch.nn.Module, example_inputs: Any, example_kwargs: dict | None = None,

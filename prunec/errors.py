@@ -8,6 +8,8 @@ __all__ = [
     "CalibrationError",
     "BackendUnavailable",
     "PlanError",
+    "PassError",
+    "VerificationError",
 ]
 
 
@@ -33,3 +35,11 @@ class BackendUnavailable(PrunecError):
 
 class PlanError(PrunecError):
     """A pruning plan does not fit the program it is applied to."""
+
+
+class PassError(PrunecError):
+    """A pass failed; the message names it, its options and the passes before it."""
+
+
+class VerificationError(PrunecError):
+    """A rewritten program does not compute what its pass guarantees."""

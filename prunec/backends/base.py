@@ -138,6 +138,10 @@ class IOSpec:
         out_spec: Tree spec of the output, or ``None`` when it could not be kept.
         output_constants: Per output leaf, ``None`` for a tensor, else ``[value]``.
         output_names: Names of the tensor outputs, in order.
+        input_dtypes: Per tensor input, its dtype (``"torch.float32"``).
+        input_shapes: Per tensor input, its sizes with ``None`` where the program keeps the
+            axis dynamic: a call with another rank, dtype or fixed size is refused with a
+            :class:`~prunec.errors.PrunecError` naming the input.
     """
 
     in_spec: pytree.TreeSpec
@@ -147,6 +151,8 @@ class IOSpec:
     out_spec: pytree.TreeSpec | None
     output_constants: list
     output_names: list[str]
+    input_dtypes: list[str] | None = None
+    input_shapes: list[list[int | None]] | None = None
 
     @classmethod
     def from_program(cls, program: "Program") -> "IOSpec":
@@ -167,6 +173,8 @@ class IOSpec:
             out_spec=pytree.tree_structure(out),
             output_constants=[None if _is_tensor(x) else [x] for _, x in out_leaves],
             output_names=_output_names([p for p, x in out_leaves if _is_tensor(x)]),
+            input_dtypes=[str(x.dtype) for x in leaves if _is_tensor(x)],
+            input_shapes=_input_shapes(placeholders, leaves),
         )
 
     # ----------------------------------------------------------------- inputs
@@ -184,7 +192,26 @@ class IOSpec:
             if const is not None and not _same_constant(leaf, const[0]):
                 raise PrunecError(f"A non-tensor input was {const[0]!r} at capture and is "
                                   f"specialised into the artifact; got {leaf!r}.")
-        return [x for x, c in zip(leaves, self.input_constants) if c is None]
+        tensors = [x for x, c in zip(leaves, self.input_constants) if c is None]
+        self.check_tensors(tensors)
+        return tensors
+
+    def check_tensors(self, tensors: list) -> None:
+        """Refuse inputs of another type, dtype, rank or fixed size, naming the input."""
+        for i, (name, x) in enumerate(zip(self.input_names, tensors)):
+            if not _is_tensor(x):
+                raise PrunecError(f"Input {name!r} must be a tensor, got {type(x).__name__}.")
+            if self.input_dtypes and str(x.dtype) != self.input_dtypes[i]:
+                raise PrunecError(f"Input {name!r} must be {self.input_dtypes[i]}, got {x.dtype}; "
+                                  f"cast it (the artifact was built for that dtype).")
+            if not self.input_shapes:
+                continue
+            want = self.input_shapes[i]
+            fixed = [w == g or w is None for w, g in zip(want, x.shape)]
+            if len(want) != x.dim() or not all(fixed):
+                shown = "[" + ", ".join("*" if w is None else str(w) for w in want) + "]"
+                raise PrunecError(f"Input {name!r} must have shape {shown} (* = any size), got "
+                                  f"{list(x.shape)}; sizes other than * were fixed at capture.")
 
     def unflatten_inputs(self, tensors: list) -> tuple[tuple, dict]:
         """``(args, kwargs)`` from the tensor inputs (inverse of :meth:`flatten_inputs`)."""
@@ -219,6 +246,7 @@ class IOSpec:
             "input_constants": self.input_constants, "input_names": self.input_names,
             "batch_inputs": self.batch_inputs, "out_spec": out_spec,
             "output_constants": self.output_constants, "output_names": self.output_names,
+            "input_dtypes": self.input_dtypes, "input_shapes": self.input_shapes,
         }, default=repr)
 
     @classmethod
@@ -260,6 +288,20 @@ def _output_names(paths: list) -> list[str]:
         name = _identifier("_".join(parts))
         names.append(name if name and not name[0].isdigit() else f"output_{name}")
     return names
+
+
+def _input_shapes(placeholders: list, leaves: list) -> list[list[int | None]] | None:
+    """Per tensor input, its sizes with ``None`` for axes the program keeps dynamic."""
+    if len(placeholders) != len(leaves):
+        return None
+    from prunec.ir.channels import static_shape
+
+    shapes = []
+    for node, x in zip(placeholders, leaves):
+        if _is_tensor(x):
+            dims = static_shape(node)
+            shapes.append(list(dims) if dims is not None else list(x.shape))
+    return shapes
 
 
 def _batch_inputs(placeholders: list, leaves: list) -> list[bool]:

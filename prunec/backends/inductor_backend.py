@@ -2,13 +2,13 @@
 
 - Just in time (default): ``torch.compile(gm, backend="inductor", mode=mode)`` on a private
   copy of the program's graph module. Compilation is lazy: it happens on the first call
-  (and again when a new input shape needs a recompile). ``save`` writes the uncompiled
-  module as a ``torch.export`` ``.pt2`` file, as the ``torch`` backend does, and ``load``
-  gives it back to compile lazily again.
-- Ahead of time (``aot=True``): the module is re-exported and compiled into an
-  AOTInductor package with ``torch._inductor.aoti_compile_and_package``; ``save`` copies that
-  ``.pt2`` package and ``load`` runs it with ``torch._inductor.aoti_load_package``, no
-  Python model code needed.
+  (and again when a new input shape needs a recompile). ``save`` compiles the module ahead
+  of time into an AOTInductor package (below) and writes that.
+- Ahead of time (``aot=True``): the module is re-exported (dynamic axes kept) and compiled
+  into an AOTInductor package with ``torch._inductor.aoti_compile_and_package``; ``save``
+  copies that ``.pt2`` package (with prunec's metadata inside) and ``load`` runs it with
+  ``torch._inductor.aoti_load_package``, no Python model code needed. A package runs on the
+  torch version and device kind it was built for.
 
 On CPU Inductor generates C++ and needs a C++ compiler; on CUDA it needs triton. Either one
 missing gives :class:`~prunec.errors.BackendUnavailable`. Parity (``check=True``) uses
@@ -27,7 +27,8 @@ import torch
 import torch.utils._pytree as pytree
 
 from prunec.backends.base import Artifact, IOSpec, require, verify_artifact
-from prunec.backends.torch_backend import TorchArtifact, reexport
+from prunec.backends.artifact import add_zip_metadata, metadata_for
+from prunec.backends.torch_backend import reexport
 from prunec.errors import BackendUnavailable
 
 if TYPE_CHECKING:
@@ -54,8 +55,11 @@ class InductorArtifact(Artifact):
 
     def __init__(self, module: torch.nn.Module, example_args: tuple = (),
                  example_kwargs: dict | None = None, *, mode: str | None = None,
-                 dynamic: bool | None = None) -> None:
+                 dynamic: bool | None = None, io: IOSpec | None = None,
+                 metadata: dict | None = None) -> None:
         self.module = module
+        self.io = io
+        self.metadata = dict(metadata or {})
         self.example_args = tuple(example_args)
         self.example_kwargs = dict(example_kwargs or {})
         self.settings = {"mode": mode, "dynamic": dynamic}
@@ -67,6 +71,8 @@ class InductorArtifact(Artifact):
         return self._compiled is not None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.io is not None:
+            self.io.flatten_inputs(args, kwargs)  # checks dtype, rank and fixed sizes
         if self._compiled is None:
             _require_toolchain(args, kwargs)
             self._compiled = torch.compile(self.module, backend="inductor", **self.settings)
@@ -74,13 +80,15 @@ class InductorArtifact(Artifact):
             return self._compiled(*args, **kwargs)
 
     def save(self, path: str | Path) -> Path:
-        """Write the uncompiled module as a ``torch.export`` ``.pt2`` file."""
-        return TorchArtifact(self.module, self.example_args, self.example_kwargs).save(path)
+        """Compile an AOTInductor package (tens of seconds on CPU) and write it."""
+        package = _build_package(self.module, self.example_args, self.example_kwargs,
+                                 self.io, self.metadata)
+        return package.save(path)
 
     @classmethod
-    def load(cls, path: str | Path, **settings: Any) -> "InductorArtifact":
-        """Load a file written by :meth:`save`; it compiles again on first call."""
-        return cls(torch.export.load(Path(path)).module(), **settings)
+    def load(cls, path: str | Path) -> "AOTInductorArtifact":
+        """Load a package written by :meth:`save`."""
+        return AOTInductorArtifact.load(path)
 
 
 class AOTInductorArtifact(Artifact):
@@ -96,12 +104,19 @@ class AOTInductorArtifact(Artifact):
     def __init__(self, package_path: str | Path, owned_dir: Path | None = None) -> None:
         import torch._inductor
 
+        from prunec.backends.artifact import read_pt2_metadata
+
         self.package_path = Path(package_path)
+        self.metadata = read_pt2_metadata(self.package_path)[1]
+        io = self.metadata.get("io")
+        self.io = IOSpec.from_json(io) if io else None
         self.runner = torch._inductor.aoti_load_package(str(self.package_path))
         if owned_dir is not None:
             weakref.finalize(self, shutil.rmtree, owned_dir, ignore_errors=True)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.io is not None:
+            self.io.flatten_inputs(args, kwargs)  # checks dtype, rank and fixed sizes
         with torch.no_grad():
             return self.runner(*args, **kwargs)
 
@@ -149,25 +164,29 @@ def lower_inductor(program: "Program", *, mode: str | None = None, dynamic: bool
     """
     _require_toolchain(program.example_args, program.example_kwargs)
     gm = copy.deepcopy(program.gm)
+    io = IOSpec.from_program(program)
+    metadata = metadata_for(program, "inductor", io)
     if aot:
-        artifact: Any = _build_package(gm, program.example_args, program.example_kwargs)
+        artifact: Any = _build_package(gm, program.example_args, program.example_kwargs, io,
+                                       metadata)
     else:
         artifact = InductorArtifact(gm, program.example_args, program.example_kwargs,
-                                    mode=mode, dynamic=dynamic)
+                                    mode=mode, dynamic=dynamic, io=io, metadata=metadata)
     if check:
-        io = IOSpec.from_program(program)
         verify_artifact(program, artifact, io, backend="inductor",
                         atol=INDUCTOR_TOLERANCES[0] if atol is None else atol,
                         rtol=INDUCTOR_TOLERANCES[1] if rtol is None else rtol)
     return artifact
 
 
-def _build_package(gm: torch.nn.Module, args: tuple, kwargs: dict) -> AOTInductorArtifact:
+def _build_package(gm: torch.nn.Module, args: tuple, kwargs: dict, io: IOSpec | None,
+                   metadata: dict) -> AOTInductorArtifact:
     import torch._inductor
 
-    exported = reexport(gm, args, kwargs)
+    exported = reexport(gm, args, kwargs, io)
     directory = Path(tempfile.mkdtemp(prefix="prunec-aoti-"))
     with torch.no_grad():
         path = torch._inductor.aoti_compile_and_package(
             exported, package_path=str(directory / "model.pt2"))
+    add_zip_metadata(Path(path), {**metadata, "backend": "inductor"})
     return AOTInductorArtifact(path, owned_dir=directory)

@@ -6,10 +6,10 @@ Lowering, step by step:
    (:class:`~prunec.backends.base.IOSpec`): ONNX has no pytrees, kwargs or ``None``.
    Non-tensor inputs (``None``, ints) are specialised into the graph.
 2. The wrapper is re-exported with ``torch.export`` (non-strict) and handed to
-   ``torch.onnx.export(..., dynamo=True)``. With ``dynamic_batch``, axis 0 of every input
-   whose axis 0 is the program's batch symbol is declared ``Dim("batch")``; other axes are
-   static at the example shape. A program captured with batch 1 has a static batch
-   (export specialises 0/1 dimensions); capture with batch >= 2 to get a dynamic one.
+   ``torch.onnx.export(..., dynamo=True)``. Every input axis that the program keeps dynamic
+   (batch, sequence length, image size) stays dynamic in the ONNX graph (``Dim.AUTO`` on
+   exactly those axes); the batch axis is named ``batch``. ``dynamic_batch=False`` fixes the
+   batch at the example's size.
 3. ``fp16``: the module's floating parameters and buffers are cast to half, so are the
    ``float32`` dtype constants of the graph (a ``mask.to(h.dtype)`` recorded at capture),
    and the wrapper casts floating inputs to half and floating outputs back to their torch
@@ -30,7 +30,7 @@ from a file whose output type cannot be rebuilt returns its tensors as a tuple.
 from __future__ import annotations
 
 import copy
-import warnings
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "OnnxArtifact", "lower_onnx", "export_onnx", "optimize_onnx",
-    "DEFAULT_OPSET", "TOLERANCES", "IO_METADATA_KEY",
+    "DEFAULT_OPSET", "TOLERANCES", "IO_METADATA_KEY", "stamp",
 ]
 
 DEFAULT_OPSET = 18
@@ -99,16 +99,16 @@ def export_onnx(program: "Program", *, opset: int = DEFAULT_OPSET, dynamic_batch
     io = IOSpec.from_program(program)
     if not dynamic_batch:
         io.batch_inputs = [False] * len(io.batch_inputs)
-    elif io.input_names and not any(io.batch_inputs):
-        warnings.warn("The program's batch axis is static (a batch of 1 at capture "
-                      "specialises it), so the ONNX batch is too; capture with batch >= 2 "
-                      "for a dynamic one.", stacklevel=2)
     tensors = io.flatten_inputs(program.example_args, program.example_kwargs)
+    if not dynamic_batch and io.input_shapes:  # the batch axis becomes fixed, the rest stays
+        for shape, x in zip(io.input_shapes, tensors):
+            if shape:
+                shape[0] = int(x.shape[0])
     with torch.no_grad():
         ref = io.output_tensors(program.gm(*program.example_args, **program.example_kwargs))
     flat = _FlatModule(copy.deepcopy(program.gm), io, [o.dtype for o in ref], half=fp16)
-    batch = torch.export.Dim(BATCH_DIM, min=1)
-    specs = tuple({0: batch} if b else None for b in io.batch_inputs)
+    specs = tuple({ax: torch.export.Dim.AUTO for ax, d in enumerate(shape) if d is None} or None
+                  for shape in (io.input_shapes or [[]] * len(tensors)))
     try:
         with torch.no_grad():
             ep = torch.export.export(flat, tuple(tensors), dynamic_shapes=(specs,),
@@ -161,6 +161,16 @@ def _rename_batch_symbol(graph: Any, batch_inputs: list[str]) -> None:
         shape = tensor.shape if isinstance(tensor, gs.Variable) else None
         if shape:
             tensor.shape = [BATCH_DIM if d in symbols else d for d in shape]
+
+
+def stamp(model: "onnx.ModelProto", program: "Program", backend: str) -> None:
+    """Write prunec's metadata (version, backend, plans) into ``model.metadata_props``."""
+    from prunec.backends.artifact import metadata_for
+
+    meta = metadata_for(program, backend)
+    _set_metadata(model, "prunec.version", meta["prunec_version"])
+    _set_metadata(model, "prunec.backend", backend)
+    _set_metadata(model, "prunec.plans", json.dumps(meta["plans"]))
 
 
 def _set_metadata(model: "onnx.ModelProto", key: str, value: str) -> None:
@@ -251,6 +261,7 @@ def lower_onnx(program: "Program", *, opset: int = DEFAULT_OPSET, dynamic_batch:
     for module in ("onnx", "onnxruntime", "onnx_graphsurgeon", "onnxscript"):
         require(module, backend="onnx", pip=PIP_HINT)
     model, io = export_onnx(program, opset=opset, dynamic_batch=dynamic_batch, fp16=fp16)
+    stamp(model, program, "onnx")
     artifact = OnnxArtifact(model, io)
     if check:
         tol = TOLERANCES["fp16" if fp16 else "fp32"]

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from prunec.backends.base import IOSpec, require, verify_artifact
 from prunec.backends.onnx_backend import (
-    DEFAULT_OPSET, PIP_HINT, TOLERANCES, OnnxArtifact, export_onnx,
+    DEFAULT_OPSET, PIP_HINT, TOLERANCES, OnnxArtifact, export_onnx, stamp,
 )
 
 if TYPE_CHECKING:
@@ -108,6 +108,7 @@ def lower_onnxruntime(program: "Program", *, intra_op_threads: int = 2,
     for module in ("onnx", "onnxruntime", "onnx_graphsurgeon", "onnxscript"):
         require(module, backend="onnxruntime", pip=PIP_HINT)
     model, io = export_onnx(program, opset=opset, dynamic_batch=dynamic_batch, fp16=fp16)
+    stamp(model, program, "onnxruntime")
     artifact = OnnxRuntimeArtifact(model, io, intra_op_threads=intra_op_threads,
                                    inter_op_threads=inter_op_threads, providers=providers,
                                    spinning=spinning)

@@ -20,6 +20,8 @@ TF32 for fp32 matmuls and convolutions by default on Ampere and later GPUs.
 """
 from __future__ import annotations
 
+import json
+
 import re
 import tempfile
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from prunec.backends.base import Artifact, IOSpec, require, verify_artifact
+from prunec.backends.artifact import metadata_for
 from prunec.backends.onnx_backend import DEFAULT_OPSET, export_onnx
 from prunec.errors import BackendUnavailable, PrunecError
 
@@ -202,10 +205,11 @@ class TensorRTArtifact(Artifact):
 
     name = "tensorrt"
 
-    def __init__(self, plan: bytes, io: IOSpec) -> None:
+    def __init__(self, plan: bytes, io: IOSpec, metadata: dict | None = None) -> None:
         trt = _tensorrt()
         self.plan = plan
         self.io = io
+        self.metadata = dict(metadata or {})
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engine = self._runtime.deserialize_cuda_engine(plan)
         if self.engine is None:
@@ -240,17 +244,20 @@ class TensorRTArtifact(Artifact):
         return out
 
     def save(self, path: str | Path) -> Path:
-        """Write the serialized plan to ``path`` and the interface to ``path + '.json'``."""
+        """Write the serialized plan to ``path`` and prunec's metadata (interface, plans)
+        to the sidecar ``path + '.json'``."""
         path = Path(path)
         path.write_bytes(self.plan)
-        _sidecar(path).write_text(self.io.to_json())
+        _sidecar(path).write_text(json.dumps({**self.metadata, "backend": self.name,
+                                              "io": self.io.to_json()}))
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> "TensorRTArtifact":
         """Load a plan written by :meth:`save` (same TensorRT version and GPU)."""
         path = Path(path)
-        return cls(path.read_bytes(), IOSpec.from_json(_sidecar(path).read_text()))
+        metadata = json.loads(_sidecar(path).read_text())
+        return cls(path.read_bytes(), IOSpec.from_json(metadata["io"]), metadata)
 
 
 def _sidecar(path: Path) -> Path:
@@ -285,10 +292,14 @@ def lower_tensorrt(program: "Program", *, fp16: bool = False, max_batch_size: in
                             fp16=plan.onnx_fp16)
     examples = io.flatten_inputs(program.example_args, program.example_kwargs)
     batch = next((t.shape[0] for t, b in zip(examples, io.batch_inputs) if b), 1)
+    if io.input_shapes:  # the profile keeps only the batch dynamic: other axes are fixed
+        io.input_shapes = [[d if d is not None or (ax == 0 and b) else int(t.shape[ax])
+                            for ax, d in enumerate(shape)]
+                           for shape, t, b in zip(io.input_shapes, examples, io.batch_inputs)]
     serialized = build_plan(model, io, examples, plan=plan,
                             max_batch=max_batch_size or max(32, 2 * batch),
                             workspace_bytes=int(workspace_gb * 2**30))
-    artifact = TensorRTArtifact(serialized, io)
+    artifact = TensorRTArtifact(serialized, io, metadata_for(program, "tensorrt"))
     if check:
         tol = TRT_TOLERANCES["fp16" if fp16 else "fp32"]
         verify_artifact(program, artifact, io, atol=tol[0] if atol is None else atol,

@@ -30,6 +30,11 @@ class Program:
         example_kwargs: Keyword example inputs used for capture.
         training: Whether the program was captured in train mode.
         version: Bumped by every mutation; analyses are cached per version.
+        plans: The lineage: every :class:`~prunec.rewrite.plan.PruningPlan` applied to this
+            program, in order. Replaying them on a fresh capture of the same model (in eval
+            or train mode) rebuilds this program's structure; saving and training read them.
+        origin: Group key -> size at first sight (pruning ratios count against it).
+        history: Configurations of the passes applied (a pass seen again is a no-op).
     """
 
     gm: fx.GraphModule
@@ -37,8 +42,9 @@ class Program:
     example_kwargs: dict = field(default_factory=dict)
     training: bool = False
     version: int = 0
-    origin: dict = field(default_factory=dict)  # group key -> size at capture (set by passes)
-    history: list = field(default_factory=list)  # configurations of the passes applied
+    origin: dict = field(default_factory=dict)
+    history: list = field(default_factory=list)
+    plans: list = field(default_factory=list)
     _cache: dict = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ analyses
@@ -65,10 +71,25 @@ class Program:
         """Call the program like the original model."""
         return self.gm(*args, **kwargs)
 
-    def clone(self) -> "Program":
-        """A deep copy whose mutations never reach this program."""
-        return Program(copy.deepcopy(self.gm), self.example_args, dict(self.example_kwargs),
-                       self.training, self.version, dict(self.origin), list(self.history))
+    def clone(self, *, share_tensors: bool = False) -> "Program":
+        """A copy whose graph and module mutations never reach this program.
+
+        Args:
+            share_tensors: ``False`` (default): parameters and buffers are copied too, so the
+                clone can be trained on its own (recipes' candidates). ``True``: the clone has
+                its own graph and modules but holds the *same* tensor objects; cheap, and safe
+                for rewrites (which make new tensors, never write in place), not for training.
+        """
+        memo: dict = {}
+        if share_tensors:
+            for tensor in list(self.gm.parameters()) + list(self.gm.buffers()):
+                memo[id(tensor)] = tensor
+            for value in vars(self.gm).values():  # constants registered as plain attributes
+                if isinstance(value, torch.Tensor):
+                    memo[id(value)] = value
+        gm = copy.deepcopy(self.gm, memo)
+        return Program(gm, self.example_args, dict(self.example_kwargs), self.training,
+                       self.version, dict(self.origin), list(self.history), list(self.plans))
 
     # ------------------------------------------------------------------ mutating
     def set_tensor(self, target: str, value: torch.Tensor) -> None:
@@ -97,6 +118,19 @@ class Program:
             mod.register_parameter(attr, torch.nn.Parameter(value))
         else:
             mod.register_buffer(attr, value)
+        self.bump()
+
+    def remove_tensor(self, target: str) -> None:
+        """Unregister the parameter, buffer or constant behind ``target`` (no node may
+        still read it)."""
+        if any(n.op == "get_attr" and n.target == target for n in self.graph.nodes):
+            raise ValueError(f"'{target}' is still read by the graph")
+        mod_path, _, attr = target.rpartition(".")
+        mod = self.gm.get_submodule(mod_path) if mod_path else self.gm
+        for table in (mod._parameters, mod._buffers):
+            table.pop(attr, None)
+        if attr in vars(mod):
+            delattr(mod, attr)
         self.bump()
 
     def set_args(self, node: fx.Node, args: tuple, kwargs: dict | None = None) -> None:

@@ -6,7 +6,7 @@ passes and the instruments around them (verification, timing, IR dumps: contract
 
 :class:`PruningPass` fixes the order of work for every pruning method:
 ``score`` (a tensor of importances per group) -> ``select`` (a :class:`PruningPlan`) ->
-``apply_plan`` (the only rewrite). Ratios count units against the program's *original*
+``apply_plan`` (the only rewrite). :class:`PassManager` runs a list of passes. Ratios count units against the program's *original*
 group sizes, so a pass that already reached its target is a no-op when run again.
 """
 from __future__ import annotations
@@ -18,48 +18,140 @@ from typing import Protocol
 
 import torch
 
-from prunec.errors import PrunecError
+from prunec.errors import PassError, PrunecError
 from prunec.ir.channels import ChannelAnalysis, ChannelGroup, analyze_channels
 from prunec.ir.program import Program
 from prunec.rewrite import PruningPlan, apply_plan
 
-__all__ = ["Pass", "PassResult", "PassContext", "PruningPass", "candidate_groups", "check_ratio"]
+__all__ = ["Pass", "PassResult", "PassContext", "PassManager", "PruningPass", "candidate_groups",
+           "check_ratio", "describe_pass"]
 
 
 @dataclass
 class PassResult:
+    """What a pass returns.
+
+    Attributes:
+        program: The program after the pass (passes rewrite in place and return it; a pass
+            may also return another Program, which the next pass then receives).
+        modified: Whether the program changed. Honest: ``False`` means nothing was rewritten.
+        plan: The plan the pass applied, if it pruned (also appended to ``program.plans``).
+        stats: What the pass did, for the report (counts, seconds...).
+    """
+
     program: Program
     modified: bool
+    plan: PruningPlan | None = None
     stats: dict = field(default_factory=dict)
 
 
 class Pass(Protocol):
-    name: str
+    """A pass: configured in its constructor, called as ``pass_(program, ctx)``.
+
+    ``guarantee`` states what must hold between the program before and after the pass when it
+    modifies it, for :class:`~prunec.passes.instruments.CheckOutputs`: ``"zeroing"`` (the
+    pruned program equals the program before with the removed units' parameter slices set to
+    zero), ``"mean"`` (equals it with each compensated value's removed channels replaced by
+    their means), or ``None`` (nothing checkable, e.g. a pass that trains).
+    """
+
+    guarantee: str | None
 
     def __call__(self, program: Program, ctx: "PassContext") -> PassResult: ...
 
 
+def describe_pass(pass_) -> str:
+    """``ClassName(option=value, ...)`` from the pass's ``config()`` when it has one."""
+    config = pass_.config() if hasattr(pass_, "config") else {}
+    options = ", ".join(f"{k}={v!r}" for k, v in config.items() if k != "pass")
+    return f"{type(pass_).__name__}({options})"
+
+
 class PassContext:
-    """Runs passes with instruments: ``before(pass_, program)`` and
-    ``after(pass_, program, result)`` callables (verification, timing, dumps)."""
+    """What a running pass sees: the instruments and options of the pipeline.
+
+    Instruments are objects with any of ``should_run(pass_, program) -> bool``,
+    ``before(pass_, program)`` and ``after(pass_, program, result)``.
+    """
 
     def __init__(self, instruments: tuple = (), *, progress: bool = False):
         self.instruments = list(instruments)
         self.progress = progress
 
     def run(self, pass_: Pass, program: Program) -> PassResult:
-        for inst in self.instruments:
-            getattr(inst, "before", _noop)(pass_, program)
-        start = time.perf_counter()
-        result = pass_(program, self)
-        result.stats.setdefault("seconds", time.perf_counter() - start)
-        for inst in self.instruments:
-            getattr(inst, "after", _noop)(pass_, program, result)
+        """Run one pass with the instruments around it (see :class:`PassManager`)."""
+        return PassManager([pass_], self.instruments, progress=self.progress).run_one(
+            pass_, program, self)
+
+
+class PassManager:
+    """Runs passes in order, each on the program the previous one returned.
+
+    Around each pass the instruments run: ``should_run`` (any False skips the pass),
+    ``before`` and ``after``. When a pass raises, the error is re-raised as a
+    :class:`~prunec.errors.PrunecError` (the same subclass when it already was one, else
+    :class:`~prunec.errors.PassError`) whose message names the failing pass with its options
+    and the passes that ran before it; the original exception is chained (``__cause__``).
+
+    Args:
+        passes: Pass objects (instances, not classes).
+        instruments: Instruments run around every pass (verification, timing, IR dumps).
+        progress: Passed to passes through the context (progress bars).
+    """
+
+    def __init__(self, passes, instruments=(), *, progress: bool = False):
+        self.passes = list(passes)
+        self.instruments = list(instruments)
+        self.progress = progress
+        self.results: list[PassResult] = []
+
+    def run(self, program: Program) -> Program:
+        """Run every pass; returns the final program (results in :attr:`results`)."""
+        ctx = PassContext(tuple(self.instruments), progress=self.progress)
+        self.results = []
+        for pass_ in self.passes:
+            result = self.run_one(pass_, program, ctx)
+            self.results.append(result)
+            program = result.program
+        return program
+
+    def run_one(self, pass_: Pass, program: Program, ctx: PassContext) -> PassResult:
+        if not all(getattr(i, "should_run", _yes)(pass_, program) for i in ctx.instruments):
+            return PassResult(program, False, stats={"skipped": True})
+        try:
+            for inst in ctx.instruments:
+                getattr(inst, "before", _noop)(pass_, program)
+            start = time.perf_counter()
+            result = pass_(program, ctx)
+            if not isinstance(result, PassResult):
+                raise TypeError(f"a pass must return a PassResult, got {type(result).__name__}")
+            result.stats.setdefault("seconds", time.perf_counter() - start)
+            for inst in ctx.instruments:
+                getattr(inst, "after", _noop)(pass_, program, result)
+        except Exception as exc:  # every failure is re-raised with the pipeline's context
+            raise self._failure(pass_, exc) from exc
         return result
+
+    def _failure(self, pass_, exc: Exception) -> PrunecError:
+        done = [describe_pass(r) for r in self.passes[:self.passes.index(pass_)]] \
+            if pass_ in self.passes else []
+        before = f" after {', '.join(done)}" if done else " (the first pass)"
+        message = f"pass {describe_pass(pass_)} failed{before}: {exc}"
+        if isinstance(exc, PrunecError):
+            try:
+                return type(exc)(message)
+            except TypeError:  # a subclass with another constructor
+                pass
+        return PassError(f"{message} ({type(exc).__name__}). If the model and options are "
+                         f"valid, please report this with the model's class.")
 
 
 def _noop(*_args) -> None:
     return None
+
+
+def _yes(*_args) -> bool:
+    return True
 
 
 def check_ratio(ratio: float, where: str) -> float:
@@ -97,6 +189,7 @@ class PruningPass:
 
     name = "pruning"
     normalize_global = True
+    guarantee: str | None = "zeroing"
 
     def __init__(self, *, ratio: float, scope: str = "global", targets: str = "all", round_to: int = 8):
         self.ratio = check_ratio(ratio, type(self).__name__)
@@ -124,17 +217,19 @@ class PruningPass:
         ctx = ctx or PassContext()
         analysis = analyze_channels(program)
         groups = candidate_groups(analysis, self.targets)
+        stats = {"targets": self.targets, "groups": len(groups),
+                 "units_total": sum(g.size for g in groups)}
         if self.config() in program.history:  # its target is already reached
-            return PassResult(program, False, {"groups": len(groups), "already_applied": True})
+            return PassResult(program, False, stats={**stats, "already_applied": True})
         plan = self.plan(program, groups, ctx) if self.ratio > 0 and groups else PruningPlan()
         if not plan:
-            return PassResult(program, False, {"groups": len(groups), "pruned_groups": 0})
+            return PassResult(program, False, stats={**stats, "pruned_groups": 0, "units_removed": 0})
         self.compensate(program, groups, plan, ctx)
         apply_plan(program, plan)
         program.history.append(self.config())
         removed = sum(g.size - len(plan.keep[g.key]) for g in groups if g.key in plan.keep)
-        return PassResult(program, True, {"groups": len(groups), "pruned_groups": len(plan.keep),
-                                          "units_removed": removed, "plan": plan})
+        return PassResult(program, True, plan, {**stats, "pruned_groups": len(plan.keep),
+                                                "units_removed": removed})
 
     def plan(self, program: Program, groups: list[ChannelGroup], ctx: PassContext) -> PruningPlan:
         for g in groups:  # the first time a group is seen it has its original size

@@ -146,6 +146,12 @@ class VarianceBasedPruning(PruningPass):
         self.max_batches = max_batches
         self.progress = bool(progress)
 
+    @property
+    def guarantee(self) -> str:
+        """With mean folding the pruned model equals the original with the removed neurons
+        replaced by their means; without it, with them zeroed."""
+        return "mean" if self.fold_means else "zeroing"
+
     # -- score ---------------------------------------------------------------------------
     def plan(self, program: Program, groups: list[ChannelGroup], ctx: PassContext) -> PruningPlan:
         """Rank only the groups VBP describes (see :func:`measured_values`)."""

@@ -24,9 +24,11 @@ from prunec.ir.channels import ChannelAnalysis, analyze_channels, static_shape
 from prunec.ir.program import Program
 from prunec.ir.rules import rule_for
 from prunec.rewrite.compensation import fold_mean
+from prunec.rewrite.fold import fold_constants
 from prunec.rewrite.plan import MeanCompensation, PruningPlan
 
-__all__ = ["PruningPlan", "MeanCompensation", "apply_plan", "estimate_macs", "RewriteContext"]
+__all__ = ["PruningPlan", "MeanCompensation", "apply_plan", "estimate_macs", "RewriteContext",
+           "Slices"]
 
 aten = torch.ops.aten
 
@@ -78,26 +80,53 @@ class RewriteContext:
         self.program.set_args(node, args, {})
 
 
-def apply_plan(program: Program, plan: PruningPlan) -> Program:
-    """Rewrite ``program`` in place so that only the planned units remain; returns it."""
+class Slices(dict):
+    """What :func:`apply_plan` sliced: ``{tensor name: {axis: kept indices}}``.
+
+    Names are the fully qualified names of parameters and buffers (``layer1.0.conv1.weight``).
+    ``replaced[name] = (old, new)`` holds the tensor objects before and after, so that an
+    optimizer's parameters and state can follow (:func:`prunec.train.slice_optimizer_state`).
+    Tensors absent from the map were not touched and keep their identity.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.replaced: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def apply_plan(program: Program, plan: PruningPlan) -> Slices:
+    """Rewrite ``program`` in place so that only the planned units remain.
+
+    The plan is appended to ``program.plans`` (the lineage that replay and saving read).
+
+    Returns:
+        The :class:`Slices` map of every tensor sliced, with the kept indices per axis.
+
+    Raises:
+        PlanError: the plan names groups this program does not have, or unprunable ones.
+    """
     analysis = analyze_channels(program)
     elem_keep = _element_keep(analysis, plan)
+    slices = Slices()
     if elem_keep.all():
-        return program
+        return slices
     expected = {key: int(elem_keep[off:off + analysis.shapes[key[0]][key[1]]].sum())
                 for key, off in analysis.offsets.items()}
     ctx = RewriteContext(program, analysis, elem_keep)
     added_nodes = False
     for comp in plan.compensations:
         added_nodes |= fold_mean(ctx, comp)
-    _slice_tensors(ctx)
+    _slice_tensors(ctx, slices)
     for node in list(program.graph.nodes):
         rule = rule_for(node) if node.op == "call_function" else None
         if rule is not None and rule.rewrite is not None:
             rule.rewrite(ctx, node)
     # New nodes (border corrections) have no metadata yet: propagate through every op then.
     program.finalize(sizes=None if added_nodes else expected)
-    return program
+    if added_nodes:
+        fold_constants(program)
+    program.plans.append(plan)
+    return slices
 
 
 def estimate_macs(program: Program, plan: PruningPlan) -> int:
@@ -145,7 +174,7 @@ def _element_keep(analysis: ChannelAnalysis, plan: PruningPlan) -> np.ndarray:
     return comp_keep[analysis.component]
 
 
-def _slice_tensors(ctx: RewriteContext) -> None:
+def _slice_tensors(ctx: RewriteContext, slices: Slices) -> None:
     done = set()
     for node in ctx.program.graph.nodes:
         if node.op != "get_attr" or node.target in done:
@@ -154,11 +183,13 @@ def _slice_tensors(ctx: RewriteContext) -> None:
         if shape is None:
             continue
         done.add(node.target)
-        tensor = ctx.program.get_tensor(node.target).detach()
-        changed = False
+        old = ctx.program.get_tensor(node.target)
+        tensor, kept = old.detach(), {}
         for ax in range(len(shape)):
             if ctx.changed(node, ax):
-                tensor = tensor.index_select(ax, ctx.kept(node, ax))
-                changed = True
-        if changed:
+                kept[ax] = ctx.kept(node, ax)
+                tensor = tensor.index_select(ax, kept[ax])
+        if kept:
             ctx.program.set_tensor(node.target, tensor)
+            slices[node.target] = kept
+            slices.replaced[node.target] = (old, ctx.program.get_tensor(node.target))

@@ -9,20 +9,21 @@ target ``y``:
 logits ``[B, N, V]`` work). AdamW with decoupled weight decay, learning rate on a cosine from
 ``lr`` to 0 over all steps, stepped once per batch.
 
-**Train mode.** The graph in ``compiled.program`` was captured in eval mode: dropout is the
+**Train mode.** The graph of a compiled program was captured in eval mode: dropout is the
 identity, batch norm uses its running statistics, and any ``if self.training`` branch of the
 model (stochastic depth ...) was resolved to its eval side at capture; ``.train()`` on it
 raises. Patching the graph (``torch.ao.quantization.move_exported_model_to_train``) can
 only swap the dropout and batch-norm patterns it knows and cannot bring back a branch that
 capture removed. So the student trains as a *train-mode capture* of the original model on
-which the same pruning plans are replayed (plans are plain data keyed by group, DESIGN
-contract 4): it has the pruned shapes and the model's exact training behaviour. Its
-parameters and buffers are loaded from ``compiled.program`` before training (same fully
-qualified names, including biases created by mean folding) and copied back after it, so
-``compiled`` keeps its eval-mode graph and gets the trained weights and the batch-norm
-running statistics. Tensors that mean folding created (``prunec_bias``,
-``prunec_mean_kernel``) are buffers: they are copied across but stay constant while training.
-A program captured with ``train=True`` trains as it is.
+which the program's plans (``program.plans``, its lineage) are replayed: it has the pruned
+shapes and the model's exact training behaviour. Its parameters and buffers are loaded from
+the program before training (same fully qualified names, including biases created by mean
+folding) and assigned back after it (new tensor objects, nothing written in place), so the
+program keeps its eval-mode graph and gets the trained weights and the batch-norm running
+statistics; its version is bumped, so a ``CompiledModel``'s artifact is lowered again.
+Tensors that mean folding created (``prunec_bias``, ``prunec_const``...) are buffers: they
+are copied across but stay constant while training. A program captured with ``train=True``
+trains as it is, on copies of its tensors.
 
 **Distributed.** Under ``torchrun`` (``torch.distributed`` initialised, world size > 1) the
 student is wrapped in ``DistributedDataParallel`` (which broadcasts rank 0's state at the
@@ -32,6 +33,7 @@ rank ends with the same weights.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from typing import Any, Callable, Iterable, Mapping
 
@@ -39,41 +41,54 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from prunec.api import CompiledModel
 from prunec.errors import PrunecError
 from prunec.ir.capture import capture
 from prunec.ir.interpret import split_inputs
 from prunec.ir.program import Program
 from prunec.rewrite import MeanCompensation, PruningPlan, apply_plan
 
-__all__ = ["finetune", "train_program", "distillation_loss", "logits_of"]
+__all__ = ["finetune", "train_program", "assign_state", "distillation_loss", "logits_of"]
 
 aten = torch.ops.aten
 _CONSUMERS = (aten.linear, aten.conv1d, aten.conv2d, aten.conv3d)
 
 
 # ---------------------------------------------------------------------------- train program
-def train_program(compiled: CompiledModel, original: nn.Module) -> Program:
-    """A train-mode Program with ``compiled``'s pruned structure and current weights.
+def _program_of(target: Any) -> Program:
+    if isinstance(target, Program):
+        return target
+    program = getattr(target, "program", None)
+    if isinstance(program, Program):
+        return program
+    raise PrunecError(f"expected a prunec Program or CompiledModel, got {type(target).__name__}; "
+                      f"pass the result of prunec.compile (or its .program).")
 
-    Captures ``original`` with ``train=True`` and the example inputs of ``compiled.program``,
-    replays every plan in ``compiled.report.passes`` in order, then loads the parameters and
-    buffers of ``compiled.program`` into it.
+
+def train_program(target: Any, original: nn.Module | None) -> Program:
+    """A train-mode Program with ``target``'s pruned structure and private copies of its
+    current weights.
+
+    ``target`` is a Program or a CompiledModel. A program captured in eval mode is rebuilt:
+    ``original`` is captured with ``train=True`` and the example inputs of the program, every
+    plan of ``program.plans`` is replayed in order, then the program's parameters and buffers
+    are loaded into it by name. A train-mode program is used as it is, its tensors replaced
+    by copies (training writes in place; the copies keep the caller's tensors untouched).
 
     Raises:
-        PrunecError: when the replayed structure does not match (a pass that changed the
-            program without recording a plan).
+        PrunecError: no ``original`` for an eval-mode program, or a replayed structure that
+            does not match (a rewrite that did not record its plan).
     """
-    program = compiled.program
+    program = _program_of(target)
     if program.training:
+        assign_state(program.gm, program, clone=True)
         return program
+    if original is None:
+        raise PrunecError("training an eval-mode program needs the unpruned model "
+                          "(original= or teacher=) to capture the pruned structure in train mode.")
     student = capture(original, program.example_args, program.example_kwargs, train=True)
-    for entry in compiled.report.passes:
-        plan = entry.get("plan")
-        if plan:
-            apply_plan(student, _translate(plan, program, student))
-    copy_state(program.gm, student.gm)
-    student.bump()
+    for plan in program.plans:
+        apply_plan(student, _translate(plan, program, student))
+    assign_state(program.gm, student, clone=True)
     return student
 
 
@@ -82,7 +97,7 @@ def _translate(plan: PruningPlan, source: Program, target: Program) -> PruningPl
     the same consumer weights (train mode may insert nodes, e.g. active dropout)."""
     comps = [MeanCompensation(_counterpart(c.value, source, target), c.axis, c.mean)
              for c in plan.compensations]
-    return PruningPlan(dict(plan.keep), comps)
+    return dataclasses.replace(plan, compensations=comps)
 
 
 def _consumer_weights(node: torch.fx.Node) -> set:
@@ -99,25 +114,27 @@ def _counterpart(name: str, source: Program, target: Program) -> str:
     return found.pop() if len(found) == 1 else name
 
 
-def copy_state(source: nn.Module, target: nn.Module) -> None:
-    """Copy every parameter and buffer of ``source`` into ``target`` in place, by name.
+def assign_state(source: nn.Module, target: Program, *, clone: bool = False) -> None:
+    """Give every parameter and buffer of ``target`` the tensor of the same name in
+    ``source`` (new tensor objects: nothing is written in place, so tensors shared with the
+    caller's model or a lowered artifact stay as they are); bumps ``target.version``.
 
     Raises:
-        PrunecError: naming the first parameter missing or of another shape in ``target``.
+        PrunecError: naming the first tensor missing in ``target`` or of another shape.
     """
-    dst = dict(target.named_parameters())
-    dst.update(target.named_buffers())
+    dst = dict(target.gm.named_parameters())
+    dst.update(target.gm.named_buffers())
     src = dict(source.named_parameters())
     src.update(source.named_buffers())
-    with torch.no_grad():
-        for name, tensor in src.items():
-            if name not in dst or dst[name].shape != tensor.shape:
-                got = tuple(dst[name].shape) if name in dst else "missing"
-                raise PrunecError(
-                    f"'{name}' is {tuple(tensor.shape)} in the pruned program but {got} in the "
-                    f"train-mode replay; every pass that changes structure must record its "
-                    f"plan in the report.")
-            dst[name].copy_(tensor)
+    for name, tensor in src.items():
+        if name not in dst or dst[name].shape != tensor.shape:
+            got = tuple(dst[name].shape) if name in dst else "missing"
+            raise PrunecError(
+                f"'{name}' is {tuple(tensor.shape)} in the pruned program but {got} in the "
+                f"train-mode replay; every pass that changes structure must record its "
+                f"plan in program.plans.")
+        value = tensor.detach().clone() if clone else tensor.detach()
+        target.set_tensor(name, value.to(dst[name].device))
 
 
 # ---------------------------------------------------------------------------- losses
@@ -217,7 +234,7 @@ def _steps_per_epoch(loader: Iterable) -> int:
 
 
 def finetune(
-    compiled: CompiledModel,
+    target: Any,
     train_data: Any,
     *,
     epochs: int = 1,
@@ -232,18 +249,20 @@ def finetune(
     device: str | torch.device | None = None,
     label_key: str = "labels",
     seed: int = 0,
-) -> tuple[CompiledModel, list[dict]]:
+) -> tuple[Any, list[dict]]:
     """Fine-tune the pruned model in train mode, distilling from ``teacher``.
 
     Args:
-        compiled: The result of :func:`prunec.compile`; updated in place.
+        target: A :class:`~prunec.ir.program.Program` or the ``CompiledModel`` that
+            :func:`prunec.compile` returned; its program gets the trained weights (a
+            compiled model's artifact is lowered again on its next use).
         train_data: A ``Dataset`` (batched here with ``batch_size``; sharded under
             ``torchrun``) or an iterable of batches (e.g. a ``DataLoader``). Items are
             ``(inputs, target)`` pairs (inputs as for calibration: a tensor, a tuple of
             positional inputs or a dict; target may be None) or dicts with ``label_key``.
         epochs: Passes over ``train_data``.
         teacher: The unpruned model; run in eval mode on a copy. ``None``: no distillation.
-        original: The model ``compiled`` was built from (defaults to ``teacher``); captured
+        original: The model ``target`` was built from (defaults to ``teacher``); captured
             in train mode to give the student its training behaviour.
         lr: Peak learning rate of AdamW (cosine to 0).
         weight_decay: AdamW's decoupled weight decay.
@@ -256,7 +275,7 @@ def finetune(
         seed: Seed of the shuffling.
 
     Returns:
-        ``(compiled, history)``: ``history`` has one dict per step with ``epoch``, ``step``,
+        ``(target, history)``: ``history`` has one dict per step with ``epoch``, ``step``,
         ``loss``, ``kl``, ``task`` and ``lr``.
 
     Raises:
@@ -264,10 +283,8 @@ def finetune(
             of another form, or a structure that the plans do not replay.
     """
     base = original if original is not None else teacher
-    if base is None and not compiled.program.training:
-        raise PrunecError("finetune needs the unpruned model (original= or teacher=) to capture "
-                          "the pruned structure in train mode.")
-    student = train_program(compiled, base)
+    program = _program_of(target)
+    student = train_program(program, base)
     device = torch.device(device) if device is not None else next(student.gm.parameters()).device
     student.gm.to(device)
     net = _wrap(student.gm, device)
@@ -286,10 +303,9 @@ def finetune(
         for batch in loader:
             history.append({"epoch": epoch, "step": len(history), **step_fn(batch)})
     _sync_buffers(student.gm)
-    if student is not compiled.program:
-        copy_state(student.gm, compiled.program.gm)
-        compiled.program.bump()  # weights changed: cached analyses (statistics) are stale
-    return compiled, history
+    if student is not program:
+        assign_state(student.gm, program)  # new tensors; bumps the version: artifacts re-lower
+    return target, history
 
 
 class _Step:

@@ -97,10 +97,11 @@ def test_batch_inputs_matched_by_size_not_symbol():
 
     prog = capture(_TwoTowers(), (torch.randn(2, 4), torch.randn(2, 3), torch.randn(5, 2)))
     assert IOSpec.from_program(prog).batch_inputs == [True, True, False]
-    art = lower(prog, "onnx")  # one shared "batch" dim; z keeps its own size
+    art = lower(prog, "onnx")  # one shared "batch" dim; z keeps its own dynamic sizes
     dims = [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
             for i in art.model.graph.input]
-    assert dims == [["batch", 4], ["batch", 3], [5, 2]]
+    assert dims[:2] == [["batch", 4], ["batch", 3]]
+    assert all(isinstance(d, str) and d != "batch" for d in dims[2])  # dynamic, not the batch
 
 
 def test_static_batch_when_captured_with_batch_one():

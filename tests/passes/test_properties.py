@@ -52,7 +52,7 @@ def _check(model, x, ratio, round_to, seed=0):
         if result.modified:
             assert count_macs(p) < count_macs(program)
             groups = analyze_channels(program).by_key()
-            for key, kept in result.stats["plan"].keep.items():
+            for key, kept in result.plan.keep.items():
                 assert all(len(kept) * s.width % round_to == 0 for s in groups[key].slots)
     analysis = analyze_channels(program)
     plan = MagnitudePruning(ratio, round_to=round_to).plan(program, analysis.prunable(), None)

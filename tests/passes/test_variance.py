@@ -116,7 +116,7 @@ def test_pruned_equals_original_with_means(name):
     calibration = [data(1), data(2)]
     original, program, result = prune(build(), data(0), calibration)
     assert result.modified and result.stats["units_removed"] > 0
-    overrides = mean_overrides(original, analyze_channels(original), result.stats["plan"],
+    overrides = mean_overrides(original, analyze_channels(original), result.plan,
                                calibration, consumers)
     x = data(3)
     with torch.no_grad():
@@ -127,8 +127,8 @@ def test_pruned_equals_original_with_means(name):
 def test_without_mean_shift_equals_zeroed_activations():
     calibration = [tokens(1), tokens(2)]
     original, program, result = prune(mlp_model(), tokens(0), calibration, compensate=False)
-    assert not result.stats["plan"].compensations
-    overrides = mean_overrides(original, analyze_channels(original), result.stats["plan"],
+    assert not result.plan.compensations
+    overrides = mean_overrides(original, analyze_channels(original), result.plan,
                                calibration, ["0.fc2.weight", "1.fc2.weight"], False)
     with torch.no_grad():
         diff = max_diff(run_with_overrides(original, tokens(3), overrides), program.run(tokens(3)))
@@ -146,7 +146,7 @@ def test_swiglu_llama_down_proj_input():
     consumers = [f"model.layers.{i}.mlp.down_proj.weight" for i in range(2)]
     for weight in consumers:  # the measured value is silu(gate) * up, the input of down_proj
         assert str(consumer_input(original, weight).target) == "aten.mul.Tensor"
-    overrides = _masked_mean_overrides(original, result.stats["plan"], consumers, item)
+    overrides = _masked_mean_overrides(original, result.plan, consumers, item)
     with torch.no_grad():
         ref = run_with_overrides(original, item, overrides).logits
         out = program.run(*case.args, **case.kwargs).logits
@@ -175,7 +175,7 @@ def _masked_mean_overrides(program, plan, consumers, item):
 def test_padded_kxk_conv_is_exact_at_the_borders_too():
     calibration = [images(1), images(2)]
     original, program, result = prune(conv_model(3, 1), images(0), calibration)
-    overrides = mean_overrides(original, analyze_channels(original), result.stats["plan"],
+    overrides = mean_overrides(original, analyze_channels(original), result.plan,
                                calibration, ["3.weight"])
     with torch.no_grad():
         diff = (run_with_overrides(original, images(3), overrides) - program.run(images(3))).abs()
@@ -191,7 +191,7 @@ def test_padded_kxk_conv_is_exact_at_the_borders_too():
 def test_global_raw_variance_ranking_and_rounding():
     calibration = [tokens(1), tokens(2)]
     original, program, result = prune(mlp_model(), tokens(0), calibration, ratio=0.5)
-    plan = result.stats["plan"]
+    plan = result.plan
     kept = {k: len(v) for k, v in plan.keep.items()}
     # Block 1's fc1 is scaled by 0.2: its neurons vary far less and lose more.
     assert kept["1.fc1.weight:0"] < kept.get("0.fc1.weight:0", 64)
@@ -221,7 +221,7 @@ def test_calibration_mask_excludes_padding():
     x[:, 4:] = 100.0  # padding would dominate the mean if it were counted
     program = capture(Masked(), (x, m))
     result = VarianceBasedPruning(0.5, [(x, m)], mask=lambda item: item[1])(program)
-    (comp,) = result.stats["plan"].compensations
+    (comp,) = result.plan.compensations
     with torch.no_grad():
         h = torch.relu(model[0](x[:, :4]))
     assert torch.allclose(comp.mean, h.reshape(-1, 32).double().mean(0), atol=1e-6)
@@ -237,7 +237,7 @@ def test_ratio_zero_is_identity():
 
 def test_structure_after_pruning():
     original, program, result = prune(mlp_model(), tokens(0), [tokens(1), tokens(2)])
-    plan, gm = result.stats["plan"], program.gm
+    plan, gm = result.plan, program.gm
     for i in range(2):
         k = len(plan.keep.get(f"{i}.fc1.weight:0", range(64)))
         assert gm.get_submodule(f"{i}.fc1").weight.shape == (k, 16)
@@ -278,7 +278,7 @@ def test_all_targets_include_attention_heads():
     case = get_case("hf_vit")
     program = capture(case.model, case.args)
     result = VarianceBasedPruning(0.5, [case.args], targets="all", round_to=1)(program)
-    assert any("q_proj" in key for key in result.stats["plan"].keep)
+    assert any("q_proj" in key for key in result.plan.keep)
 
 
 def test_compile_reports_fewer_macs():

@@ -54,7 +54,7 @@ def test_pruned_runs_smaller_and_rounded(case_program, ratio, pass_cls):
     max_diff(ref, ref)  # structure check of the reference itself
     assert [t.shape for t in _leaves(out)] == [t.shape for t in _leaves(ref)]
     assert count_macs(p) < macs
-    for key, kept in result.stats["plan"].keep.items():
+    for key, kept in result.plan.keep.items():
         for slot in before[key].slots:
             assert (len(kept) * slot.width) % 8 == 0, f"{case.name}: {slot} keeps {len(kept)} units"
     _assert_meta_matches_propagation(p)
@@ -75,7 +75,7 @@ def test_zeroing_removed_channels_matches(case_program):
     p = program.clone()
     analysis = analyze_channels(p)
     result = MagnitudePruning(0.5)(p.clone(), PassContext())
-    plain = {k: v for k, v in result.stats["plan"].keep.items()
+    plain = {k: v for k, v in result.plan.keep.items()
              if "norm" not in analysis.by_key()[k].tags}
     if not plain:
         pytest.skip(f"{case.name}: every pruned group is normalised over")

@@ -1,0 +1,158 @@
+"""PassManager: chaining, instruments, failures named; CheckOutputs compares numbers."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import prunec
+from prunec.errors import CalibrationError, PassError, VerificationError
+from prunec.ir.capture import capture
+from prunec.passes import MagnitudePruning, RandomPruning, VarianceBasedPruning
+from prunec.passes.base import PassManager, PassResult
+from prunec.passes.instruments import CheckOutputs, Timing
+from prunec.rewrite import PruningPlan, apply_plan
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1, self.fc2, self.fc3 = nn.Linear(8, 32), nn.Linear(32, 32), nn.Linear(32, 4)
+
+    def forward(self, x):
+        return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
+
+
+def program():
+    return capture(Net().eval(), (torch.randn(4, 8),))
+
+
+class ReplaceProgram:
+    """A pass that returns another Program (the manager must hand that one on)."""
+
+    guarantee = None
+
+    def __init__(self, replacement):
+        self.replacement = replacement
+
+    def __call__(self, program, ctx):
+        return PassResult(self.replacement, False)
+
+
+class Seen:
+    guarantee = None
+
+    def __init__(self):
+        self.seen = None
+
+    def __call__(self, program, ctx):
+        self.seen = program
+        return PassResult(program, False)
+
+
+class Boom:
+    guarantee = None
+
+    def config(self):
+        return {"pass": "Boom", "depth": 3}
+
+    def __call__(self, program, ctx):
+        raise KeyError("inner detail")
+
+
+class WrongRewrite:
+    """Applies a plan, then scales a weight: not what its zeroing guarantee promises."""
+
+    guarantee = "zeroing"
+
+    def __call__(self, program, ctx):
+        group = next(g for g in prunec.ir.channels.analyze_channels(program).prunable())
+        plan = PruningPlan({group.key: list(range(0, group.size, 2))})
+        apply_plan(program, plan)
+        weight = program.get_tensor("fc3.weight")
+        program.set_tensor("fc3.weight", weight * 1.01)
+        return PassResult(program, True, plan)
+
+
+class Dishonest:
+    """Changes the program but reports modified=False."""
+
+    guarantee = "zeroing"
+
+    def __call__(self, program, ctx):
+        program.set_tensor("fc3.bias", program.get_tensor("fc3.bias") + 1)
+        return PassResult(program, False)
+
+
+def test_each_pass_gets_the_program_the_previous_returned():
+    first, other, seen = program(), program(), Seen()
+    manager = PassManager([ReplaceProgram(other), seen])
+    assert manager.run(first) is other
+    assert seen.seen is other
+    assert [r.modified for r in manager.results] == [False, False]
+
+
+def test_failure_names_the_pass_its_options_and_the_passes_before():
+    manager = PassManager([MagnitudePruning(0.25), Boom()])
+    with pytest.raises(PassError) as info:
+        manager.run(program())
+    text = str(info.value)
+    assert "Boom(depth=3)" in text and "after MagnitudePruning(ratio=0.25" in text
+    assert isinstance(info.value.__cause__, KeyError)
+
+
+def test_a_prunec_error_keeps_its_class_and_gains_the_pass_name():
+    bad = VarianceBasedPruning(0.5, [])  # empty calibration data
+    with pytest.raises(CalibrationError) as info:
+        PassManager([bad]).run(program())
+    assert "VarianceBasedPruning(ratio=0.5" in str(info.value)
+
+
+def test_should_run_skips_and_timing_records():
+    class OnlyMagnitude:
+        def should_run(self, pass_, program):
+            return isinstance(pass_, MagnitudePruning)
+
+    timing = Timing()
+    manager = PassManager([RandomPruning(0.5), MagnitudePruning(0.5)], [OnlyMagnitude(), timing])
+    manager.run(program())
+    assert manager.results[0].stats == {"skipped": True}
+    assert manager.results[1].modified and isinstance(manager.results[1].plan, PruningPlan)
+    assert [name.split("(")[0] for name, _ in timing.seconds] == ["MagnitudePruning"]
+
+
+def test_check_outputs_catches_a_wrong_rewrite():
+    with pytest.raises(VerificationError, match="zeroing-equivalent"):
+        PassManager([WrongRewrite()], [CheckOutputs()]).run(program())
+
+
+def test_check_outputs_catches_a_dishonest_modified_flag():
+    with pytest.raises(VerificationError, match="modified=False"):
+        PassManager([Dishonest()], [CheckOutputs()]).run(program())
+
+
+def test_compile_verifies_by_default_and_verify_false_turns_it_off():
+    x = torch.randn(4, 8)
+    checked = prunec.compile(Net().eval(), (x,), [MagnitudePruning(0.5)])
+    entry = checked.report.passes[0]
+    assert entry["verified"].startswith("zeroing equivalence")
+    unchecked = prunec.compile(Net().eval(), (x,), [MagnitudePruning(0.5)], verify=False)
+    assert "verified" not in unchecked.report.passes[0]
+    with pytest.raises(VerificationError):
+        prunec.compile(Net().eval(), (x,), [WrongRewrite()])
+
+
+def test_vbp_is_verified_by_mean_equivalence():
+    calib = [torch.randn(16, 8, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    compiled = prunec.compile(Net().eval(), (torch.randn(4, 8),),
+                              [VarianceBasedPruning(0.5, calib, targets="all")])
+    assert compiled.report.passes[0]["verified"].startswith("mean equivalence")
+
+
+def test_result_plan_is_typed_and_in_the_lineage():
+    p = program()
+    result = MagnitudePruning(0.5)(p)
+    assert isinstance(result.plan, PruningPlan) and p.plans == [result.plan]
+    assert "plan" not in result.stats
