@@ -3,5 +3,11 @@
 A recipe builds candidate Programs with ``Program.clone()``, runs passes on them, trains them
 with :mod:`prunec.train`, compares them (:mod:`prunec.ir.similarity`, stability measures) and
 keeps one, reporting every step.
+
+- :class:`OneCyclePruner` / :func:`ocspruner`: OCSPruner (arXiv 2501.13439), pruning once
+  during training from scratch at the epoch its selected sub-network becomes stable.
 """
-__all__: list[str] = []
+from prunec.recipes.ocs_pruner import OneCyclePruner
+from prunec.recipes.ocs_train import OCSReport, ocspruner
+
+__all__ = ["OneCyclePruner", "ocspruner", "OCSReport"]
