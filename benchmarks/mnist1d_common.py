@@ -110,13 +110,16 @@ def evaluate(model: Callable, x: torch.Tensor, y: torch.Tensor, batch_size: int 
 def train(model: nn.Module, data: dict, *, epochs: int, lr: float = 0.1, batch_size: int = 128,
           seed: int = 0, optimizer=None, scheduler=None, start_epoch: int = 0,
           on_epoch_end: Callable[[int, Any], Any] | None = None,
-          after_step: Callable[[], Any] | None = None) -> list[dict]:
+          after_step: Callable[[], Any] | None = None,
+          val_fn: Callable[[], float] | None = None) -> list[dict]:
     """Train ``epochs`` epochs (``start_epoch`` .. ``epochs - 1`` when resuming) and return one
     dict per epoch: ``epoch, loss, lr, val_acc, seconds`` (training time, evaluation excluded).
 
     ``on_epoch_end(epoch, optimizer)`` runs after the epoch's scheduler step, before the
     validation (a pruner may rewrite the model there); its return value, when not ``None``,
-    is stored under ``"hook"``.
+    is stored under ``"hook"``. ``val_fn()`` replaces the default validation
+    (``evaluate(model, x_val, y_val)``), e.g. for a train-mode capture evaluated through an
+    eval-mode one; its time is ``eval_seconds``.
     """
     optimizer = optimizer or make_optimizer(model.parameters(), lr)
     scheduler = scheduler or make_scheduler(optimizer, epochs)
@@ -135,7 +138,9 @@ def train(model: nn.Module, data: dict, *, epochs: int, lr: float = 0.1, batch_s
             if hook is not None:
                 row["hook"] = hook
         row["seconds"] = seconds
-        row["val_acc"] = evaluate(model, data["x_val"], data["y_val"])
+        start = time.perf_counter()
+        row["val_acc"] = val_fn() if val_fn is not None else evaluate(model, data["x_val"], data["y_val"])
+        row["eval_seconds"] = time.perf_counter() - start
         history.append(row)
         if not math.isfinite(loss):
             raise FloatingPointError(f"loss became {loss} at epoch {epoch}")

@@ -164,7 +164,8 @@ class OneCyclePruner:
         lam = self.shrink_factor(self.epoch + 1)
         if self.pruned or self.selection is None or lam == 0.0:
             return
-        factor = 1.0 - lam * float(optimizer.param_groups[0]["lr"])
+        # clamped: a lambda * lr above 1 would flip signs instead of shrinking
+        factor = max(0.0, 1.0 - lam * float(optimizer.param_groups[0]["lr"]))
         for tensor, axis, index in self._shrink_targets():
             tensor.index_copy_(axis, index, tensor.index_select(axis, index) * factor)
 

@@ -6,9 +6,13 @@ momentum 0.9 and weight decay 5e-4 on every parameter, the learning rate ``lr`` 
 0.2 at 30 / 60 / 80 / 90 % of ``E`` (the paper: 90 / 180 / 240 / 270 of 300), cross-entropy
 loss. The schedule of :class:`~prunec.recipes.ocs_pruner.OneCyclePruner` is scaled the same
 way: the shrink starts at 10 % of ``E`` (the code's 30 of 300, at least one epoch after
-``monitor_start``), ``lambda`` grows by ``1e-4 * 300 / E`` per epoch (the code: 1e-4 per epoch
-of 300), and pruning is forced at ``last_search_epoch`` (default 40 % of ``E``; the code's
-``sl_end`` 130 of 300). Every default can be overridden through ``pruner_options``.
+``monitor_start``) and pruning is forced at ``last_search_epoch`` (default 40 % of ``E``; the
+code's ``sl_end`` 130 of 300). The shrink multiplies a selected weight by about
+``exp(-lambda * lr * n)`` per epoch of ``n`` steps; so that this per-epoch decay follows the
+paper's CIFAR-10 run (``n = 391``, ``lambda`` from 1e-4 growing by 1e-4 per epoch over 300
+epochs) whatever the data size and budget, ``lambda`` starts at ``1e-4 * 391 / n`` and grows
+by ``1e-4 * (300 / E) * (391 / n)`` per epoch. Every default can be overridden through
+``pruner_options``.
 
 Per epoch: one pass over ``train_data`` (``pruner.after_step`` after every optimizer step),
 the scheduler's step, ``pruner.end_epoch`` (selection, stability, pruning at the stable epoch
@@ -51,8 +55,9 @@ MILESTONES = (0.3, 0.6, 0.8, 0.9)
 class OCSReport(Report):
     """A compile report plus OCSPruner's run: the stable epoch (``forced`` when pruning was
     forced at ``last_search_epoch``), one Jaccard value per monitored epoch, and one history
-    row per epoch (``loss``, ``lr``, ``val_acc``, ``seconds``, ``jaccard``, ``stability``,
-    ``macs``)."""
+    row per epoch (``loss``, ``lr``, ``val_acc``, ``jaccard``, ``stability``, ``pruned``,
+    ``macs``; ``seconds``: the training pass plus selection and pruning; ``eval_seconds``:
+    the validation, with the eval-mode re-capture after pruning)."""
 
     stable_epoch: int | None = None
     forced: bool = False
@@ -105,7 +110,8 @@ def ocspruner(model: nn.Module, example_inputs: Any, train_data: Any, *, epochs:
     world, rank = _world()
     _check_args(epochs, lr, batch_size, world)
     train_set, val_set = _dataset(train_data, "train_data"), _dataset(val_data, "val_data")
-    options = _pruner_defaults(epochs, monitor_start, last_search_epoch, macs_reduction)
+    steps = -(-len(train_set) // batch_size)
+    options = _pruner_defaults(epochs, steps, monitor_start, last_search_epoch, macs_reduction)
     options.update(pruner_options or {})
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     amp = device.type == "cuda" if amp is None else bool(amp)
@@ -114,25 +120,29 @@ def ocspruner(model: nn.Module, example_inputs: Any, train_data: Any, *, epochs:
     pruner.module.to(device)
     optimizer = torch.optim.SGD(pruner.module.parameters(), lr=lr, momentum=momentum,
                                 nesterov=True, weight_decay=weight_decay)
-    steps = sorted({max(1, int(round(f * epochs))) for f in milestones})
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, steps, gamma)
+    drops = sorted({max(1, int(round(f * epochs))) for f in milestones})
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, drops, gamma)
     run = _Run(pruner, optimizer, loss_fn, device, amp, world)
     evaluator = _Evaluator(model, pruner, device) if val_set is not None else None
     bar = _Progress(epochs, progress, rank)
     history = []
     for epoch in range(epochs):
         row = run.epoch(train_set, epoch, batch_size, seed)
+        start = time.perf_counter()
         scheduler.step()
         event = pruner.end_epoch(epoch, optimizer)
         if event["pruned"]:
             run.rewrap()
-            if evaluator is not None:
-                evaluator.refresh()
+        row["seconds"] += time.perf_counter() - start  # selection and pruning are training
         row.update(jaccard=event["jaccard"], stability=event["stability"], pruned=event["pruned"],
                    macs=pruner.macs)
         if evaluator is not None:
+            start = time.perf_counter()
+            if event["pruned"]:
+                evaluator.refresh()
             _sync_buffers(pruner.module, world)
             row["val_acc"] = evaluator.accuracy(val_set)
+            row["eval_seconds"] = time.perf_counter() - start
         history.append(row)
         bar.update(row)
     bar.close()
@@ -163,13 +173,15 @@ def _dataset(data: Any, name: str):
                       f"(inputs, labels) tuple of tensors of equal length.")
 
 
-def _pruner_defaults(epochs, monitor_start, last_search_epoch, macs_reduction) -> dict:
+def _pruner_defaults(epochs, steps, monitor_start, last_search_epoch, macs_reduction) -> dict:
+    """The paper's schedule scaled to ``epochs`` of ``steps`` steps (see the module doc)."""
     if last_search_epoch is None:
         last_search_epoch = max(monitor_start, int(round(0.4 * epochs)))
+    per_step = 391 / max(steps, 1)
     return dict(macs_reduction=macs_reduction, monitor_start=monitor_start,
                 last_search_epoch=last_search_epoch,
                 shrink_start=max(monitor_start + 1, int(round(0.1 * epochs))),
-                shrink_growth=1e-4 * 300 / epochs)
+                shrink=1e-4 * per_step, shrink_growth=1e-4 * 300 / epochs * per_step)
 
 
 def _world() -> tuple[int, int]:
