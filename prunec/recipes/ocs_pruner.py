@@ -91,12 +91,12 @@ class OneCyclePruner:
                  shrink_start: int | None = None, shrink_interval: int = 1, tol: float = 5e-4,
                  example_kwargs: dict | None = None, dynamic: bool | tuple | dict = True) -> None:
         shrink_start = monitor_start + 1 if shrink_start is None else shrink_start
-        self.config = dict(macs_reduction=macs_reduction, monitor_start=monitor_start,
+        self.options = dict(macs_reduction=macs_reduction, monitor_start=monitor_start,
                            last_search_epoch=last_search_epoch,
                            stability_threshold=stability_threshold, limit=limit, limit_k=limit_k,
                            shrink=shrink, shrink_growth=shrink_growth, shrink_start=shrink_start,
                            shrink_interval=shrink_interval, tol=tol)
-        _validate(self.config)
+        _validate(self.options)
         if not isinstance(model, torch.nn.Module):
             raise PrunecError(f"OneCyclePruner: model must be a torch.nn.Module, got "
                               f"{type(model).__name__}.")
@@ -123,6 +123,10 @@ class OneCyclePruner:
         self.select()                      # fails now when the target is out of reach
 
     # ------------------------------------------------------------------ properties
+    def config(self) -> dict:
+        """The pruner's identity for reports: its name and options."""
+        return {"pass": "OCSPruner", **self.options}
+
     @property
     def pruned(self) -> bool:
         """Whether the physical pruning has happened."""
@@ -135,7 +139,7 @@ class OneCyclePruner:
 
     def shrink_factor(self, epoch: int) -> float:
         """``lambda`` of the shrink during ``epoch`` (0 before ``shrink_start``)."""
-        c = self.config
+        c = self.options
         if epoch < c["shrink_start"]:
             return 0.0
         return c["shrink"] + c["shrink_growth"] * ((epoch - c["shrink_start"]) // c["shrink_interval"])
@@ -148,7 +152,7 @@ class OneCyclePruner:
 
     def select(self) -> sel.Selection:
         """The sub-network the current weights select (no state change)."""
-        c = self.config
+        c = self.options
         return sel.select_by_macs(self.program, self.groups, self.scores(), c["macs_reduction"],
                                   base_macs=self.base_macs, limit=c["limit"],
                                   limit_k=c["limit_k"], tol=c["tol"])
@@ -187,14 +191,14 @@ class OneCyclePruner:
         self.epoch = epoch
         event = {"epoch": epoch, "selected": False, "jaccard": None, "stability": None,
                  "macs_reduction": None, "pruned": False}
-        if self.pruned or epoch < self.config["monitor_start"]:
+        if self.pruned or epoch < self.options["monitor_start"]:
             return event
         self._record(_broadcast(self.select()))
         event.update(selected=True, jaccard=self.jaccard[-1], stability=self.stability,
                      macs_reduction=self.selection.reduction)
-        last = self.config["last_search_epoch"]
-        if self.stability >= self.config["stability_threshold"] or (last is not None and epoch >= last):
-            self.forced = self.stability < self.config["stability_threshold"]
+        last = self.options["last_search_epoch"]
+        if self.stability >= self.options["stability_threshold"] or (last is not None and epoch >= last):
+            self.forced = self.stability < self.options["stability_threshold"]
             self.prune(optimizer)
             event["pruned"] = True
         return event
@@ -235,7 +239,7 @@ class OneCyclePruner:
         Save it with the module's and the optimizer's state dicts; see
         :meth:`load_state_dict` for the order of restoring.
         """
-        return {"config": dict(self.config), "epoch": self.epoch,
+        return {"options": dict(self.options), "epoch": self.epoch,
                 "selection": None if self.selection is None else dict(
                     removed=self.selection.removed, macs=self.selection.macs,
                     reduction=self.selection.reduction),
@@ -253,9 +257,9 @@ class OneCyclePruner:
         Raises:
             PrunecError: different options, or a pruner that already trained or pruned.
         """
-        if state.get("config") != self.config:
+        if state.get("options") != self.options:
             raise PrunecError(f"OneCyclePruner.load_state_dict: the state was saved with "
-                              f"options {state.get('config')}, this pruner has {self.config}.")
+                              f"options {state.get('options')}, this pruner has {self.options}.")
         if self.pruned or self.epoch >= 0:
             raise PrunecError("OneCyclePruner.load_state_dict: load into a fresh pruner "
                               "(this one has already run end_epoch or pruned).")

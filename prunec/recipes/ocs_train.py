@@ -28,7 +28,6 @@ follow the same trajectory as one process on the whole batch.
 """
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -39,7 +38,6 @@ import torch.nn.functional as F
 
 from prunec.errors import PrunecError
 from prunec.ir.capture import capture
-from prunec.ir.cost import count_macs, count_params
 from prunec.ir.program import Program
 from prunec.recipes.ocs_pruner import OneCyclePruner
 from prunec.report import Report
@@ -67,6 +65,15 @@ class OCSReport(Report):
     def to_dict(self) -> dict:
         return {**super().to_dict(), "stable_epoch": self.stable_epoch, "forced": self.forced,
                 "jaccard": list(self.jaccard), "history": list(self.history)}
+
+    def summary_lines(self) -> list[str]:
+        lines = super().summary_lines()
+        if self.stable_epoch is not None:
+            how = "forced at the last search epoch" if self.forced else "stable selection"
+            lines.append(f"pruned at the end of epoch {self.stable_epoch} ({how}); "
+                         f"Jaccard per monitored epoch: "
+                         + ", ".join(f"{j:.3f}" for j in self.jaccard))
+        return lines
 
 
 def ocspruner(model: nn.Module, example_inputs: Any, train_data: Any, *, epochs: int,
@@ -115,8 +122,9 @@ def ocspruner(model: nn.Module, example_inputs: Any, train_data: Any, *, epochs:
     options.update(pruner_options or {})
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     amp = device.type == "cuda" if amp is None else bool(amp)
+    started = time.perf_counter()
     pruner = OneCyclePruner(model, example_inputs, **options)
-    params_before = count_params(pruner.program)
+    report = OCSReport.start(pruner.program, model=model)
     pruner.module.to(device)
     optimizer = torch.optim.SGD(pruner.module.parameters(), lr=lr, momentum=momentum,
                                 nesterov=True, weight_decay=weight_decay)
@@ -125,7 +133,7 @@ def ocspruner(model: nn.Module, example_inputs: Any, train_data: Any, *, epochs:
     run = _Run(pruner, optimizer, loss_fn, device, amp, world)
     evaluator = _Evaluator(model, pruner, device) if val_set is not None else None
     bar = _Progress(epochs, progress, rank)
-    history = []
+    history = report.history
     for epoch in range(epochs):
         row = run.epoch(train_set, epoch, batch_size, seed)
         start = time.perf_counter()
@@ -147,7 +155,7 @@ def ocspruner(model: nn.Module, example_inputs: Any, train_data: Any, *, epochs:
         bar.update(row)
     bar.close()
     final = evaluator.program if evaluator is not None else None
-    return _compiled(model, pruner, history, device, params_before, final)
+    return _compiled(model, pruner, report, device, final, time.perf_counter() - started)
 
 
 # ---------------------------------------------------------------------------- arguments
@@ -252,25 +260,22 @@ def _sync_buffers(module: nn.Module, world: int) -> None:
 
 
 class _Progress:
-    """A per-epoch tqdm bar on stderr (rank 0 only; by default only on a terminal)."""
+    """A per-epoch bar through :func:`prunec.progress.bar` (stderr, only on a terminal unless
+    ``progress`` says otherwise; rank 0 only)."""
 
     def __init__(self, epochs: int, progress: bool | None, rank: int):
-        show = (sys.stderr.isatty() if progress is None else bool(progress)) and rank == 0
-        self.bar = None
-        if show:
-            from tqdm.auto import tqdm
+        from prunec.progress import bar
 
-            self.bar = tqdm(total=epochs, desc="ocspruner", unit="epoch", file=sys.stderr)
+        self.bar = bar(total=epochs, desc="ocspruner", unit="epoch",
+                       progress=False if rank else progress)
 
     def update(self, row: dict) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix({k: round(v, 4) for k, v in row.items()
-                                  if k in ("loss", "val_acc", "stability") and v is not None})
-            self.bar.update(1)
+        self.bar.set_postfix({k: round(v, 4) for k, v in row.items()
+                              if k in ("loss", "val_acc", "stability") and v is not None})
+        self.bar.update(1)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.bar.close()
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -311,8 +316,8 @@ def eval_program(model: nn.Module, pruner: OneCyclePruner) -> Program:
     return program
 
 
-def _compiled(model: nn.Module, pruner: OneCyclePruner, history: list, device,
-              params_before: int, program: Program | None):
+def _compiled(model: nn.Module, pruner: OneCyclePruner, report: OCSReport, device,
+              program: Program | None, seconds: float):
     """The eval-mode result: ``program`` (the evaluator's, already pruned) or a fresh
     :func:`eval_program`, given copies of the trained parameters and buffers."""
     from prunec.api import CompiledModel
@@ -321,10 +326,14 @@ def _compiled(model: nn.Module, pruner: OneCyclePruner, history: list, device,
         program = eval_program(model, pruner)
         program.gm.to(device)
     assign_state(pruner.module, program, clone=True)
-    report = OCSReport(pruner.base_macs, params_before, count_macs(program), count_params(program),
-                       stable_epoch=pruner.stable_epoch, forced=pruner.forced,
-                       jaccard=list(pruner.jaccard), history=history)
-    report.passes.append({"pass": "OCSPruner", "modified": pruner.pruned,
-                          "macs_reduction": 1 - report.macs_after / max(report.macs_before, 1),
-                          "stable_epoch": pruner.stable_epoch})
+    plan = pruner.plans[0] if pruner.plans else None
+    sizes = {g.key: g.size for g in pruner.groups}
+    report.add_pass(pruner, None, modified=pruner.pruned, groups=len(sizes),
+                    pruned_groups=len(plan.keep) if plan else 0,
+                    units_removed=sum(sizes[k] - len(v) for k, v in plan.keep.items()) if plan else 0,
+                    units_total=sum(sizes.values()), stable_epoch=pruner.stable_epoch,
+                    forced=pruner.forced, plan=plan)
+    report.stable_epoch, report.forced = pruner.stable_epoch, pruner.forced
+    report.jaccard = list(pruner.jaccard)
+    report.finish(program, seconds=seconds)
     return CompiledModel(program, report)

@@ -298,3 +298,19 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
     for k in single["state"]:
         assert torch.equal(r0["state"][k], r1["state"][k]), k
         assert torch.allclose(r0["state"][k], single["state"][k], atol=1e-5), k
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_ocspruner_runs_with_mixed_precision_on_cuda():
+    torch.manual_seed(0)
+    model = Net()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 2, 10, generator=gen)
+    y = (x[:, 0].mean(1) > 0).long()
+    compiled = ocspruner(model, x[:4], (x, y), epochs=4, macs_reduction=0.4, val_data=(x, y),
+                         lr=0.05, monitor_start=0, last_search_epoch=2, batch_size=16,
+                         device="cuda")
+    assert compiled.report.stable_epoch is not None and compiled.report.macs_after < compiled.report.macs_before
+    out = compiled.module(x.cuda())
+    assert out.is_cuda and torch.isfinite(out).all()
