@@ -70,7 +70,7 @@ def test_resnet56_1d_captures_and_magnitude_prunes_exactly():
     assert len(analysis.prunable()) == 30  # stem/stage streams, 27 block interiors, 2 projections
     macs = count_macs(program)
     result = MagnitudePruning(0.5)(program)
-    plan = result.stats["plan"]
+    plan = result.plan
     assert result.modified and count_macs(program) < 0.3 * macs
     reference = zeroed_copy(model, analysis, plan)
     assert max_diff(program.run(x), reference(x)) < 1e-4
