@@ -7,6 +7,7 @@ and parameters before and after, with one entry per pass. ``load`` restores a sa
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -115,10 +116,9 @@ def compile(  # noqa: A001 - the public name the design asks for
         PrunecError: invalid arguments, a failing pass (named, with the passes before it),
             a rewrite that fails verification, or a backend that is not available.
     """
-    from prunec.ir.cost import count_macs, count_params
-
+    start = time.perf_counter()
     program = capture(model, example_inputs, example_kwargs, train=train, dynamic=dynamic)
-    report = Report(count_macs(program), count_params(program), backend=backend)
+    report = Report.start(program, model=model, backend=backend)
     for plan in plans:
         apply_plan(program, plan)
         report.passes.append({"pass": "replay", "modified": True, "plan_groups": len(plan.keep)})
@@ -126,11 +126,11 @@ def compile(  # noqa: A001 - the public name the design asks for
     manager = PassManager(passes, chain)
     program = manager.run(program)
     for pass_, result in zip(manager.passes, manager.results):
-        report.passes.append({"pass": type(pass_).__name__, "options": describe_pass(pass_),
-                              "modified": result.modified, **result.stats})
-    report.macs_after, report.params_after = count_macs(program), count_params(program)
+        report.add_pass(pass_, result, options=describe_pass(pass_))
     options = dict(backend_options or {})
-    return CompiledModel(program, report, backend, options, _lower(program, backend, options))
+    artifact = _lower(program, backend, options)
+    report.finish(program, seconds=time.perf_counter() - start)
+    return CompiledModel(program, report, backend, options, artifact)
 
 
 def _lower(program: Program, backend: str, options: dict):

@@ -1,165 +1,599 @@
-"""The ``prunec`` command.
+"""The ``prunec`` command: prune a model, look at its channel groups, time it.
 
-``prunec prune`` (the default) prunes a model and prints the report: by default the built-in
-digits classifier that ships with prunec (trained on first use on scikit-learn's real
-handwritten digits), with its test accuracy before and after. ``--model module:factory``
-names any factory returning a module or ``(module, example_inputs)``.
-``prunec analyze`` prints the channel groups; ``prunec bench`` times the unpruned and pruned
-artifacts interleaved on a backend.
+``prunec`` alone runs ``prunec prune`` on the built-in digits classifier: it prunes it with
+variance-based pruning, fine-tunes it briefly by distillation, prints the report and saves
+the pruned model, its plan and the report to ``./prunec-out/``. ``--model module:factory``
+prunes your own model instead (``--data module:function`` gives it calibration and training
+batches). ``prunec analyze`` lists the channel groups (``--after``: the per-layer widths after
+pruning); ``prunec bench`` times the unpruned and the pruned model on a backend, interleaved.
+
+Results go to standard output; progress bars and status lines go to standard error (hidden
+when it is not a terminal, or with ``--quiet``). Expected failures (a bad option, a module
+that is not there, a model prunec cannot handle) end with one line and exit code 2;
+``--debug`` shows the traceback.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
+import contextlib
 import json
 import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
 
 import torch
 
-__all__ = ["main"]
+from prunec import progress
+from prunec.cli_specs import (
+    BUILTIN, CliError, batch_sizes, calibration_items, call_user, check_backend,
+    load_factory_model, nonnegative_int, parse_input, positive_float, positive_int, ratio,
+    resolve_callable,
+)
+from prunec.errors import PrunecError
 
-PASSES = ("magnitude", "random", "variance")
+__all__ = ["main", "build_parser"]
+
+PASSES = {
+    "variance": "variance-based pruning: removes the hidden neurons whose activations vary "
+                "least and folds their means into the next layer",
+    "magnitude": "removes the units with the smallest weight norm",
+    "random": "removes random units (a baseline)",
+}
+DEFAULT_OUTPUT = "prunec-out"
+DESCRIPTION = """\
+prunec: a structured-pruning compiler for PyTorch models.
+
+'prunec' alone runs 'prunec prune' on the built-in digits classifier: it removes half of its
+bottleneck channels with variance-based pruning, fine-tunes it briefly by distillation,
+prints the report and saves the pruned model, its plan and the report to ./prunec-out/.
+Give --model module:factory to prune your own model."""
+BUILTIN_NAME = "the built-in digits classifier (a ResNet-14 trained on scikit-learn's 8x8 digits)"
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prunec", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command")
-    for name in ("prune", "analyze", "bench"):
-        p = sub.add_parser(name)
-        p.add_argument("--model", default="builtin", help="'builtin' or module:factory")
-        p.add_argument("--input-shape", default=None,
-                       help="example input shape for a factory returning only a module, e.g. 1,3,224,224")
-        if name == "analyze":
-            continue
-        p.add_argument("--pass", dest="pass_name", choices=PASSES,
-                       default="variance" if name == "prune" else "magnitude")
-        p.add_argument("--ratio", type=float, default=0.5)
-        p.add_argument("--targets", choices=("all", "mlp"), default="all")
-        p.add_argument("--scope", choices=("global", "local"), default="global")
-        p.add_argument("--round-to", type=int, default=8)
-        p.add_argument("--backend", default="torch")
-        p.add_argument("--json", default=None, help="write the report (and timings) here")
-        if name == "prune":
-            p.add_argument("--finetune-epochs", type=int, default=3,
-                           help="distillation epochs on the built-in data (0: none)")
-        if name == "bench":
-            p.add_argument("--batch-sizes", default="1,8")
-            p.add_argument("--iters", type=int, default=50)
+# ---------------------------------------------------------------------------- parser
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows defaults, except where there is none to show or the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (raised, so main() prints them)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise CliError(f"{message} (see {self.prog} --help)")
+
+
+def _version() -> str:
+    import prunec
+
+    return f"prunec {prunec.__version__} (torch {torch.__version__})"
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=BUILTIN, metavar="SPEC",
+                   help="'builtin' (the digits classifier shipped with prunec) or "
+                        "module:factory, a function returning a module, (module, inputs) or "
+                        "(module, args, kwargs); the current directory is searched first")
+    g.add_argument("--input", dest="inputs", action="append", type=parse_input,
+                   metavar="[NAME:][DTYPE:]SHAPE",
+                   help="an example input, repeatable: 1x3x224x224 (positional float32), "
+                        "input_ids:int64:1x128 (keyword); integers are ones, floats random; "
+                        "replaces the factory's inputs")
+    g.add_argument("--data", metavar="module:function",
+                   help="a function returning (inputs, target) batches as prunec.finetune "
+                        "takes them: their inputs calibrate variance-based pruning and the "
+                        "pairs fine-tune (default for 'builtin': its training digits)")
+    g.add_argument("--static", action="store_true",
+                   help="capture static shapes (dynamic=False); by default every input axis "
+                        "is dynamic where the model allows it")
+    o = p.add_argument_group("output")
+    o.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bars or status lines (they are also off when standard "
+                        "error is not a terminal)")
+    o.add_argument("-v", "--verbose", action="count", default=0,
+                   help="log what happens (-v: info, -vv: debug)")
+    o.add_argument("--debug", action="store_true",
+                   help="show the full traceback of an error")
+    o.add_argument("--threads", type=positive_int, metavar="N",
+                   help="torch threads (default: 1 for the built-in model, whose tensors are "
+                        "too small to share; torch's default otherwise)")
+
+
+def _pass_options(p: argparse.ArgumentParser, *, title: str = "pruning") -> None:
+    from prunec.backends.base import BACKENDS
+
+    g = p.add_argument_group(title)
+    g.add_argument("--pass", dest="pass_name", choices=sorted(PASSES), default="variance",
+                   help="; ".join(f"{k}: {v}" for k, v in PASSES.items()))
+    g.add_argument("--ratio", type=ratio, default=0.5,
+                   help="fraction of the candidate units to remove, in [0, 1)")
+    g.add_argument("--targets", choices=("mlp", "all"),
+                   help="mlp: hidden neurons of MLP/FFN blocks and conv bottlenecks; all: every "
+                        "prunable group (default: mlp for variance, all for magnitude and "
+                        "random, as in the Python API)")
+    g.add_argument("--scope", choices=("global", "local"), default="global",
+                   help="global: one ranking across layers; local: the same ratio per layer")
+    g.add_argument("--round-to", type=positive_int, default=8, metavar="N",
+                   help="kept channel counts are multiples of N")
+    g.add_argument("--backend", choices=sorted(BACKENDS), default="torch",
+                   help="where the pruned program runs")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``prunec`` and its subcommands."""
+    parser = _Parser(prog="prunec", formatter_class=_Formatter,
+                     description=DESCRIPTION,
+                     epilog="examples:\n"
+                            "  prunec                                  # the main job\n"
+                            "  prunec prune --model mymodels:make --input 1x3x224x224 "
+                            "--pass magnitude\n"
+                            "  prunec analyze --after --ratio 0.3\n"
+                            "  prunec bench prunec-out --backend onnxruntime\n\n"
+                            "'prunec COMMAND --help' shows every option of a command.")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _prune_parser(sub)
+    _analyze_parser(sub)
+    _bench_parser(sub)
     return parser
 
 
-def _load_model(spec: str, input_shape: str | None):
-    if spec == "builtin":
-        from prunec.zoo import default_model
+def _prune_parser(sub) -> None:
+    p = sub.add_parser("prune", formatter_class=_Formatter,
+                       help="prune a model, fine-tune it, save it and print the report "
+                            "(the default command)",
+                       description="Prune a model, fine-tune it by distillation when there is "
+                                   "training data, print the report and save the pruned model, "
+                                   "its plan and the report.")
+    _common(p)
+    _pass_options(p)
+    g = p.add_argument_group("fine-tuning and saving")
+    g.add_argument("--finetune-epochs", type=nonnegative_int, metavar="N",
+                   help="epochs of distillation from the unpruned model after pruning "
+                        "(default: 3 when there is training data: 'builtin' or --data; "
+                        "otherwise 0)")
+    g.add_argument("--output", default=DEFAULT_OUTPUT, metavar="DIR",
+                   help="where to save the pruned model, plan.json, report.md, report.json "
+                        "and layers.png")
+    g.add_argument("--no-save", action="store_true", help="save nothing")
+    g.add_argument("--json", metavar="PATH", help="also write the report as JSON here")
 
-        return default_model()
-    module_name, _, factory = spec.partition(":")
-    if not factory:
-        raise SystemExit(f"--model must be 'builtin' or module:factory, got {spec!r}")
-    made = getattr(importlib.import_module(module_name), factory)()
-    if isinstance(made, tuple):
-        model, inputs = made
-        return model, inputs if isinstance(inputs, tuple) else (inputs,)
-    if input_shape is None:
-        raise SystemExit("the factory returned only a module: pass --input-shape, e.g. 1,3,224,224")
-    return made, (torch.randn(*[int(s) for s in input_shape.split(",")]),)
+
+def _analyze_parser(sub) -> None:
+    p = sub.add_parser("analyze", formatter_class=_Formatter,
+                       help="list the channel groups: size, parameters, prunable or why not",
+                       description="List the channel groups of a model: units, parameters, and "
+                                   "whether they can be pruned (or why not). With --after, "
+                                   "prune with the pruning options and list each layer's "
+                                   "width before and after.")
+    _common(p)
+    p.add_argument("--after", action="store_true",
+                   help="prune (with the options below) and show per-layer widths before and "
+                        "after")
+    _pass_options(p, title="pruning (with --after)")
 
 
-def _make_pass(args, model, inputs):
+def _bench_parser(sub) -> None:
+    p = sub.add_parser("bench", formatter_class=_Formatter,
+                       help="time the unpruned and the pruned model on a backend, interleaved",
+                       description="Time the unpruned and the pruned model on a backend, "
+                                   "interleaved, with the speedup's confidence interval. "
+                                   "Give a directory saved by 'prunec prune' to time what it "
+                                   "saved, or the model and pruning options to prune first.")
+    p.add_argument("saved", nargs="?", metavar="DIR",
+                   help="a directory written by 'prunec prune' (its model and plan are used)")
+    _common(p)
+    _pass_options(p)
+    g = p.add_argument_group("timing")
+    g.add_argument("--batch-sizes", type=batch_sizes, default=[1, 8], metavar="1,8",
+                   help="batch sizes to time (default: 1,8)")
+    g.add_argument("--iters", type=positive_int, metavar="N",
+                   help="timed rounds per batch size (default: as many as --time-budget allows)")
+    g.add_argument("--time-budget", type=positive_float, default=10.0, metavar="SECONDS",
+                   help="seconds of timing per batch size when --iters is not given")
+    g.add_argument("--json", metavar="PATH", help="also write the timings as JSON here")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv``; no command (or options only) means ``prune``."""
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
+        argv = ["prune", *argv]
+    return build_parser().parse_args(argv)
+
+
+# ---------------------------------------------------------------------------- the model
+@dataclass
+class Setup:
+    """What a command works on: the model, its example inputs, data, and names."""
+
+    spec: str
+    model: torch.nn.Module
+    args: tuple
+    kwargs: dict
+    name: str
+    train_data: list | None = None
+    calibration: list | None = None
+    evaluate: Any = None  # module -> accuracy in [0, 1], for the built-in model
+    notes: list = field(default_factory=list)
+
+    @property
+    def builtin(self) -> bool:
+        return self.spec == BUILTIN
+
+
+def _check_options(args: argparse.Namespace) -> tuple[Any, Any]:
+    """Everything that can be checked before work: specs resolve, backend installed,
+    output writable. Returns the resolved factory and data functions."""
+    factory = None if args.model == BUILTIN else resolve_callable(args.model, "--model")
+    data_fn = resolve_callable(args.data, "--data") if args.data else None
+    args.inputs = args.inputs or []
+    if args.model == BUILTIN and args.inputs:
+        raise CliError("--input applies to --model module:factory; the built-in model takes "
+                       "8x8 digit images")
+    if getattr(args, "backend", None):
+        check_backend(args.backend)
+    output = getattr(args, "output", None)
+    if output and not getattr(args, "no_save", False) and Path(output).exists() \
+            and not Path(output).is_dir():
+        raise CliError(f"--output {output}: exists and is not a directory")
+    epochs = getattr(args, "finetune_epochs", None)
+    if epochs and args.model != BUILTIN and data_fn is None:
+        raise CliError("--finetune-epochs needs training data for a factory model: give "
+                       "--data module:function returning (inputs, target) batches")
+    return factory, data_fn
+
+
+def load_setup(args: argparse.Namespace) -> Setup:
+    """Check the options, then build the model, its inputs and its data."""
+    factory, data_fn = _check_options(args)
+    if factory is None:
+        setup = _builtin_setup()
+    else:
+        with progress.step(f"building the model ({args.model})"):
+            model, inputs, kwargs = load_factory_model(factory, args.model, args.inputs)
+        setup = Setup(args.model, model, inputs, kwargs, type(model).__name__)
+    if data_fn is not None:
+        batches = call_user(data_fn, args.data, "--data")
+        batches = list(batches)
+        setup.calibration = calibration_items(batches)
+        setup.train_data = batches
+    return setup
+
+
+def _builtin_setup() -> Setup:
+    from prunec.zoo import default_model, digits_data, evaluate
+
+    with progress.step("training the built-in digits classifier (first use, a few seconds)"):
+        model, inputs = default_model()
+    x_train, y_train, x_test, y_test = digits_data()
+    return Setup(BUILTIN, model, inputs, {}, "digits ResNet-14 (built-in)",
+                 train_data=list(zip(x_train.split(32), y_train.split(32))),
+                 calibration=[(x,) for x in x_train.split(64)],
+                 evaluate=lambda m: evaluate(m, x_test, y_test))
+
+
+def make_pass(args: argparse.Namespace, setup: Setup):
+    """The pass the options describe, with the API's defaults for what is not given."""
     from prunec import passes
 
-    common = dict(targets=args.targets, round_to=args.round_to)
+    targets = args.targets or ("mlp" if args.pass_name == "variance" else "all")
+    common = dict(targets=targets, round_to=args.round_to, scope=args.scope)
     if args.pass_name == "magnitude":
-        return passes.MagnitudePruning(args.ratio, scope=args.scope, **common)
+        return passes.MagnitudePruning(args.ratio, **common)
     if args.pass_name == "random":
-        return passes.RandomPruning(args.ratio, scope=args.scope, **common)
-    calibration = _calibration(args, inputs)
-    return passes.VarianceBasedPruning(args.ratio, calibration, **common)
+        return passes.RandomPruning(args.ratio, **common)
+    calibration = setup.calibration
+    if calibration is None:
+        calibration = [setup.kwargs] if setup.kwargs and not setup.args else \
+            [(setup.args, setup.kwargs) if setup.kwargs else setup.args]
+        setup.notes.append("variance statistics come from the example inputs only; give "
+                           "--data for real calibration batches")
+    return passes.VarianceBasedPruning(args.ratio, calibration, progress=progress.enabled(),
+                                       **common)
 
 
-def _calibration(args, inputs):
-    if args.model == "builtin":
-        from prunec.zoo import digits_data
-
-        x_train = digits_data()[0]
-        return [(x,) for x in x_train.split(64)]
-    return [inputs]
-
-
-def _builtin_accuracy(module) -> float | None:
-    from prunec.zoo import digits_data, evaluate
-
-    _, _, x_test, y_test = digits_data()
-    return evaluate(module, x_test, y_test)
-
-
-def cmd_prune(args) -> dict:
+def compile_model(args: argparse.Namespace, setup: Setup, passes: list, *, plans=None,
+                  backend: str | None = None):
+    """``prunec.compile`` with the command line's capture options."""
     import prunec
 
-    model, inputs = _load_model(args.model, args.input_shape)
-    compiled = prunec.compile(model, inputs, [_make_pass(args, model, inputs)], backend=args.backend)
+    options: dict = dict(example_kwargs=setup.kwargs or None, backend=backend or args.backend,
+                         dynamic=not args.static)
+    if plans is not None:
+        options["plans"] = plans
+    return prunec.compile(setup.model, setup.args, passes, **options)
+
+
+# ---------------------------------------------------------------------------- prune
+def _estimate_seconds(builtin: bool, epochs: int, pass_name: str) -> float | None:
+    """Rough wall time of the built-in job on two busy CPU cores (measured), else None."""
+    if not builtin:
+        return None
+    return 20.0 + (4.0 if pass_name == "variance" else 1.0) + 8.0 * epochs
+
+
+def _announce(args: argparse.Namespace, name: str, epochs: int) -> None:
+    what = {"variance": "variance-based pruning", "magnitude": "magnitude pruning",
+            "random": "random pruning"}[args.pass_name]
+    targets = args.targets or ("mlp" if args.pass_name == "variance" else "all")
+    unit = "MLP neurons and conv bottleneck channels" if targets == "mlp" else "prunable channels"
+    tune = f", then {epochs} epoch{'s' * (epochs != 1)} of distillation" if epochs else ""
+    estimate = _estimate_seconds(args.model == BUILTIN, epochs, args.pass_name)
+    took = f"; about {progress.format_seconds(estimate)}" if estimate else ""
+    progress.say(f"prunec: pruning {name}: {what} of {args.ratio:.0%} of its {unit}"
+                 f"{tune}{took}.")
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    is_builtin = args.model == BUILTIN
+    epochs = args.finetune_epochs if args.finetune_epochs is not None else \
+        (3 if is_builtin or args.data else 0)
+    _announce(args, BUILTIN_NAME if is_builtin else args.model, epochs)
+    start = time.perf_counter()
+    setup = load_setup(args)
+    pass_ = make_pass(args, setup)
+    with progress.step(f"capturing, pruning and lowering to {args.backend}"):
+        compiled = compile_model(args, setup, [pass_])
+    compiled.report.model = setup.name
+    outcome: dict = {}
+    if setup.evaluate is not None:
+        outcome["accuracy_before"] = setup.evaluate(setup.model)
+        outcome["accuracy_pruned"] = setup.evaluate(compiled)
+    if epochs:
+        outcome.update(_finetune(compiled, setup, epochs))
     print(compiled.report)
-    out = {"report": compiled.report.to_dict()}
-    if args.model == "builtin":
-        before, after = _builtin_accuracy(model), _builtin_accuracy(compiled)
-        print(f"digits test accuracy {100 * before:.2f}% -> {100 * after:.2f}% right after pruning")
-        out.update(accuracy_before=before, accuracy_after=after)
-        if args.finetune_epochs > 0:
-            tuned = _builtin_finetune(compiled, model, args.finetune_epochs)
-            print(f"digits test accuracy after {args.finetune_epochs} epochs of distillation: {100 * tuned:.2f}%")
-            out.update(accuracy_finetuned=tuned)
+    for line in _outcome_lines(outcome, epochs):
+        print(line)
+    for note in setup.notes:
+        print(f"note: {note}")
+    run = _run_info(args, setup, epochs)
+    if args.json:
+        Path(args.json).write_text(json.dumps(_results(compiled, run, outcome), indent=2))
+    if not args.no_save:
+        out = save_output(Path(args.output), compiled, run, outcome)
+        took = progress.format_seconds(time.perf_counter() - start)
+        print(f"\nSaved to {out}/ in {took}: the pruned model ({args.backend}), plan.json, "
+              f"report.md, report.json, layers.png")
+        print(f"Next: time it against the unpruned model with\n  prunec bench {_quote(out)}"
+              f" --backend onnxruntime")
+    return 0
+
+
+def _finetune(compiled, setup: Setup, epochs: int) -> dict:
+    from prunec.train import finetune
+
+    lr = 2e-3 if setup.builtin else 1e-4
+    _, history = finetune(compiled, setup.train_data, epochs=epochs, teacher=setup.model,
+                          lr=lr, alpha=0.5)
+    out = {"finetune_epochs": epochs, "finetune_final_loss": history[-1]["loss"] if history else None}
+    if setup.evaluate is not None:
+        out["accuracy_finetuned"] = setup.evaluate(compiled)
     return out
 
 
-def _builtin_finetune(compiled, model, epochs: int) -> float:
-    from prunec.train import finetune
-    from prunec.zoo import digits_data
+def _outcome_lines(outcome: dict, epochs: int) -> list[str]:
+    if "accuracy_before" not in outcome:
+        if epochs:
+            return [f"fine-tuned {epochs} epochs; final loss {outcome['finetune_final_loss']:.4f}"]
+        return []
+    lines = ["", f"digits test accuracy  {outcome['accuracy_before']:.1%} unpruned",
+             f"                      {outcome['accuracy_pruned']:.1%} right after pruning, "
+             f"before fine-tuning (what the removed channels told apart is lost until "
+             f"training recovers it)"]
+    if "accuracy_finetuned" in outcome:
+        lines.append(f"                      {outcome['accuracy_finetuned']:.1%} after {epochs} "
+                     f"epoch{'s' * (epochs != 1)} of distillation from the unpruned model")
+    return lines
 
-    x_train, y_train = digits_data()[:2]
-    data = list(zip(x_train.split(32), y_train.split(32)))
-    finetune(compiled, data, epochs=epochs, teacher=model, lr=2e-3, alpha=0.5)
-    return _builtin_accuracy(compiled)
+
+def _quote(path: Path) -> str:
+    import shlex
+
+    return shlex.quote(str(path))
 
 
-def cmd_analyze(args) -> dict:
+def _run_info(args: argparse.Namespace, setup: Setup, epochs: int) -> dict:
+    """How the model was made, so that ``prunec bench DIR`` can rebuild the unpruned one."""
+    return {"model": args.model, "inputs": [_input_text(s) for s in args.inputs],
+            "data": args.data, "static": args.static, "pass": args.pass_name,
+            "ratio": args.ratio, "targets": args.targets, "scope": args.scope,
+            "round_to": args.round_to, "backend": args.backend, "finetune_epochs": epochs,
+            "version": _version()}
+
+
+def _input_text(spec) -> str:
+    dtype = str(spec.dtype).removeprefix("torch.")
+    shape = "x".join(map(str, spec.shape))
+    return f"{spec.name}:{dtype}:{shape}" if spec.name else f"{dtype}:{shape}"
+
+
+def _results(compiled, run: dict, outcome: dict) -> dict:
+    return {"run": run, "report": compiled.report.to_dict(), **outcome}
+
+
+def _plans_of(compiled) -> list:
+    plans = getattr(compiled, "plans", None)
+    if plans is None:
+        plans = [e["plan"] for e in compiled.report.passes if e.get("plan")]
+    return list(plans)
+
+
+def save_output(out: Path, compiled, run: dict, outcome: dict) -> Path:
+    """Write the artifact, plan.json, report.md, report.json and layers.png into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    with progress.step(f"saving to {out}/"):
+        compiled.save(out / "model")
+        plans = [json.loads(p.to_json()) for p in _plans_of(compiled)]
+        (out / "plan.json").write_text(json.dumps({"plans": plans}))
+        text = compiled.report.to_markdown(title=f"prunec: {compiled.report.model}")
+        lines = _outcome_lines(outcome, run["finetune_epochs"])
+        if lines:
+            text += "\n## Accuracy\n\n" + "\n".join(f"    {l}" for l in lines if l) + "\n"
+        (out / "report.md").write_text(text)
+        (out / "report.json").write_text(json.dumps(_results(compiled, run, outcome), indent=2))
+        compiled.report.plot(out / "layers.png")
+    return out
+
+
+# ---------------------------------------------------------------------------- analyze
+def cmd_analyze(args: argparse.Namespace) -> int:
     import prunec
 
-    model, inputs = _load_model(args.model, args.input_shape)
-    analysis = prunec.analyze(model, inputs)
-    print(analysis.table())
-    return {"groups": len(analysis), "prunable": len(analysis.prunable())}
+    setup = load_setup(args)
+    if not args.after:
+        with progress.step("capturing and analysing"):
+            analysis = prunec.analyze(setup.model, setup.args, setup.kwargs or None,
+                                      dynamic=not args.static)
+        print(analysis.table())
+        prunable = len(analysis.prunable())
+        print(f"\n{prunable} of {len(analysis)} groups can be pruned; "
+              f"'prunec analyze --after' shows the widths after pruning.")
+        return 0
+    with progress.step("capturing and pruning"):
+        compiled = compile_model(args, setup, [make_pass(args, setup)], backend="torch")
+    compiled.report.model = setup.name
+    print(compiled.report)
+    print()
+    print(compiled.report.layers_markdown())
+    return 0
 
 
-def cmd_bench(args) -> dict:
-    import prunec
+# ---------------------------------------------------------------------------- bench
+def _saved_setup(args: argparse.Namespace) -> tuple[Setup, list]:
+    """The unpruned model and the saved plans of a ``prunec prune`` output directory."""
+    from prunec.rewrite.plan import PruningPlan
+
+    folder = Path(args.saved)
+    try:
+        results = json.loads((folder / "report.json").read_text())
+        plans = json.loads((folder / "plan.json").read_text())["plans"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise CliError(f"{folder}: not a directory written by 'prunec prune' "
+                       f"(report.json and plan.json are needed): {exc}") from None
+    run = results["run"]
+    args.model, args.static = run["model"], run["static"]
+    args.inputs = [parse_input(t) for t in run["inputs"]]
+    args.data = None
+    return load_setup(args), [PruningPlan.from_json(json.dumps(p)) for p in plans]
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
     from prunec.backends.bench import benchmark
 
-    model, inputs = _load_model(args.model, args.input_shape)
-    dense = prunec.compile(model, inputs, [], backend=args.backend)
-    pruned = prunec.compile(model, inputs, [_make_pass(args, model, inputs)], backend=args.backend)
+    if args.saved:
+        setup, plans = _saved_setup(args)
+        label = f"{Path(args.saved)} (plans replayed on {args.backend})"
+        with progress.step(f"capturing and lowering to {args.backend}"):
+            dense = compile_model(args, setup, [])
+            pruned = compile_model(args, setup, [], plans=plans)
+    else:
+        setup = load_setup(args)
+        label = f"{args.pass_name} pruning at ratio {args.ratio}"
+        pass_ = make_pass(args, setup)
+        with progress.step(f"capturing, pruning and lowering to {args.backend}"):
+            dense = compile_model(args, setup, [])
+            pruned = compile_model(args, setup, [pass_])
+    pruned.report.model = setup.name
     print(pruned.report)
-
-    def make_inputs(batch: int):
-        return tuple(t[:1].expand(batch, *t.shape[1:]).contiguous() for t in inputs), {}
-
-    result = benchmark({f"dense/{args.backend}": dense, f"pruned/{args.backend}": pruned}, make_inputs,
-                       [int(b) for b in args.batch_sizes.split(",")], iters=args.iters,
-                       macs={f"dense/{args.backend}": dense.report.macs_before,
-                             f"pruned/{args.backend}": pruned.report.macs_after})
+    _check_static_batches(args, setup)
+    names = (f"unpruned/{args.backend}", f"pruned/{args.backend}")
+    result = benchmark(dict(zip(names, (dense, pruned))), _batch_inputs(setup),
+                       args.batch_sizes, iters=args.iters, time_budget=args.time_budget,
+                       macs=dict(zip(names, (dense.report.macs_per_sample_before,
+                                             pruned.report.macs_per_sample_after))))
+    print(f"\nLatency of {label}:\n")
     print(result.to_markdown())
-    return {"report": pruned.report.to_dict(), "bench": result.to_dict()}
+    if args.json:
+        Path(args.json).write_text(json.dumps({"report": pruned.report.to_dict(),
+                                               "bench": result.to_dict()}, indent=2))
+    return 0
+
+
+def _check_static_batches(args: argparse.Namespace, setup: Setup) -> None:
+    from prunec.report import batch_size_of
+
+    batch = batch_size_of(setup.args, setup.kwargs)
+    if args.static and set(args.batch_sizes) != {batch}:
+        raise CliError(f"--static fixes the batch size to the example's ({batch}); pass "
+                       f"--batch-sizes {batch}")
+
+
+def _batch_inputs(setup: Setup):
+    def expand(t: Any, batch: int) -> Any:
+        if isinstance(t, torch.Tensor) and t.dim() > 0:
+            return t[:1].expand(batch, *t.shape[1:]).contiguous()
+        return t
+
+    def make(batch: int) -> tuple[tuple, dict]:
+        import torch.utils._pytree as pytree
+
+        return pytree.tree_map(lambda t: expand(t, batch), (setup.args, setup.kwargs))
+
+    return make
+
+
+# ---------------------------------------------------------------------------- main
+COMMANDS = {"prune": cmd_prune, "analyze": cmd_analyze, "bench": cmd_bench}
+
+
+@contextlib.contextmanager
+def _threads(args: argparse.Namespace) -> Iterator[None]:
+    count = args.threads or (1 if args.model == BUILTIN and not getattr(args, "saved", None)
+                             else None)
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _quiet_torch_logs() -> None:
+    """torch logs a traceback at ERROR level when a fake-tensor kernel fails during capture;
+    prunec re-raises that failure as one line, so the log is noise unless -v or --debug."""
+    import logging
+
+    logging.getLogger("torch._subclasses.fake_tensor").setLevel(logging.CRITICAL)
+
+
+def _error_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()).replace("..", ".") or type(exc).__name__
+    return f"prunec: error: {text}"
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``prunec`` command; returns the exit code (0, 2 on an expected failure)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0].startswith("-"):
-        argv = ["prune", *argv]
-    args = _parser().parse_args(argv)
-    out = {"prune": cmd_prune, "analyze": cmd_analyze, "bench": cmd_bench}[args.command](args)
-    if getattr(args, "json", None):
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2, default=str)
-    return 0
+    debug = "--debug" in argv
+    try:
+        args = parse_args(argv)
+        progress.set_enabled(False if args.quiet else None)
+        progress.setup_logging(args.verbose)
+        if not (args.verbose or args.debug):
+            _quiet_torch_logs()
+        with _threads(args):
+            return COMMANDS[args.command](args)
+    except PrunecError as exc:
+        if debug:
+            raise
+        print(_error_line(exc), file=sys.stderr)
+        if not isinstance(exc, CliError):
+            print("prunec: run again with --debug for the traceback", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("prunec: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        progress.set_enabled(None)
 
 
 if __name__ == "__main__":

@@ -126,7 +126,8 @@ class VarianceBasedPruning(PruningPass):
             masked positions are excluded from the statistics.
         scope: ``"global"`` (the method: one ranking over all layers) or ``"local"``.
         max_batches: Use at most this many calibration items.
-        progress: Show a progress bar during calibration.
+        progress: Calibration progress bar: False hides it; by default it shows when
+            standard error is a terminal (see :mod:`prunec.progress`).
 
     Raises:
         CalibrationError: empty calibration data, NaN/inf activations, fewer than 2 samples.
@@ -138,13 +139,14 @@ class VarianceBasedPruning(PruningPass):
 
     def __init__(self, ratio: float, calibration: Iterable[Any], *, targets: str = "mlp",
                  round_to: int = 8, compensate: bool = True, mask: MaskSpec = None,
-                 scope: str = "global", max_batches: int | None = None, progress: bool = False):
+                 scope: str = "global", max_batches: int | None = None,
+                 progress: bool | None = None):
         super().__init__(ratio=ratio, scope=scope, targets=targets, round_to=round_to)
         self.calibration = calibration
         self.fold_means = bool(compensate)  # not `compensate`: that name is the hook method
         self.mask = mask
         self.max_batches = max_batches
-        self.progress = bool(progress)
+        self.progress = progress
 
     @property
     def guarantee(self) -> str:

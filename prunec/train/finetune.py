@@ -45,6 +45,7 @@ from prunec.errors import PrunecError
 from prunec.ir.capture import capture
 from prunec.ir.interpret import split_inputs
 from prunec.ir.program import Program
+from prunec.progress import bar as progress_bar
 from prunec.rewrite import MeanCompensation, PruningPlan, apply_plan
 
 __all__ = ["finetune", "train_program", "assign_state", "distillation_loss", "logits_of"]
@@ -189,6 +190,12 @@ def _to(x: Any, device: torch.device) -> Any:
     return pytree.tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, x)
 
 
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
 def _world() -> int:
     import torch.distributed as dist
 
@@ -249,6 +256,7 @@ def finetune(
     device: str | torch.device | None = None,
     label_key: str = "labels",
     seed: int = 0,
+    progress: bool | None = None,
 ) -> tuple[Any, list[dict]]:
     """Fine-tune the pruned model in train mode, distilling from ``teacher``.
 
@@ -273,6 +281,8 @@ def finetune(
         device: Where to train (default: where the pruned weights are).
         label_key: Key of the target in dict items.
         seed: Seed of the shuffling.
+        progress: A bar of the steps with epoch and loss; False hides it, by default it
+            shows when standard error is a terminal (see :mod:`prunec.progress`).
 
     Returns:
         ``(target, history)``: ``history`` has one dict per step with ``epoch``, ``step``,
@@ -297,11 +307,16 @@ def finetune(
     step_fn = _Step(net, tutor, optimizer, schedule, temperature, alpha,
                     loss_fn or F.cross_entropy, device, label_key)
     history = []
-    for epoch in range(epochs):
-        if hasattr(getattr(loader, "sampler", None), "set_epoch"):
-            loader.sampler.set_epoch(epoch)
-        for batch in loader:
-            history.append({"epoch": epoch, "step": len(history), **step_fn(batch)})
+    with progress_bar(total=total, desc="fine-tuning", unit="step",
+                      progress=progress if _rank() == 0 else False) as shown:
+        for epoch in range(epochs):
+            if hasattr(getattr(loader, "sampler", None), "set_epoch"):
+                loader.sampler.set_epoch(epoch)
+            for batch in loader:
+                history.append({"epoch": epoch, "step": len(history), **step_fn(batch)})
+                shown.set_postfix(epoch=f"{epoch + 1}/{epochs}",
+                                  loss=f"{history[-1]['loss']:.4f}", refresh=False)
+                shown.update(1)
     _sync_buffers(student.gm)
     if student is not program:
         assign_state(student.gm, program)  # new tensors; bumps the version: artifacts re-lower
