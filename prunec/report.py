@@ -167,11 +167,15 @@ def describe_inputs(args: tuple, kwargs: dict | None = None) -> str:
 
 
 # ---------------------------------------------------------------------------- passes in words
-def _unit_word(entry: dict, kinds: dict[str, str] | None) -> str:
-    """What the pass's units are, from its targets and the kinds of the pruned groups'
-    anchor weights (group keys are ``<weight>:<axis>``)."""
+def _unit_word(entry: dict, kinds: dict[str, str] | None,
+               tags: dict[str, list] | None = None) -> str:
+    """What the pass's units are, from its targets, the tags of the pruned groups and the
+    kinds of their anchor weights (group keys are ``<weight>:<axis>``)."""
     targets = entry.get("targets") or _options_dict(entry).get("targets")
     plan = entry.get("plan")
+    keys = list(getattr(plan, "keep", {}))
+    if keys and tags and all("attention" in tags.get(k, ()) for k in keys):
+        return "attention heads"
     found = {kinds.get(key.rpartition(":")[0]) for key in getattr(plan, "keep", {})} \
         if kinds and plan is not None else set()
     found.discard(None)
@@ -184,12 +188,14 @@ def _unit_word(entry: dict, kinds: dict[str, str] | None) -> str:
     return "channels" if targets == "all" else "units"
 
 
-def describe_pass(entry: dict, kinds: dict[str, str] | None = None) -> str:
+def describe_pass(entry: dict, kinds: dict[str, str] | None = None,
+                  tags: dict[str, list] | None = None) -> str:
     """What a pass did, in words: ``removed 112 of 240 MLP neurons in 6 of 9 groups``.
 
     Reads the entry's stats (``groups``, ``pruned_groups``, ``units_removed``, ``units_total``
     when the pass reports it, ``compensations``, ``already_applied``) and its options
-    (``targets``); ``kinds`` (weight name -> layer kind) names the units.
+    (``targets``); ``kinds`` (weight name -> layer kind) and ``tags`` (group key -> tags)
+    name the units.
     """
     if entry.get("already_applied"):
         return "nothing: its target was already reached (the pass ran before)"
@@ -204,7 +210,7 @@ def describe_pass(entry: dict, kinds: dict[str, str] | None = None) -> str:
     of_total = f" of {total}" if total else ""
     groups = entry.get("groups")
     in_groups = f" in {entry.get('pruned_groups', '?')} of {groups} groups" if groups else ""
-    text = f"removed {entry['units_removed']}{of_total} {_unit_word(entry, kinds)}{in_groups}"
+    text = f"removed {entry['units_removed']}{of_total} {_unit_word(entry, kinds, tags)}{in_groups}"
     if entry.get("compensations"):
         text += "; their mean outputs are folded into the next layers"
     return text
@@ -243,6 +249,7 @@ class Report:
         seconds: Wall time of the whole compile, when measured.
         layers_before: Per-layer widths before the passes (see :func:`layer_widths`).
         layers_after: Per-layer widths after the passes.
+        group_tags: Tags of the channel groups at capture (``attention``, ``residual``...).
     """
 
     macs_before: int
@@ -257,18 +264,23 @@ class Report:
     seconds: float | None = None
     layers_before: dict = field(default_factory=dict, repr=False)
     layers_after: dict = field(default_factory=dict, repr=False)
+    group_tags: dict = field(default_factory=dict, repr=False)
 
     # -- filling it (called by prunec.compile) -----------------------------------------
     @classmethod
     def start(cls, program: "Program", *, model: Any = None, backend: str = "torch") -> "Report":
         """A report with the program's costs and layers before any pass."""
+        from prunec.ir.channels import analyze_channels
         from prunec.ir.cost import count_macs, count_params
 
         batch = batch_size_of(program.example_args, program.example_kwargs)
+        # Cached per program version: the first pass reuses this analysis.
+        tags = {g.key: sorted(g.tags) for g in analyze_channels(program).groups}
         name = model if isinstance(model, str) else type(model).__name__ if model is not None else ""
         return cls(count_macs(program), count_params(program), backend=backend, model=name,
                    inputs=describe_inputs(program.example_args, program.example_kwargs),
-                   batch_size=batch, layers_before=layer_widths(program, batch))
+                   batch_size=batch, layers_before=layer_widths(program, batch),
+                   group_tags=tags)
 
     def add_pass(self, pass_: Any, result: Any, **extra: Any) -> dict:
         """Record a pass, its options (``pass_.config()`` when it has one) and its result."""
@@ -352,7 +364,7 @@ class Report:
                  f"({_percent_fewer(self.params_before, self.params_after)})"]
         for p in self.passes:
             took = f" ({_seconds(p['seconds'])})" if isinstance(p.get("seconds"), (int, float)) else ""
-            lines.append(f"{p['pass']}: {describe_pass(p, self._kinds())}{took}")
+            lines.append(f"{p['pass']}: {describe_pass(p, self._kinds(), self.group_tags)}{took}")
         if self.seconds is not None:
             lines.append(f"compile took {_seconds(self.seconds)}")
         return lines
@@ -377,7 +389,7 @@ class Report:
         passes = []
         for p in self.passes:
             entry = {k: _plain(v) for k, v in p.items() if k != "plan"}
-            entry["summary"] = describe_pass(p, self._kinds())
+            entry["summary"] = describe_pass(p, self._kinds(), self.group_tags)
             passes.append(entry)
         return {"model": self.model, "inputs": self.inputs, "batch_size": self.batch_size,
                 "backend": self.backend,
