@@ -5,7 +5,7 @@ channels removed by magnitude pruning, residual channels included; both models a
 to ONNX Runtime and timed interleaved, with a confidence interval for the speedup.
 
     python examples/cnn_prune_and_bench.py            # about a minute on 2 CPU cores
-    python examples/cnn_prune_and_bench.py --tiny     # ResNet-20, a few rounds
+    python examples/cnn_prune_and_bench.py --tiny     # ResNet-8, a few rounds
 
 Any ``nn.Module`` works in place of ``resnet56()``, e.g. ``torchvision.models.resnet50()``
 with a ``1x3x224x224`` example.
@@ -20,13 +20,13 @@ import torch
 import prunec
 from prunec.bench import benchmark
 from prunec.passes import MagnitudePruning
-from prunec.zoo import resnet20, resnet56
+from prunec.zoo import CifarResNet, resnet56
 
 
 def main(tiny: bool = False) -> dict:
     torch.manual_seed(0)
-    model = (resnet20() if tiny else resnet56()).eval()
-    x = torch.randn(1, 3, 32, 32)
+    model = (CifarResNet(blocks_per_stage=1) if tiny else resnet56()).eval()
+    x = torch.randn(2, 3, 32, 32)  # a batch of 2 keeps the batch axis dynamic (1 would fix it)
 
     dense = prunec.compile(model, (x,), [], backend="onnxruntime")
     pruned = prunec.compile(model, (x,), [MagnitudePruning(0.5, targets="all")],

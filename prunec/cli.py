@@ -328,8 +328,10 @@ def _announce(args: argparse.Namespace, name: str, epochs: int) -> None:
     tune = f", then {epochs} epoch{'s' * (epochs != 1)} of distillation" if epochs else ""
     estimate = _estimate_seconds(args.model == BUILTIN, epochs, args.pass_name)
     took = f"; about {progress.format_seconds(estimate)}" if estimate else ""
-    progress.say(f"prunec: pruning {name}: {what} of {args.ratio:.0%} of its {unit}"
-                 f"{tune}{took}.")
+    message = f"prunec: pruning {name}: {what} of {args.ratio:.0%} of its {unit}{tune}{took}."
+    progress.log.info("%s", message)
+    if not args.quiet:  # on standard output: part of what the run did, even when piped
+        print(message, flush=True)
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
@@ -580,6 +582,7 @@ def main(argv: list[str] | None = None) -> int:
         progress.setup_logging(args.verbose)
         if not (args.verbose or args.debug):
             _quiet_torch_logs()
+        progress.log.debug("options: %s", vars(args))
         with _threads(args):
             return COMMANDS[args.command](args)
     except PrunecError as exc:

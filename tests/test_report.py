@@ -2,6 +2,7 @@
 the progress switch."""
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -30,6 +31,7 @@ class Net(torch.nn.Module):
         return self.fc2(torch.relu(self.fc1(x.mean((2, 3)))))
 
 
+@functools.lru_cache(maxsize=None)  # capture is the slow part; tests only read the report
 def _pruned(targets: str = "all", batch: int = 4) -> tuple[Report, torch.nn.Module]:
     torch.manual_seed(0)
     model = Net().eval()
@@ -47,8 +49,8 @@ def test_format_count_adapts_units():
 
 
 def test_macs_are_per_sample_and_layers_are_counted():
-    report, _ = _pruned(batch=4)
-    one, _ = _pruned(batch=1)
+    report, _ = _pruned("all", 4)
+    one, _ = _pruned("all", 1)
     assert report.batch_size == 4 and report.macs_before == 4 * one.macs_before
     assert report.macs_per_sample_before == one.macs_before
     layers = {r.name: r for r in report.layers()}
@@ -61,7 +63,7 @@ def test_macs_are_per_sample_and_layers_are_counted():
 
 
 def test_pass_in_words_and_header():
-    report, _ = _pruned()
+    report, _ = _pruned("all", 4)
     text = str(report)
     assert "model           Net" in text and "float32[4, 3, 6, 6]" in text
     assert "MagnitudePruning(ratio=0.5, scope=global, targets=all, round_to=4, norm=2.0)" in text
@@ -82,7 +84,7 @@ def test_describe_pass_cases():
 
 
 def test_markdown_json_and_plot(tmp_path):
-    report, _ = _pruned(targets="mlp")
+    report, _ = _pruned("mlp", 4)
     md = report.to_markdown()
     assert md.startswith("# prunec report") and "| fc1 | linear | 8 -> 32 | 4 -> 16 |" in md
     # conv channels and MLP neurons are both hidden (no residual): named together
