@@ -16,31 +16,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import torch
 
 from prunec import progress
+from prunec.cli_commands import cmd_analyze, cmd_bench, cmd_prune
 from prunec.cli_specs import (
-    BUILTIN, CliError, batch_sizes, calibration_items, call_user, check_backend,
-    load_factory_model, nonnegative_int, parse_input, positive_float, positive_int, ratio,
-    resolve_callable,
+    BUILTIN, PASSES, CliError, batch_sizes, nonnegative_int, parse_input, positive_float,
+    positive_int, ratio, version_text,
 )
 from prunec.errors import PrunecError
 
 __all__ = ["main", "build_parser"]
 
-PASSES = {
-    "variance": "variance-based pruning: removes the hidden neurons whose activations vary "
-                "least and folds their means into the next layer",
-    "magnitude": "removes the units with the smallest weight norm",
-    "random": "removes random units (a baseline)",
-}
 DEFAULT_OUTPUT = "prunec-out"
 DESCRIPTION = """\
 prunec: a structured-pruning compiler for PyTorch models.
@@ -49,7 +39,6 @@ prunec: a structured-pruning compiler for PyTorch models.
 bottleneck channels with variance-based pruning, fine-tunes it briefly by distillation,
 prints the report and saves the pruned model, its plan and the report to ./prunec-out/.
 Give --model module:factory to prune your own model."""
-BUILTIN_NAME = "the built-in digits classifier (a ResNet-14 trained on scikit-learn's 8x8 digits)"
 
 
 # ---------------------------------------------------------------------------- parser
@@ -68,12 +57,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):  # type: ignore[override]
         raise CliError(f"{message} (see {self.prog} --help)")
-
-
-def _version() -> str:
-    import prunec
-
-    return f"prunec {prunec.__version__} (torch {torch.__version__})"
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -138,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "  prunec analyze --after --ratio 0.3\n"
                             "  prunec bench prunec-out --backend onnxruntime\n\n"
                             "'prunec COMMAND --help' shows every option of a command.")
-    parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("--version", action="version", version=version_text())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _prune_parser(sub)
     _analyze_parser(sub)
@@ -207,339 +190,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
         argv = ["prune", *argv]
     return build_parser().parse_args(argv)
-
-
-# ---------------------------------------------------------------------------- the model
-@dataclass
-class Setup:
-    """What a command works on: the model, its example inputs, data, and names."""
-
-    spec: str
-    model: torch.nn.Module
-    args: tuple
-    kwargs: dict
-    name: str
-    train_data: list | None = None
-    calibration: list | None = None
-    evaluate: Any = None  # module -> accuracy in [0, 1], for the built-in model
-    notes: list = field(default_factory=list)
-
-    @property
-    def builtin(self) -> bool:
-        return self.spec == BUILTIN
-
-
-def _check_options(args: argparse.Namespace) -> tuple[Any, Any]:
-    """Everything that can be checked before work: specs resolve, backend installed,
-    output writable. Returns the resolved factory and data functions."""
-    factory = None if args.model == BUILTIN else resolve_callable(args.model, "--model")
-    data_fn = resolve_callable(args.data, "--data") if args.data else None
-    args.inputs = args.inputs or []
-    if args.model == BUILTIN and args.inputs:
-        raise CliError("--input applies to --model module:factory; the built-in model takes "
-                       "8x8 digit images")
-    if getattr(args, "backend", None):
-        check_backend(args.backend)
-    output = getattr(args, "output", None)
-    if output and not getattr(args, "no_save", False) and Path(output).exists() \
-            and not Path(output).is_dir():
-        raise CliError(f"--output {output}: exists and is not a directory")
-    epochs = getattr(args, "finetune_epochs", None)
-    if epochs and args.model != BUILTIN and data_fn is None:
-        raise CliError("--finetune-epochs needs training data for a factory model: give "
-                       "--data module:function returning (inputs, target) batches")
-    return factory, data_fn
-
-
-def load_setup(args: argparse.Namespace) -> Setup:
-    """Check the options, then build the model, its inputs and its data."""
-    factory, data_fn = _check_options(args)
-    if factory is None:
-        setup = _builtin_setup()
-    else:
-        with progress.step(f"building the model ({args.model})"):
-            model, inputs, kwargs = load_factory_model(factory, args.model, args.inputs)
-        setup = Setup(args.model, model, inputs, kwargs, type(model).__name__)
-    if data_fn is not None:
-        batches = call_user(data_fn, args.data, "--data")
-        batches = list(batches)
-        setup.calibration = calibration_items(batches)
-        setup.train_data = batches
-    return setup
-
-
-def _builtin_setup() -> Setup:
-    from prunec.zoo import default_model, digits_data, evaluate
-
-    with progress.step("training the built-in digits classifier (first use, a few seconds)"):
-        model, inputs = default_model()
-    x_train, y_train, x_test, y_test = digits_data()
-    return Setup(BUILTIN, model, inputs, {}, "digits ResNet-14 (built-in)",
-                 train_data=list(zip(x_train.split(32), y_train.split(32))),
-                 calibration=[(x,) for x in x_train.split(64)],
-                 evaluate=lambda m: evaluate(m, x_test, y_test))
-
-
-def make_pass(args: argparse.Namespace, setup: Setup):
-    """The pass the options describe, with the API's defaults for what is not given."""
-    from prunec import passes
-
-    targets = args.targets or ("mlp" if args.pass_name == "variance" else "all")
-    common = dict(targets=targets, round_to=args.round_to, scope=args.scope)
-    if args.pass_name == "magnitude":
-        return passes.MagnitudePruning(args.ratio, **common)
-    if args.pass_name == "random":
-        return passes.RandomPruning(args.ratio, **common)
-    calibration = setup.calibration
-    if calibration is None:
-        calibration = [setup.kwargs] if setup.kwargs and not setup.args else \
-            [(setup.args, setup.kwargs) if setup.kwargs else setup.args]
-        setup.notes.append("variance statistics come from the example inputs only; give "
-                           "--data for real calibration batches")
-    return passes.VarianceBasedPruning(args.ratio, calibration, progress=progress.enabled(),
-                                       **common)
-
-
-def compile_model(args: argparse.Namespace, setup: Setup, passes: list, *, plans=None,
-                  backend: str | None = None):
-    """``prunec.compile`` with the command line's capture options."""
-    import prunec
-
-    options: dict = dict(example_kwargs=setup.kwargs or None, backend=backend or args.backend,
-                         dynamic=not args.static)
-    if plans is not None:
-        options["plans"] = plans
-    return prunec.compile(setup.model, setup.args, passes, **options)
-
-
-# ---------------------------------------------------------------------------- prune
-def _estimate_seconds(builtin: bool, epochs: int, pass_name: str) -> float | None:
-    """Rough wall time of the built-in job on two busy CPU cores (measured), else None."""
-    if not builtin:
-        return None
-    return 20.0 + (4.0 if pass_name == "variance" else 1.0) + 8.0 * epochs
-
-
-def _announce(args: argparse.Namespace, name: str, epochs: int) -> None:
-    what = {"variance": "variance-based pruning", "magnitude": "magnitude pruning",
-            "random": "random pruning"}[args.pass_name]
-    targets = args.targets or ("mlp" if args.pass_name == "variance" else "all")
-    unit = "MLP neurons and conv bottleneck channels" if targets == "mlp" else "prunable channels"
-    tune = f", then {epochs} epoch{'s' * (epochs != 1)} of distillation" if epochs else ""
-    estimate = _estimate_seconds(args.model == BUILTIN, epochs, args.pass_name)
-    took = f"; about {progress.format_seconds(estimate)}" if estimate else ""
-    message = f"prunec: pruning {name}: {what} of {args.ratio:.0%} of its {unit}{tune}{took}."
-    progress.log.info("%s", message)
-    if not args.quiet:  # on standard output: part of what the run did, even when piped
-        print(message, flush=True)
-
-
-def cmd_prune(args: argparse.Namespace) -> int:
-    is_builtin = args.model == BUILTIN
-    epochs = args.finetune_epochs if args.finetune_epochs is not None else \
-        (3 if is_builtin or args.data else 0)
-    _announce(args, BUILTIN_NAME if is_builtin else args.model, epochs)
-    start = time.perf_counter()
-    setup = load_setup(args)
-    pass_ = make_pass(args, setup)
-    with progress.step(f"capturing, pruning and lowering to {args.backend}"):
-        compiled = compile_model(args, setup, [pass_])
-    compiled.report.model = setup.name
-    outcome: dict = {}
-    if setup.evaluate is not None:
-        outcome["accuracy_before"] = setup.evaluate(setup.model)
-        outcome["accuracy_pruned"] = setup.evaluate(compiled)
-    if epochs:
-        outcome.update(_finetune(compiled, setup, epochs))
-    print(compiled.report)
-    for line in _outcome_lines(outcome, epochs):
-        print(line)
-    for note in setup.notes:
-        print(f"note: {note}")
-    run = _run_info(args, setup, epochs)
-    if args.json:
-        Path(args.json).write_text(json.dumps(_results(compiled, run, outcome), indent=2))
-    if not args.no_save:
-        out = save_output(Path(args.output), compiled, run, outcome)
-        took = progress.format_seconds(time.perf_counter() - start)
-        print(f"\nSaved to {out}/ in {took}: the pruned model ({args.backend}), plan.json, "
-              f"report.md, report.json, layers.png")
-        print(f"Next: time it against the unpruned model with\n  prunec bench {_quote(out)}"
-              f" --backend onnxruntime")
-    return 0
-
-
-def _finetune(compiled, setup: Setup, epochs: int) -> dict:
-    from prunec.train import finetune
-
-    lr = 2e-3 if setup.builtin else 1e-4
-    _, history = finetune(compiled, setup.train_data, epochs=epochs, teacher=setup.model,
-                          lr=lr, alpha=0.5)
-    out = {"finetune_epochs": epochs, "finetune_final_loss": history[-1]["loss"] if history else None}
-    if setup.evaluate is not None:
-        out["accuracy_finetuned"] = setup.evaluate(compiled)
-    return out
-
-
-def _outcome_lines(outcome: dict, epochs: int) -> list[str]:
-    if "accuracy_before" not in outcome:
-        if epochs:
-            return [f"fine-tuned {epochs} epochs; final loss {outcome['finetune_final_loss']:.4f}"]
-        return []
-    lines = ["", f"digits test accuracy  {outcome['accuracy_before']:.1%} unpruned",
-             f"                      {outcome['accuracy_pruned']:.1%} right after pruning, "
-             f"before fine-tuning (what the removed channels told apart is lost until "
-             f"training recovers it)"]
-    if "accuracy_finetuned" in outcome:
-        lines.append(f"                      {outcome['accuracy_finetuned']:.1%} after {epochs} "
-                     f"epoch{'s' * (epochs != 1)} of distillation from the unpruned model")
-    return lines
-
-
-def _quote(path: Path) -> str:
-    import shlex
-
-    return shlex.quote(str(path))
-
-
-def _run_info(args: argparse.Namespace, setup: Setup, epochs: int) -> dict:
-    """How the model was made, so that ``prunec bench DIR`` can rebuild the unpruned one."""
-    return {"model": args.model, "inputs": [_input_text(s) for s in args.inputs],
-            "data": args.data, "static": args.static, "pass": args.pass_name,
-            "ratio": args.ratio, "targets": args.targets, "scope": args.scope,
-            "round_to": args.round_to, "backend": args.backend, "finetune_epochs": epochs,
-            "version": _version()}
-
-
-def _input_text(spec) -> str:
-    dtype = str(spec.dtype).removeprefix("torch.")
-    shape = "x".join(map(str, spec.shape))
-    return f"{spec.name}:{dtype}:{shape}" if spec.name else f"{dtype}:{shape}"
-
-
-def _results(compiled, run: dict, outcome: dict) -> dict:
-    return {"run": run, "report": compiled.report.to_dict(), **outcome}
-
-
-def _plans_of(compiled) -> list:
-    plans = getattr(compiled, "plans", None)
-    if plans is None:
-        plans = [e["plan"] for e in compiled.report.passes if e.get("plan")]
-    return list(plans)
-
-
-def save_output(out: Path, compiled, run: dict, outcome: dict) -> Path:
-    """Write the artifact, plan.json, report.md, report.json and layers.png into ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
-    with progress.step(f"saving to {out}/"):
-        compiled.save(out / "model")
-        plans = [json.loads(p.to_json()) for p in _plans_of(compiled)]
-        (out / "plan.json").write_text(json.dumps({"plans": plans}))
-        text = compiled.report.to_markdown(title=f"prunec: {compiled.report.model}")
-        lines = _outcome_lines(outcome, run["finetune_epochs"])
-        if lines:
-            text += "\n## Accuracy\n\n" + "\n".join(f"    {l}" for l in lines if l) + "\n"
-        (out / "report.md").write_text(text)
-        (out / "report.json").write_text(json.dumps(_results(compiled, run, outcome), indent=2))
-        compiled.report.plot(out / "layers.png")
-    return out
-
-
-# ---------------------------------------------------------------------------- analyze
-def cmd_analyze(args: argparse.Namespace) -> int:
-    import prunec
-
-    setup = load_setup(args)
-    if not args.after:
-        with progress.step("capturing and analysing"):
-            analysis = prunec.analyze(setup.model, setup.args, setup.kwargs or None,
-                                      dynamic=not args.static)
-        print(analysis.table())
-        prunable = len(analysis.prunable())
-        print(f"\n{prunable} of {len(analysis)} groups can be pruned; "
-              f"'prunec analyze --after' shows the widths after pruning.")
-        return 0
-    with progress.step("capturing and pruning"):
-        compiled = compile_model(args, setup, [make_pass(args, setup)], backend="torch")
-    compiled.report.model = setup.name
-    print(compiled.report)
-    print()
-    print(compiled.report.layers_markdown())
-    return 0
-
-
-# ---------------------------------------------------------------------------- bench
-def _saved_setup(args: argparse.Namespace) -> tuple[Setup, list]:
-    """The unpruned model and the saved plans of a ``prunec prune`` output directory."""
-    from prunec.rewrite.plan import PruningPlan
-
-    folder = Path(args.saved)
-    try:
-        results = json.loads((folder / "report.json").read_text())
-        plans = json.loads((folder / "plan.json").read_text())["plans"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise CliError(f"{folder}: not a directory written by 'prunec prune' "
-                       f"(report.json and plan.json are needed): {exc}") from None
-    run = results["run"]
-    args.model, args.static = run["model"], run["static"]
-    args.inputs = [parse_input(t) for t in run["inputs"]]
-    args.data = None
-    return load_setup(args), [PruningPlan.from_json(json.dumps(p)) for p in plans]
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    from prunec.backends.bench import benchmark
-
-    if args.saved:
-        setup, plans = _saved_setup(args)
-        label = f"{Path(args.saved)} (plans replayed on {args.backend})"
-        with progress.step(f"capturing and lowering to {args.backend}"):
-            dense = compile_model(args, setup, [])
-            pruned = compile_model(args, setup, [], plans=plans)
-    else:
-        setup = load_setup(args)
-        label = f"{args.pass_name} pruning at ratio {args.ratio}"
-        pass_ = make_pass(args, setup)
-        with progress.step(f"capturing, pruning and lowering to {args.backend}"):
-            dense = compile_model(args, setup, [])
-            pruned = compile_model(args, setup, [pass_])
-    pruned.report.model = setup.name
-    print(pruned.report)
-    _check_static_batches(args, setup)
-    names = (f"unpruned/{args.backend}", f"pruned/{args.backend}")
-    result = benchmark(dict(zip(names, (dense, pruned))), _batch_inputs(setup),
-                       args.batch_sizes, iters=args.iters, time_budget=args.time_budget,
-                       macs=dict(zip(names, (dense.report.macs_per_sample_before,
-                                             pruned.report.macs_per_sample_after))))
-    print(f"\nLatency of {label}:\n")
-    print(result.to_markdown())
-    if args.json:
-        Path(args.json).write_text(json.dumps({"report": pruned.report.to_dict(),
-                                               "bench": result.to_dict()}, indent=2))
-    return 0
-
-
-def _check_static_batches(args: argparse.Namespace, setup: Setup) -> None:
-    from prunec.report import batch_size_of
-
-    batch = batch_size_of(setup.args, setup.kwargs)
-    if args.static and set(args.batch_sizes) != {batch}:
-        raise CliError(f"--static fixes the batch size to the example's ({batch}); pass "
-                       f"--batch-sizes {batch}")
-
-
-def _batch_inputs(setup: Setup):
-    def expand(t: Any, batch: int) -> Any:
-        if isinstance(t, torch.Tensor) and t.dim() > 0:
-            return t[:1].expand(batch, *t.shape[1:]).contiguous()
-        return t
-
-    def make(batch: int) -> tuple[tuple, dict]:
-        import torch.utils._pytree as pytree
-
-        return pytree.tree_map(lambda t: expand(t, batch), (setup.args, setup.kwargs))
-
-    return make
 
 
 # ---------------------------------------------------------------------------- main

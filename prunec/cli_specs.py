@@ -19,11 +19,18 @@ import torch
 
 from prunec.errors import BackendUnavailable, PrunecError
 
-__all__ = ["CliError", "InputSpec", "parse_input", "make_inputs", "ratio", "positive_int",
-           "nonnegative_int", "resolve_callable", "load_factory_model", "calibration_items",
+__all__ = ["CliError", "BUILTIN", "BUILTIN_NAME", "PASSES", "version_text", "InputSpec",
+           "parse_input", "make_inputs", "ratio", "positive_int", "nonnegative_int", "resolve_callable", "load_factory_model", "calibration_items",
            "check_backend", "BACKEND_NEEDS"]
 
 BUILTIN = "builtin"
+BUILTIN_NAME = "the built-in digits classifier (a ResNet-14 trained on scikit-learn's 8x8 digits)"
+PASSES = {
+    "variance": "variance-based pruning: removes the hidden neurons whose activations vary "
+                "least and folds their means into the next layer",
+    "magnitude": "removes the units with the smallest weight norm",
+    "random": "removes random units (a baseline)",
+}
 BACKEND_NEEDS: dict[str, tuple[tuple[str, str], ...]] = {
     "onnx": (("onnx", "onnx onnxscript"),),
     "onnxruntime": (("onnx", "onnx onnxscript"), ("onnxruntime", "onnxruntime")),
@@ -37,6 +44,13 @@ _DTYPES = {"float32": torch.float32, "float": torch.float32, "float16": torch.fl
 
 class CliError(PrunecError):
     """A command-line value that cannot work; the message names the option."""
+
+
+def version_text() -> str:
+    """``prunec 0.1.0 (torch 2.13.0)``."""
+    import prunec
+
+    return f"prunec {prunec.__version__} (torch {torch.__version__})"
 
 
 # ---------------------------------------------------------------------------- option types
