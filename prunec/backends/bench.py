@@ -307,19 +307,27 @@ def paired_speedup_ci(base_ms: list[float], ms: list[float], reps: int = 2000,
     return float(lo), float(hi)
 
 
-def noise_warnings(rows: list[LatencyStats], baseline: str, *, tail: float = 5.0) -> list[str]:
+def noise_warnings(rows: list[LatencyStats], baseline: str, *, tail: float = 5.0,
+                   spread: float = 2.0) -> list[str]:
     """Sentences for a person when timings of one batch size cannot carry a conclusion.
 
     - the speedup's 95% interval contains 1: the difference is within timer noise;
     - the interval is wider than the distance of the speedup from 1: noise is as large as
       the difference measured;
-    - p99 above ``tail`` times the median: other work competed for the machine.
+    - the median above ``spread`` times the fastest call, or p99 above ``tail`` times the
+      median: other work competed for the machine;
+    - a speedup whose whole interval is below 1 although the artifact has fewer MACs: fixed
+      per-call costs or the machine's load dominate the measurement.
     """
     base = next(r for r in rows if r.artifact == baseline)
     out = []
     for r in rows:
         where = f"{r.artifact} at batch {r.batch_size}"
-        if r.p99_ms > tail * r.median_ms:
+        if r.median_ms > spread * r.min_ms:
+            out.append(f"{where}: calls varied widely (fastest {r.min_ms:.3g} ms, median "
+                       f"{r.median_ms:.3g} ms): the machine was busy; the numbers describe "
+                       f"the load more than the model.")
+        elif r.p99_ms > tail * r.median_ms:
             out.append(f"{where}: the slowest 1% of calls took {r.p99_ms:.3g} ms against a "
                        f"median of {r.median_ms:.3g} ms; other work competed for the machine, "
                        f"so rerun on a quieter one for stable numbers.")
@@ -334,6 +342,11 @@ def noise_warnings(rows: list[LatencyStats], baseline: str, *, tail: float = 5.0
         elif (hi - lo) / 2 > abs(r.speedup - 1.0):
             out.append(f"{where}: timer noise (95% interval {lo:.2f}-{hi:.2f}x) is as large "
                        f"as the difference measured ({r.speedup:.2f}x); use more iterations.")
+        if hi < 1.0 and (r.ideal_speedup or 0) > 1.0:
+            out.append(f"{where}: measured slower than {baseline} ({r.speedup:.2f}x) although "
+                       f"it has {r.ideal_speedup:.2f}x fewer MACs: at {base.median_ms:.3g} ms a "
+                       f"call, fixed per-call costs (Python, op dispatch) or a busy machine "
+                       f"dominate; try larger batch sizes or the onnxruntime backend.")
     return out
 
 

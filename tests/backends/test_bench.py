@@ -121,3 +121,43 @@ def test_real_clock_smoke():
     row = result.row("mlp", 1)
     assert 0 < row.min_ms <= row.median_ms <= row.max_ms
     assert environment()["versions"]["torch"] is not None
+
+
+# ---------------------------------------------------------------------------- noise, budget
+def test_speedup_interval_and_no_warning_when_clear():
+    result, _ = _run({1: [0.010]}, {1: [0.005]}, batch_sizes=(1,), warmup=0, iters=30)
+    row = result.row("pruned/torch", 1)
+    assert row.speedup == pytest.approx(2.0) and row.speedup_ci95 == pytest.approx((2.0, 2.0))
+    assert result.warnings == []
+
+
+def test_warns_when_noise_hides_the_difference():
+    # pruned alternates 6 and 14 ms against a steady 10 ms: the median ratio is not to be trusted
+    result, _ = _run({1: [0.010]}, {1: [0.006, 0.014]}, batch_sizes=(1,), warmup=0, iters=41)
+    lo, hi = result.row("pruned/torch", 1).speedup_ci95
+    assert lo <= 1.0 <= hi
+    assert any("within timer noise" in w for w in result.warnings)
+    assert "Warning: pruned/torch at batch 1" in result.to_markdown()
+
+
+def test_warns_on_busy_machine_and_on_slower_with_fewer_macs():
+    costs = {1: [0.010] * 9 + [0.200]}  # one call in ten stalls 20x
+    result, _ = _run(costs, {1: [0.012]}, batch_sizes=(1,), warmup=0, iters=100,
+                     macs={"dense/torch": 2_000_000, "pruned/torch": 1_000_000})
+    text = " ".join(result.warnings)
+    assert "dense/torch at batch 1: the slowest 1% of calls" in text
+    assert "measured slower than dense/torch (0.83x) although it has 2.00x fewer MACs" in text
+
+
+def test_iterations_follow_the_time_budget():
+    # each round costs 10 + 10 ms: 1 s of budget buys 50 rounds
+    result, calls = _run({1: [0.010]}, {1: [0.010]}, batch_sizes=(1,), warmup=2, iters=None,
+                         time_budget=1.0)
+    assert result.settings["iters"] == {1: 50} and result.settings["time_budget_s"] == 1.0
+    assert len(result.row("dense/torch", 1).samples_ms) == 50 and len(calls) == 2 * (2 + 50)
+    # clamped: a tiny budget still gives min_iters rounds
+    result, _ = _run({1: [0.010]}, {1: [0.010]}, batch_sizes=(1,), warmup=1, iters=None,
+                     time_budget=0.001, min_iters=20)
+    assert result.settings["iters"] == {1: 20}
+    with pytest.raises(PrunecError, match="iters"):
+        _run({1: [0.01]}, {1: [0.01]}, batch_sizes=(1,), iters=0)
