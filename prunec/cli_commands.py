@@ -177,8 +177,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if not args.no_save:
         out = save_output(Path(args.output), compiled, run, outcome)
         took = progress.format_seconds(time.perf_counter() - start)
-        print(f"\nSaved to {out}/ in {took}: the pruned model ({args.backend}), plan.json, "
-              f"report.md, report.json, layers.png")
+        print(f"\nSaved to {out}/ in {took}: {model_file(args.backend)} (the pruned model; "
+              f"prunec.load reads it), plan.json, report.md, report.json, layers.png")
         print(f"Next: time it against the unpruned model with\n  prunec bench {_quote(out)}"
               f" --backend onnxruntime")
     return 0
@@ -243,11 +243,17 @@ def _plans_of(compiled) -> list:
     return list(plans)
 
 
+def model_file(backend: str) -> str:
+    """The saved model's file name: ``.pt2`` (torch, inductor), ``.onnx``, TensorRT ``.plan``."""
+    suffix = {"onnx": ".onnx", "onnxruntime": ".onnx", "tensorrt": ".plan"}.get(backend, ".pt2")
+    return f"model{suffix}"
+
+
 def save_output(out: Path, compiled, run: dict, outcome: dict) -> Path:
     """Write the artifact, plan.json, report.md, report.json and layers.png into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     with progress.step(f"saving to {out}/"):
-        compiled.save(out / "model")
+        compiled.save(out / model_file(run["backend"]))
         plans = [json.loads(p.to_json()) for p in _plans_of(compiled)]
         (out / "plan.json").write_text(json.dumps({"plans": plans}))
         text = compiled.report.to_markdown(title=f"prunec: {compiled.report.model}")

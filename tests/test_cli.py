@@ -205,7 +205,7 @@ def test_prune_factory_with_data_saves_everything(tmp_path, capsys):
     assert (out_dir / "layers.png").read_bytes()[:4] == b"\x89PNG"
     import prunec
 
-    loaded = prunec.load(out_dir / "model")
+    loaded = prunec.load(out_dir / "model.pt2")  # the pruned model, without its code
     x = torch.randn(5, 8)
     assert loaded(x).shape == (5, 4)
 
