@@ -16,7 +16,7 @@ import torch
 from prunec.ir.capture import capture
 from prunec.ir.channels import ChannelAnalysis, analyze_channels
 from prunec.ir.program import Program
-from prunec.passes.base import PassManager, describe_pass
+from prunec.passes.base import PassManager
 from prunec.passes.instruments import CheckOutputs
 from prunec.report import Report
 from prunec.rewrite import PruningPlan, apply_plan
@@ -126,7 +126,7 @@ def compile(  # noqa: A001 - the public name the design asks for
     manager = PassManager(passes, chain)
     program = manager.run(program)
     for pass_, result in zip(manager.passes, manager.results):
-        report.add_pass(pass_, result, options=describe_pass(pass_))
+        report.add_pass(pass_, result)
     options = dict(backend_options or {})
     artifact = _lower(program, backend, options)
     report.finish(program, seconds=time.perf_counter() - start)

@@ -210,11 +210,14 @@ def _threads(args: argparse.Namespace) -> Iterator[None]:
 
 
 def _quiet_torch_logs() -> None:
-    """torch logs a traceback at ERROR level when a fake-tensor kernel fails during capture;
-    prunec re-raises that failure as one line, so the log is noise unless -v or --debug."""
+    """Hide what a user of the command cannot act on, unless -v or --debug: torch's ERROR
+    log of a fake-tensor kernel failing during capture (prunec re-raises that failure as
+    one line) and torch's own deprecation warnings about its pytree internals."""
     import logging
+    import warnings
 
     logging.getLogger("torch._subclasses.fake_tensor").setLevel(logging.CRITICAL)
+    warnings.filterwarnings("ignore", category=FutureWarning, message=r".*treespec.*LeafSpec")
 
 
 def _error_line(exc: BaseException) -> str:

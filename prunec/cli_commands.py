@@ -111,8 +111,8 @@ def make_pass(args: argparse.Namespace, setup: Setup):
             [(setup.args, setup.kwargs) if setup.kwargs else setup.args]
         setup.notes.append("variance statistics come from the example inputs only; give "
                            "--data for real calibration batches")
-    return passes.VarianceBasedPruning(args.ratio, calibration, progress=progress.enabled(),
-                                       **common)
+    # progress=None: the calibration bar follows prunec.progress (--quiet, a terminal)
+    return passes.VarianceBasedPruning(args.ratio, calibration, **common)
 
 
 def compile_model(args: argparse.Namespace, setup: Setup, passes: list, *, plans=None,

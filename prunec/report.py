@@ -365,6 +365,8 @@ class Report:
         for p in self.passes:
             took = f" ({_seconds(p['seconds'])})" if isinstance(p.get("seconds"), (int, float)) else ""
             lines.append(f"{p['pass']}: {describe_pass(p, self._kinds(), self.group_tags)}{took}")
+            if p.get("verified"):
+                lines.append(f"  verified: {p['verified']}")
         if self.seconds is not None:
             lines.append(f"compile took {_seconds(self.seconds)}")
         return lines
