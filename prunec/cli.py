@@ -231,12 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     try:
         args = parse_args(argv)
-        progress.set_enabled(False if args.quiet else None)
         progress.setup_logging(args.verbose)
         if not (args.verbose or args.debug):
             _quiet_torch_logs()
         progress.log.debug("options: %s", vars(args))
-        with _threads(args):
+        with _threads(args), progress.override(False if args.quiet else None):
             return COMMANDS[args.command](args)
     except PrunecError as exc:
         if debug:
@@ -248,8 +247,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("prunec: interrupted", file=sys.stderr)
         return 130
-    finally:
-        progress.set_enabled(None)
 
 
 if __name__ == "__main__":

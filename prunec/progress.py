@@ -22,7 +22,8 @@ import sys
 import time
 from typing import Any, Iterable, Iterator
 
-__all__ = ["enabled", "set_enabled", "bar", "step", "setup_logging", "format_seconds", "say"]
+__all__ = ["enabled", "set_enabled", "override", "bar", "step", "setup_logging",
+           "format_seconds", "say"]
 
 _setting: dict[str, bool | None] = {"enabled": None}
 _line: dict[str, bool] = {"open": False}  # a step's "message ..." waits for its time
@@ -32,6 +33,19 @@ log = logging.getLogger("prunec")
 def set_enabled(flag: bool | None) -> None:
     """Turn progress output on (True), off (False) or back to automatic (None)."""
     _setting["enabled"] = flag
+
+
+@contextlib.contextmanager
+def override(flag: bool | None) -> Iterator[None]:
+    """Within the block, progress is ``flag`` (None: leave the setting as it is); the
+    previous setting comes back afterwards."""
+    previous = _setting["enabled"]
+    if flag is not None:
+        _setting["enabled"] = flag
+    try:
+        yield
+    finally:
+        _setting["enabled"] = previous
 
 
 def enabled(flag: bool | None = None) -> bool:

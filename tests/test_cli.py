@@ -236,8 +236,8 @@ def test_main_job(tmp_path, capsys, monkeypatch):
         progress.set_enabled(None)
     captured = capsys.readouterr()
     out, err = captured.out, captured.err
-    assert "prunec: pruning the built-in digits classifier" in err and "about" in err
-    assert "calibration" in err and "fine-tuning" in err
+    assert out.startswith("prunec: pruning the built-in digits classifier") and "about" in out
+    assert "calibration" in err and "fine-tuning" in err and "saving to prunec-out/" in err
     assert "model           digits ResNet-14 (built-in)" in out
     assert "MACs per sample    1.65M ->    786K" in out
     assert "after 1 epoch of distillation" in out

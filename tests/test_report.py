@@ -125,6 +125,10 @@ def test_progress_switch(monkeypatch):
     assert text.startswith("capturing ... ") and "\npruning ...\n" in text
     assert "calibration" in text and "pruning: " in text
     stream.truncate(0)
+    stream.seek(0)
+    with progress.override(True), progress.override(False):
+        assert not progress.enabled()
+    assert not progress.enabled()  # back to automatic: not a terminal
     with progress.step("quiet"):
         list(progress.bar(range(3)))
     assert stream.getvalue() == ""
