@@ -128,6 +128,9 @@ class CoupleContext:
 
     def tie(self, a, ax: int, b, bx: int) -> None:
         sa, sb = self._size(a, ax), self._size(b, bx)
+        if sa is None and sb is None and (self.factor(a, ax) or self.factor(b, bx)):
+            self._tie_factors(a, ax, b, bx)
+            return
         if sa is None or sb is None or sa != sb:
             self.block(a, ax), self.block(b, bx)
             return
@@ -148,6 +151,42 @@ class CoupleContext:
             return
         self.space.edges.append((em, np.repeat(eo, block)))
         self.touched.update({(_name(merged), mx), (_name(outer), ox)})
+
+    def tie_tiled(self, merged, mx: int, inner, ix: int, repeats: int, block: int = 1) -> None:
+        """Index ``(t * n + e) * block + r`` of the merged axis is index ``e`` of the inner
+        axis (size ``n``) for every ``t < repeats``, ``r < block``: the channels (or heads of
+        ``block`` channels) of a stack, ``[3E] -> [3, E]`` or ``[3*H*D] -> [3, H, D]``."""
+        em, ei = self.space.ids(merged, mx), self.space.ids(inner, ix)
+        if em is None or ei is None or len(em) != len(ei) * repeats * block:
+            self.block(merged, mx), self.block(inner, ix)
+            return
+        self.space.edges.append((em, np.tile(np.repeat(ei, block), repeats)))
+        self.touched.update({(_name(merged), mx), (_name(inner), ix)})
+
+    def factor(self, node, ax: int, size: int | None = None) -> str | None:
+        """The static inner factor of a symbolic axis, as a virtual axis.
+
+        An axis of symbolic size ``B*H`` (heads folded into the batch, ``[B*H, L, D]``) has
+        no elements of its own; index ``i`` of it is head ``i % H``. Rules that see ``H``
+        enter such an axis (a reshape ``[B, N, H*D] -> [B*H, N, D]``) create the factor with
+        ``size=H``; identity ties carry it on (:meth:`tie`) and a reshape that splits ``H``
+        out again ties it to a real axis. Blocking the axis blocks its factor.
+        """
+        key = (_name(node), ax)
+        if key not in self.space.factors and size is not None:
+            self.space.factors[key] = self.space.add_virtual(size)
+        return self.space.factors.get(key)
+
+    def _tie_factors(self, a, ax: int, b, bx: int) -> None:
+        fa, fb = self.factor(a, ax), self.factor(b, bx)
+        size = self.space.shapes[fa or fb][0]
+        same = _sym_expr(a, ax) == _sym_expr(b, bx) and _sym_expr(a, ax) is not None
+        fa, fb = self.factor(a, ax, size if same else None), self.factor(b, bx, size if same else None)
+        if not same or fa is None or fb is None or self.space.shapes[fa] != self.space.shapes[fb]:
+            self.block(a, ax), self.block(b, bx)
+            return
+        self.space.edges.append((self.space.ids(fa, 0), self.space.ids(fb, 0)))
+        self.touched.update({(_name(a), ax), (_name(b), bx)})
 
     def virtual(self, size: int) -> str:
         """A fresh axis of ``size`` elements that belongs to no tensor (a conv's groups)."""
@@ -172,6 +211,14 @@ class CoupleContext:
     def _size(self, node, ax):
         shape = self._shape(node)
         return None if shape is None or ax >= len(shape) else shape[ax]
+
+
+def _sym_expr(node, ax: int):
+    """The sympy expression of a symbolic axis size, or None."""
+    val = node.meta.get("val") if isinstance(node, fx.Node) else None
+    if not isinstance(val, torch.Tensor) or ax >= val.dim() or isinstance(val.shape[ax], int):
+        return None
+    return val.shape[ax].node.expr
 
 
 def _name(node) -> str:
@@ -205,6 +252,7 @@ class _Space:
         self.blocked: list = []
         self.reasons: dict[DimKey, str] = {}
         self.tags: dict[DimKey, set] = {}
+        self.factors: dict[DimKey, str] = {}  # symbolic axis -> virtual axis of its static factor
         self._n_virtual = 0
 
     def add_virtual(self, size: int) -> str:
@@ -224,6 +272,8 @@ class _Space:
 
     def block(self, node, ax: int, why: str) -> None:
         ids = self.ids(node, ax)
+        if ids is None and (_name(node), ax) in self.factors:
+            ids = self.ids(self.factors[(_name(node), ax)], 0)
         if ids is not None:
             self.blocked.append(ids)
             self.reasons.setdefault((_name(node), ax), why)
@@ -237,6 +287,7 @@ class ChannelAnalysis:
     offsets: dict
     shapes: dict
     component: np.ndarray  # element -> component id
+    factors: dict = field(default_factory=dict)  # (node, symbolic axis) -> its factor's virtual axis
 
     def by_key(self) -> dict[str, ChannelGroup]:
         return {g.key: g for g in self.groups}
@@ -283,7 +334,7 @@ def _analyze(program: Program) -> ChannelAnalysis:
         _couple_node(ctx, node, first_attr, param_targets)
     comp = _components(space)
     groups = _build_groups(program, space, comp, param_targets)
-    return ChannelAnalysis(groups, space.offsets, space.shapes, comp)
+    return ChannelAnalysis(groups, space.offsets, space.shapes, comp, space.factors)
 
 
 def _couple_node(ctx: CoupleContext, node: fx.Node, first_attr: dict, param_targets: dict) -> None:

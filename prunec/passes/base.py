@@ -272,10 +272,21 @@ class PruningPass:
 
 
 def _round_keep(group: ChannelGroup, keep: float, round_to: int) -> int:
-    """Nearest allowed kept count: a positive multiple of the unit step, or the full size."""
+    """Nearest allowed kept count to ``keep``.
+
+    The allowed counts are the positive multiples of the unit step below the group's size,
+    and the full size. A group whose size is not a multiple of the step can therefore still
+    be pruned down to its largest multiple (10 or 12 channels at ``round_to=8`` keep 8); a
+    group no larger than one step is never pruned.
+    """
     step = unit_step(group, round_to)
-    if group.size <= step:
+    if group.size <= step or keep >= group.size:
         return group.size
-    k = int(round(keep / step)) * step
-    k = min(max(k, step), group.size)
-    return group.size if group.size - k < step and group.size % step else k
+    k = min(max(int(round(keep / step)) * step, step), group.size)
+    if group.size % step == 0:
+        return k
+    largest = group.size // step * step  # the largest multiple below the size
+    if k < largest:
+        return k
+    # Between the largest multiple and the full size the nearer one wins; a tie prunes.
+    return group.size if group.size - keep < keep - largest else largest

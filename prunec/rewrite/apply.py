@@ -38,6 +38,7 @@ class RewriteContext:
 
     def __init__(self, program: Program, analysis: ChannelAnalysis, elem_keep: np.ndarray):
         self.program, self.analysis, self.elem_keep = program, analysis, elem_keep
+        self.propagate = False  # set by rewrites that change symbolic sizes (head factors)
 
     def _mask(self, node, ax: int):
         key = (node if isinstance(node, str) else node.name, ax)
@@ -122,7 +123,7 @@ def apply_plan(program: Program, plan: PruningPlan) -> Slices:
         if rule is not None and rule.rewrite is not None:
             rule.rewrite(ctx, node)
     # New nodes (border corrections) have no metadata yet: propagate through every op then.
-    program.finalize(sizes=None if added_nodes else expected)
+    program.finalize(sizes=None if added_nodes or ctx.propagate else expected)
     if added_nodes:
         fold_constants(program)
     program.plans.append(plan)
@@ -146,10 +147,23 @@ def estimate_macs(program: Program, plan: PruningPlan) -> int:
         shape = shapes.get(arg) if isinstance(arg, fx.Node) else None
         if shape is None:
             return None
-        return tuple(int(keep[offsets[(arg.name, ax)]:offsets[(arg.name, ax)] + n].sum())
-                     if (arg.name, ax) in offsets else n for ax, n in enumerate(shape))
+        return tuple(_kept_size(analysis, keep, arg.name, ax, n) for ax, n in enumerate(shape))
 
     return sum(node_macs(node, shape_of) for node in program.graph.nodes if node.op == "call_function")
+
+
+def _kept_size(analysis: ChannelAnalysis, keep: np.ndarray, name: str, ax: int, size: int) -> int:
+    """Size of axis ``ax`` of ``name`` (``size`` as run) once ``keep`` is applied; a symbolic
+    axis with a static factor (``B*H``) shrinks with the factor's kept count."""
+    key = (name, ax)
+    if key in analysis.offsets:
+        start = analysis.offsets[key]
+        return int(keep[start:start + analysis.shapes[name][ax]].sum())
+    factor = analysis.factors.get(key)
+    if factor is None:
+        return size
+    start, full = analysis.offsets[(factor, 0)], analysis.shapes[factor][0]
+    return size // full * int(keep[start:start + full].sum())
 
 
 def _element_keep(analysis: ChannelAnalysis, plan: PruningPlan) -> np.ndarray:

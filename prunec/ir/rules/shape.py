@@ -12,9 +12,11 @@ and every literal size in ``view``/``reshape``/``expand``.
 from __future__ import annotations
 
 import math
+import operator
 
 import sympy
 import torch
+import torch.fx as fx
 
 from prunec.ir.rules import register
 
@@ -59,20 +61,144 @@ def _couple_reshape(ctx, x, y) -> None:
     xs, ys = ctx.shape(x), ctx.shape(y)
     for gi, gj in groups:
         if len(gi) == 1 and len(gj) == 1:
-            if xs[gi[0]] is not None:
-                ctx.tie(x, gi[0], y, gj[0])
+            ctx.tie(x, gi[0], y, gj[0])  # symbolic axes carry their static factor, if any
         elif len(gj) == 1 and all(xs[a] is not None for a in gi):  # merge
             ctx.tie_blocks(y, gj[0], x, gi[0], math.prod(xs[a] for a in gi[1:]))
         elif len(gi) == 1 and all(ys[a] is not None for a in gj):  # split
-            ctx.tie_blocks(x, gi[0], y, gj[0], math.prod(ys[a] for a in gj[1:]))
+            _couple_split(ctx, x, gi[0], y, gj)
+        else:
+            _couple_symbolic(ctx, x, gi, ins, y, gj, outs)
+
+
+def _couple_split(ctx, x, ax: int, y, out_axes: list) -> None:
+    """``m -> (a, b, ...)``: whole blocks of the outer axis ``a`` are the unit (heads), unless
+    ``a`` is a stack that is only ever indexed (``unflatten(-1, [3, E])`` of a packed q/k/v
+    projection, then ``select(0, i)``): then the unit is index ``e`` of the inner axis in
+    every member of the stack (row ``e`` of each of q, k and v; with ``(3, H, D)``, head ``h``
+    of each: timm's ``reshape(B, N, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)``)."""
+    ys = ctx.shape(y)
+    outer, inner = out_axes[0], out_axes[1:]
+    if inner and _is_stack_axis(y, outer):
+        ctx.tie_tiled(x, ax, y, inner[0], ys[outer], math.prod(ys[a] for a in inner[1:]))
+    else:
+        ctx.tie_blocks(x, ax, y, outer, math.prod(ys[a] for a in inner))
+
+
+def _couple_symbolic(ctx, x, gi: list, ins: list, y, gj: list, outs: list) -> None:
+    """Reshapes that move a static factor into or out of a symbolic axis.
+
+    * ``(S, E) -> (S*H, D)`` with ``E = H*D`` (``[L, B, E] -> [L, B*H, D]``, heads folded
+      into the batch): index ``j`` of ``E`` is head ``j // D``, the factor of ``S*H``;
+    * ``(S*H) -> (S, H, ...)``: the factor comes back out as a real axis;
+    * ``(S, H, ...) -> (S*H)``: a real axis becomes the factor.
+
+    Anything else leaves the axes untied, and so kept.
+    """
+    xs, ys = ctx.shape(x), ctx.shape(y)
+    sx, sy = [a for a in gi if xs[a] is None], [a for a in gj if ys[a] is None]
+    if len(sx) != 1 or len(sy) != 1 or sx[0] != gi[0] or sy[0] != gj[0]:
+        return
+    ratio = sympy.cancel(outs[gj[0]] / ins[gi[0]])
+    static_x, static_y = [xs[a] for a in gi[1:]], [ys[a] for a in gj[1:]]
+    if ratio.is_Integer and int(ratio) > 1:  # a static factor enters the symbolic axis
+        k = int(ratio)
+        if len(static_x) == 1 and static_x[0] == k * math.prod(static_y):  # (S, E) -> (S*H, D)
+            ctx.tie_blocks(x, gi[1], ctx.factor(y, gj[0], k), 0, math.prod(static_y))
+            ctx.cover(y, gj[0])
+        elif not static_y and math.prod(static_x) == k:  # (S, H, ...) -> (S*H*...)
+            ctx.tie_blocks(ctx.factor(y, gj[0], k), 0, x, gi[1], math.prod(static_x[1:]))
+            ctx.cover(y, gj[0])
+    elif (1 / ratio).is_Integer and len(gi) == 1 and static_y:  # (S*H) -> (S, H, ...)
+        factor = ctx.factor(x, gi[0])
+        k = int(1 / ratio)
+        if factor is not None and ctx.space.shapes[factor][0] == k == math.prod(static_y):
+            ctx.tie_blocks(factor, 0, y, gj[1], math.prod(static_y[1:]))
+            ctx.cover(x, gi[0])
+
+
+_PERMUTING = {aten.transpose, aten.permute, aten.unsqueeze, aten.squeeze, aten.contiguous,
+              aten.clone, aten.alias, aten.detach, aten._to_copy}
+
+
+def _is_stack_axis(node, axis: int, depth: int = 8) -> bool:
+    """Whether every use of ``node``'s ``axis`` (followed through transposes, permutes and
+    (un)squeezes) indexes it with ``select``/``unbind``: it stacks tensors, not channels."""
+    users = list(node.users)
+    if depth == 0 or not users:
+        return False
+    for user in users:
+        packet = getattr(user.target, "overloadpacket", None)
+        rank = user.args[0].meta["val"].dim() if user.args and user.args[0] is node else None
+        if rank is None:
+            return False
+        if packet in (aten.select, aten.unbind):
+            dim = user.args[1] if len(user.args) > 1 else user.kwargs.get("dim", 0)
+            if dim % rank != axis:
+                return False
+            continue
+        moved = _moved_axis(user, packet, axis, rank)
+        if moved is None or not _is_stack_axis(user, moved, depth - 1):
+            return False
+    return True
+
+
+def _moved_axis(user, packet, axis: int, rank: int) -> int | None:
+    """Where ``axis`` of ``user``'s input lands in its output, or None."""
+    if packet not in _PERMUTING:
+        return None
+    args = user.args
+    if packet is aten.transpose:
+        a, b = args[1] % rank, args[2] % rank
+        return b if axis == a else a if axis == b else axis
+    if packet is aten.permute:
+        return [d % rank for d in args[1]].index(axis)
+    if packet is aten.unsqueeze:
+        d = args[1] % (rank + 1)
+        return axis + (d <= axis)
+    if packet is aten.squeeze:
+        dims = args[1] if len(args) > 1 else [d for d in range(rank) if user.args[0].meta["val"].shape[d] == 1]
+        dims = [d % rank for d in ([dims] if isinstance(dims, int) else dims)]
+        return None if axis in dims else axis - sum(d < axis for d in dims)
+    return axis
+
+
+def _new_sizes(ctx, node, sizes: list, first_axis: int) -> list:
+    """``sizes`` (a size argument whose entry ``p`` is output axis ``first_axis + p``) with
+    every literal size of a pruned axis replaced by its kept count, as a Python ``int``.
+
+    Entries that are ``-1``, symbolic (graph nodes) or on axes no plan touched are kept as
+    they are: an axis whose traced size is symbolic has no static count to put there, and
+    the ATen schemas take ``SymInt[]``, which rejects ``None`` and NumPy integers.
+    """
+    out = []
+    for p, size in enumerate(sizes):
+        axis = first_axis + p
+        if isinstance(size, int) and size != -1 and ctx.changed(node, axis):
+            size = int(ctx.new_size(node, axis))
+        elif isinstance(size, fx.Node):
+            size = _rescaled_symbol(ctx, node, axis, size)
+        out.append(size)
+    return out
+
+
+def _rescaled_symbol(ctx, node, axis: int, size: fx.Node) -> fx.Node:
+    """A symbolic size ``S*H`` whose static factor ``H`` was pruned to ``H'`` becomes the
+    graph expression ``S*H * H' // H`` (exact: ``S*H`` is a multiple of ``H``)."""
+    factor = ctx.analysis.factors.get((node.name, axis))
+    if factor is None or not ctx.changed(factor, 0):
+        return size
+    old, new = ctx.analysis.shapes[factor][0], len(ctx.kept(factor, 0))
+    graph = ctx.program.graph
+    with graph.inserting_before(node):
+        scaled = graph.call_function(operator.floordiv, (graph.call_function(operator.mul, (size, new)), old))
+    ctx.propagate = True  # symbolic sizes changed: metadata must be re-propagated
+    return scaled
 
 
 def rewrite_sizes(ctx, node, pos: int = 1, name: str = "size") -> None:
-    """Replace every literal size (not -1, not symbolic) by the output's new size."""
+    """Replace every literal size of a pruned axis by the output's new size."""
     sizes = list(node.args[pos])
-    offset = len(ctx.shape(node)) - len(sizes)
-    new = [ctx.new_size(node, p + offset) if isinstance(s, int) and s != -1 else s
-           for p, s in enumerate(sizes)]
+    new = _new_sizes(ctx, node, sizes, len(ctx.shape(node)) - len(sizes))
     if new != sizes:
         ctx.set_arg(node, pos, name, new)
 
@@ -80,7 +206,7 @@ def rewrite_sizes(ctx, node, pos: int = 1, name: str = "size") -> None:
 def rewrite_unflatten(ctx, node) -> None:
     dim = node.args[1] % len(ctx.shape(node.args[0]))
     sizes = list(node.args[2])
-    new = [ctx.new_size(node, dim + p) if isinstance(s, int) and s != -1 else s for p, s in enumerate(sizes)]
+    new = _new_sizes(ctx, node, sizes, dim)
     if new != sizes:
         ctx.set_arg(node, 2, "sizes", new)
 
