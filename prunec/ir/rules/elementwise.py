@@ -22,7 +22,7 @@ UNARY = [
     aten.softplus, aten.exp, aten.log, aten.sqrt, aten.rsqrt, aten.neg, aten.abs, aten.erf,
     aten.pow, aten.square, aten.reciprocal, aten.sin, aten.cos, aten.clamp, aten.clamp_min,
     aten.clamp_max, aten.dropout, aten.native_dropout, aten.feature_dropout, aten.alpha_dropout,
-    aten.clone, aten.contiguous, aten.detach, aten.alias, aten.to, aten._to_copy, aten.type_as,
+    aten.dropout_, aten.clone, aten.contiguous, aten.detach, aten.alias, aten.to, aten._to_copy, aten.type_as,
     aten.relu6, aten.log_sigmoid, aten.sign, aten.floor, aten.ceil, aten.round, aten.lift_fresh_copy,
     aten.logical_not, aten.bitwise_not, aten.isnan, aten.nan_to_num, aten.masked_fill,
 ]

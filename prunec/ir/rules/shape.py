@@ -238,6 +238,62 @@ def couple_expand(ctx, node) -> None:
             ctx.tie(x, ax, node, ax + offset)
 
 
+@register(aten.expand_as)
+def couple_expand_as(ctx, node) -> None:
+    """``x.expand_as(other)``: ``x`` broadcasts as in ``expand``; ``other`` gives only its
+    sizes, so each of its axes is tied to the output's (they change together)."""
+    other = node.args[1]
+    couple_expand(ctx, node)
+    for ax in range(len(ctx.shape(other) or ())):
+        ctx.tie(other, ax, node, ax)
+
+
+@register(aten.reshape_as, aten.view_as)
+def couple_reshape_as(ctx, node) -> None:
+    """``x.reshape_as(other)``: a reshape of ``x``; ``other`` gives only its sizes."""
+    other = node.args[1]
+    _couple_reshape(ctx, node.args[0], node)
+    for ax in range(len(ctx.shape(other) or ())):
+        ctx.tie(other, ax, node, ax)
+
+
+@register(aten.pad, aten.constant_pad_nd, aten.reflection_pad1d, aten.reflection_pad2d,
+          aten.replication_pad1d, aten.replication_pad2d, aten.reflection_pad3d,
+          aten.replication_pad3d)
+def couple_pad(ctx, node) -> None:
+    """``pad(x, [l_last, r_last, l_prev, r_prev, ...])``: padded axes change size and are
+    kept; every axis with zero padding on both sides is identity (TF "same" padding before a
+    depthwise conv pads only the spatial axes)."""
+    x, pads = node.args[0], node.args[1]
+    rank = len(ctx.shape(x))
+    padded = set()
+    for i in range(0, len(pads), 2):
+        if not all(isinstance(p, int) and p == 0 for p in pads[i:i + 2]):
+            padded.add(rank - 1 - i // 2)
+    for ax in range(rank):
+        if ax not in padded:
+            ctx.tie(x, ax, node, ax)
+
+
+@register(aten.index)
+def couple_index(ctx, node) -> None:
+    """``x[..., idx, ...]`` with one index tensor at axis ``k``: ``out`` is
+    ``x.shape[:k] + idx.shape + x.shape[k+1:]``; the other axes of ``x`` pass through, the
+    gathered axis ``k`` is kept (a table of relative position biases keeps its rows and
+    lets its head axis be pruned)."""
+    x, indices = node.args[0], node.args[1]
+    tensors = [i for i, t in enumerate(indices) if t is not None]
+    if len(tensors) != 1 or ctx.shape(indices[tensors[0]]) is None:
+        return
+    k, idx = tensors[0], indices[tensors[0]]
+    n = len(ctx.shape(idx))
+    for ax in range(len(ctx.shape(x))):
+        if ax != k:
+            ctx.tie(x, ax, node, ax if ax < k else ax + n - 1)
+    for ax in range(n):
+        ctx.tie(idx, ax, node, k + ax)
+
+
 @register(aten.permute)
 def couple_permute(ctx, node) -> None:
     x, dims = node.args[0], node.args[1]
