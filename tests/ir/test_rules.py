@@ -189,7 +189,7 @@ def test_transformer_encoder_magnitude_prunes_heads():
     program = capture(model, (x,))
     analysis = analyze_channels(program)
     result = MagnitudePruning(0.5, scope="local", round_to=1)(program, PassContext())
-    plan = result.stats["plan"]
+    plan = result.plan
     heads = [k for k in plan.keep if "attention" in analysis.by_key()[k].tags]
     assert len(heads) == 2 and all(len(plan.keep[k]) == 2 for k in heads)
     assert program.gm.get_submodule("layers.1.self_attn").in_proj_weight.shape[0] == 48
