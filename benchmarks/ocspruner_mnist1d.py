@@ -96,7 +96,8 @@ def run_prune_at_init(data: dict, epochs: int, example: torch.Tensor) -> dict:
     assign_state(pruner.module, program, clone=True)
     return {"program": program, "history": history,
             "train_seconds": setup + sum(h["seconds"] for h in history),
-            "reduction": 1 - count_macs(program) / pruner.base_macs}
+            "reduction": 1 - count_macs(program) / pruner.base_macs,
+            "macs": count_macs(program)}
 
 
 def magnitude_matched(dense_program: Program, target: float) -> tuple[Program, float, float]:
@@ -146,17 +147,35 @@ def time_to_accuracy(dense: dict, dpf: dict, target_acc: float) -> float | None:
 
 
 def latency(dense_model: torch.nn.Module, compiled, example: torch.Tensor, threads: int) -> dict:
+    """Interleaved latency of the dense and the OCSPruner model, torch eager and ONNX Runtime
+    (``threads`` intra-op threads, spinning off), batches 1 and 64."""
+    from prunec.backends import lower
+
     dense_prog = capture(dense_model.eval(), example)
     torch.set_num_threads(threads)
-    artifacts = {"dense/torch": dense_prog.gm, "ocspruner/torch": compiled.module}
-    per_sample = {"dense/torch": count_macs(dense_prog) // len(example),
-                  "ocspruner/torch": count_macs(compiled.program) // len(example)}
-    gen = torch.Generator().manual_seed(0)
-    result = benchmark(artifacts, lambda b: ((torch.randn(b, 1, 40, generator=gen),), {}),
-                       batch_sizes=(1, 64), warmup=20, iters=200, macs=per_sample)
-    return {f"{r.artifact}@{r.batch_size}": {"median_ms": r.median_ms, "speedup": r.speedup,
-                                              "ideal": r.ideal_speedup, "efficiency": r.efficiency}
-            for r in result.rows}
+    per_sample = {"dense": count_macs(dense_prog) // len(example),
+                  "ocspruner": count_macs(compiled.program) // len(example)}
+    out = {}
+    for backend in ("torch", "onnxruntime"):
+        opts = {"intra_op_threads": threads, "spinning": False} if backend == "onnxruntime" else {}
+        artifacts = {f"{name}/{backend}": lower(prog, backend, **opts)
+                     for name, prog in (("dense", dense_prog), ("ocspruner", compiled.program))}
+        gen = torch.Generator().manual_seed(0)
+        result = benchmark(artifacts, lambda b: ((torch.randn(b, 1, 40, generator=gen),), {}),
+                           batch_sizes=(1, 64), warmup=20, iters=200,
+                           macs={f"{n}/{backend}": m for n, m in per_sample.items()})
+        out.update({f"{r.artifact}@{r.batch_size}": {
+            "median_ms": r.median_ms, "speedup": r.speedup, "ideal": r.ideal_speedup,
+            "efficiency": r.efficiency} for r in result.rows})
+    return out
+
+
+def macs_cost(history: list[dict], base_macs: float) -> list[float]:
+    """OCSPruner's training cost per epoch in dense-epoch units: the MACs the model had while
+    the epoch trained (``macs`` of a history row is after its ``end_epoch``, so the previous
+    row's) over the dense MACs."""
+    during = [base_macs] + [h["macs"] for h in history[:-1]]
+    return [m / base_macs for m in during]
 
 
 # ---------------------------------------------------------------------------- output
@@ -229,14 +248,24 @@ def markdown(results: dict, threads: int) -> str:
         lines.append(f"Dense + prune + fine-tune reached OCSPruner's final validation accuracy "
                      f"({100 * o['val_acc']:.2f} %) after {t:.0f} s; OCSPruner took "
                      f"{o['train_seconds']:.0f} s: **{results['time_ratio']:.2f}x**.")
-    lines += ["", "## Latency of the final models (torch, eval-mode captures, interleaved)", "",
-              "| batch | dense ms | OCSPruner ms | speedup | MACs ideal | efficiency |",
-              "|---|---|---|---|---|---|"]
+    c = results["macs_cost"]
+    lines += ["", "Training cost counted in MACs instead (deterministic; epochs weighted by the "
+              "model's MACs then, in dense-epoch units): OCSPruner "
+              f"{c['ocspruner']:.1f}, dense + prune + fine-tune until OCSPruner's accuracy "
+              f"{'-' if c['dpf_to_ocs'] is None else format(c['dpf_to_ocs'], '.1f')} "
+              f"(all {f} fine-tuning epochs: {c['dpf_full']:.1f}), prune at epoch 0 "
+              f"{c['prune_at_init']:.1f}, dense {c['dense']:.1f}."]
+    lines += ["", "## Latency of the final models (eval-mode programs, interleaved)", "",
+              f"Median of 200 interleaved calls, {threads} thread(s); ONNX Runtime with "
+              f"intra-op spinning off.", "",
+              "| backend | batch | dense ms | OCSPruner ms | speedup | MACs ideal | efficiency |",
+              "|---|---|---|---|---|---|---|"]
     lat = results["latency"]
-    for b in (1, 64):
-        dd, oo = lat[f"dense/torch@{b}"], lat[f"ocspruner/torch@{b}"]
-        lines.append(f"| {b} | {dd['median_ms']:.3f} | {oo['median_ms']:.3f} | {oo['speedup']:.2f}x | "
-                     f"{oo['ideal']:.2f}x | {oo['efficiency']:.2f} |")
+    for backend in ("torch", "onnxruntime"):
+        for b in (1, 64):
+            dd, oo = lat[f"dense/{backend}@{b}"], lat[f"ocspruner/{backend}@{b}"]
+            lines.append(f"| {backend} | {b} | {dd['median_ms']:.3f} | {oo['median_ms']:.3f} | "
+                         f"{oo['speedup']:.2f}x | {oo['ideal']:.2f}x | {oo['efficiency']:.2f} |")
     lines += ["", "![accuracy and stability](ocspruner_mnist1d.png)", "", "## Machine", "",
               *common.environment_lines(threads),
               f"- load average at start / end: {results['load'][0]} / {results['load'][1]} "
@@ -285,6 +314,7 @@ def main() -> None:
         "stable_epoch": rep.stable_epoch, "forced": rep.forced, "jaccard": rep.jaccard,
         "reduction": 1 - rep.macs_after / rep.macs_before, "params": rep.params_after}
     results["prune_at_init"] = {"history": init["history"], "val_acc": init["history"][-1]["val_acc"],
+                                "macs": init["macs"],
                                 "test_acc": test(init["program"].gm), "reduction": init["reduction"],
                                 "train_seconds": init["train_seconds"]}
     results["dense_prune_finetune"] = {
@@ -295,6 +325,15 @@ def main() -> None:
     results["time_to_ocs_accuracy"] = t
     results["time_ratio"] = None if t is None else t / ocs["train_seconds"]
     results["time_ratio_full"] = full / ocs["train_seconds"]
+    base = rep.macs_before
+    ocs_cost = sum(macs_cost(ocs["history"], base))
+    init_cost = len(init["history"]) * init["macs"] / base
+    ft = [(1 - dpf["reduction"]) for _ in dpf["history"]]
+    reach = next((i for i, h in enumerate(dpf["history"])
+                  if h["val_acc"] >= results["ocspruner"]["val_acc"]), None)
+    results["macs_cost"] = {"dense": float(e), "ocspruner": ocs_cost, "prune_at_init": init_cost,
+                            "dpf_full": e + sum(ft),
+                            "dpf_to_ocs": None if reach is None else e + sum(ft[:reach + 1])}
     results["latency"] = latency(dense["model"], ocs["compiled"], example, args.threads)
     results["load"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
     results["wall_seconds"] = time.perf_counter() - wall
