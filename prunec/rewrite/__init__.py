@@ -5,6 +5,6 @@
 - :mod:`prunec.rewrite.compensation`: folding mean activations into consumers.
 """
 from prunec.rewrite.apply import apply_plan, estimate_macs
-from prunec.rewrite.plan import MeanCompensation, PruningPlan
+from prunec.rewrite.plan import BlockDrop, MeanCompensation, PruningPlan
 
-__all__ = ["PruningPlan", "MeanCompensation", "apply_plan", "estimate_macs"]
+__all__ = ["PruningPlan", "MeanCompensation", "BlockDrop", "apply_plan", "estimate_macs"]

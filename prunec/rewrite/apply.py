@@ -24,6 +24,7 @@ from prunec.ir.channels import ChannelAnalysis, analyze_channels, static_shape
 from prunec.ir.program import Program
 from prunec.ir.rules import rule_for
 from prunec.rewrite.compensation import fold_mean
+from prunec.rewrite.drop import drop_blocks
 from prunec.rewrite.fold import fold_constants
 from prunec.rewrite.plan import MeanCompensation, PruningPlan
 
@@ -106,10 +107,14 @@ def apply_plan(program: Program, plan: PruningPlan) -> Slices:
     Raises:
         PlanError: the plan names groups this program does not have, or unprunable ones.
     """
+    if plan.blocks:  # residual branches first (prunec.rewrite.drop); their groups then go
+        drop_blocks(program, plan.blocks)
     analysis = analyze_channels(program)
     elem_keep = _element_keep(analysis, plan)
     slices = Slices()
     if elem_keep.all():
+        if plan.blocks:
+            program.plans.append(plan)
         return slices
     expected = {key: int(elem_keep[off:off + analysis.shapes[key[0]][key[1]]].sum())
                 for key, off in analysis.offsets.items()}

@@ -1,0 +1,249 @@
+"""Depth pruning: remove whole residual branches (:mod:`prunec.ir.blocks`).
+
+Every removable block is scored (higher = keep), the lowest-scoring ones are dropped, and
+with ``compensate=True`` each dropped branch ``f`` is replaced by its mean output ``mu`` over
+the calibration data (per channel on the block's channel axis, all positions pooled), a
+constant added at the residual: ``y = x + f(x)`` becomes ``y = x + mu``.
+
+Criteria, over calibration items, with ``x`` the block input and ``y = x + f(x)``:
+
+- ``"kl"`` (PEEAO, arXiv 2506.04513): ``KL(q || p) = sum q (log q - log p)`` between the
+  softmax outputs ``p`` of the program and ``q`` of the program with the branch output
+  zeroed, averaged over output rows (samples, or tokens for token logits);
+- ``"cosine"`` (ShortGPT's Block Influence, Minitron depth): ``1 - cos(x, y)`` per position
+  (cosine along the channel axis), averaged over positions;
+- ``"angular"`` (Gromov et al. 2403.17887, n = 1): ``arccos(cos(x, y)) / pi``, averaged;
+- ``"magnitude"`` (data-free): the RMS of the first parameter of the last op of the branch
+  that reads one (the batch-norm or layer-scale gamma, the output projection's weight): the
+  scale at which the branch writes into the residual stream.
+
+Blocks are scored independently, once, on the program as it is; the ``k`` lowest go.
+
+Targets count against the program as captured, as channel ratios do: ``num_blocks`` is the
+total number of blocks dropped so far (lineage ``program.plans``) plus by this pass, and
+``ratio`` the fraction of all blocks that were removable at capture. A pass whose target is
+already reached changes nothing (``modified=False``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+import torch
+import torch.nn.functional as F
+
+from prunec.errors import CalibrationError, PrunecError
+from prunec.ir.blocks import Block, analyze_blocks
+from prunec.ir.calibration import collect_statistics
+from prunec.ir.interpret import ProgramInterpreter, record_values
+from prunec.ir.program import Program
+from prunec.passes.base import PassContext, PassResult
+from prunec.rewrite import apply_plan
+from prunec.rewrite.plan import BlockDrop, PruningPlan
+
+__all__ = ["DepthPruning", "block_scores", "dropped_blocks"]
+
+CRITERIA = ("kl", "cosine", "angular", "magnitude")
+
+
+def dropped_blocks(program: Program) -> int:
+    """Blocks dropped so far, from the program's lineage."""
+    return sum(len(getattr(plan, "blocks", ()) or ()) for plan in getattr(program, "plans", ()))
+
+
+class DepthPruning:
+    """Remove the residual blocks that matter least; optionally replace them by their mean.
+
+    Args:
+        num_blocks: Total blocks removed from the program as captured (see module docstring).
+        ratio: Instead of ``num_blocks``: fraction of the removable blocks, in ``[0, 1]``.
+        calibration: Re-iterable items (a tensor, a tuple of positional inputs or a dict of
+            keyword inputs each). Needed by ``kl``, ``cosine``, ``angular`` and by
+            ``compensate=True``.
+        criterion: ``"kl"``, ``"cosine"``, ``"angular"`` or ``"magnitude"``.
+        compensate: Replace each dropped branch by its mean output (else by nothing).
+        protect_first: Never drop the first block of a stage (PEEAO).
+        min_per_stage: Every stage (run of same-shaped blocks) keeps at least this many blocks,
+            removable or not (PEEAO: 2).
+        max_batches: Use at most this many calibration items.
+        progress: Show progress bars while scoring.
+
+    Raises:
+        PrunecError: both or neither of ``num_blocks`` and ``ratio``, an unknown criterion,
+            a program captured in train mode with a data criterion.
+        CalibrationError: no calibration data where the criterion or compensation needs it.
+    """
+
+    name = "depth"
+
+    def __init__(self, num_blocks: int | None = None, *, ratio: float | None = None,
+                 calibration: Iterable[Any] | None = None, criterion: str = "cosine",
+                 compensate: bool = True, protect_first: bool = False, min_per_stage: int = 0,
+                 max_batches: int | None = None, progress: bool = False):
+        if (num_blocks is None) == (ratio is None):
+            raise PrunecError("DepthPruning: pass exactly one of num_blocks (blocks to remove) "
+                              "and ratio (fraction of the removable blocks).")
+        if num_blocks is not None and (not isinstance(num_blocks, int) or num_blocks < 0):
+            raise PrunecError(f"DepthPruning: num_blocks must be an int >= 0, got {num_blocks!r}.")
+        if ratio is not None and not 0.0 <= float(ratio) <= 1.0:
+            raise PrunecError(f"DepthPruning: ratio must be in [0, 1], got {ratio!r}.")
+        if criterion not in CRITERIA:
+            raise PrunecError(f"DepthPruning: criterion must be one of {CRITERIA}, got {criterion!r}.")
+        if calibration is None and (criterion != "magnitude" or compensate):
+            raise CalibrationError(
+                f"DepthPruning(criterion={criterion!r}, compensate={compensate}) needs "
+                f"calibration data; pass calibration=..., or use criterion='magnitude' with "
+                f"compensate=False for a data-free drop.")
+        self.num_blocks, self.ratio = num_blocks, None if ratio is None else float(ratio)
+        self.calibration, self.criterion = calibration, criterion
+        self.compensate = bool(compensate)
+        self.protect_first, self.min_per_stage = bool(protect_first), int(min_per_stage)
+        self.max_batches, self.progress = max_batches, bool(progress)
+
+    @property
+    def guarantee(self) -> str:
+        """What holds between the program before and after: ``"mean"`` or ``"zeroing"``."""
+        return "mean" if self.compensate else "zeroing"
+
+    def config(self) -> dict:
+        return {"pass": type(self).__name__, **{k: v for k, v in vars(self).items()
+                                               if isinstance(v, (int, float, str, bool))}}
+
+    # ------------------------------------------------------------------------ run
+    def __call__(self, program: Program, ctx: PassContext | None = None) -> PassResult:
+        analysis = analyze_blocks(program)
+        done = dropped_blocks(program)
+        target = self.num_blocks if self.num_blocks is not None else \
+            round(self.ratio * (len(analysis.removable()) + done))
+        candidates = self.candidates(program)
+        stats = {"blocks": len(analysis), "removable": len(analysis.removable()),
+                 "candidates": len(candidates), "dropped_before": done}
+        if target - done <= 0 or not candidates:
+            return PassResult(program, False, {**stats, "dropped": 0})
+        if self.criterion != "magnitude" and program.training:
+            raise PrunecError("DepthPruning scores blocks in eval mode, but this program was "
+                              "captured with train=True; capture with train=False.")
+        scores = block_scores(program, candidates, self.criterion, self.calibration,
+                              max_batches=self.max_batches, progress=self.progress)
+        chosen = self.select(program, candidates, scores, target - done)
+        plan = PruningPlan(blocks=[BlockDrop(b.key, None) for b in chosen])
+        if self.compensate:
+            plan.blocks = [BlockDrop(b.key, m) for b, m in zip(chosen, self.means(program, chosen))]
+        macs = sum(b.macs for b in chosen)
+        apply_plan(program, plan)
+        program.history.append(self.config())
+        return PassResult(program, True, {**stats, "dropped": len(chosen), "plan": plan,
+                                          "dropped_keys": [b.key for b in chosen],
+                                          "macs_removed": macs,
+                                          "scores": {k: float(v) for k, v in scores.items()}})
+
+    # ------------------------------------------------------------------------ steps
+    def candidates(self, program: Program) -> list[Block]:
+        """Removable blocks, without the first of each stage when ``protect_first``."""
+        return [b for b in analyze_blocks(program).removable()
+                if not (self.protect_first and b.first_in_stage)]
+
+    def select(self, program: Program, candidates: list[Block], scores: dict[str, float],
+               count: int) -> list[Block]:
+        """The ``count`` lowest-scoring candidates, each stage keeping ``min_per_stage``."""
+        room = {s: len(bs) - self.min_per_stage for s, bs in analyze_blocks(program).stages().items()}
+        chosen = []
+        for block in sorted(candidates, key=lambda b: (scores[b.key], b.key)):
+            if len(chosen) == count:
+                break
+            if room[block.stage] > 0:
+                room[block.stage] -= 1
+                chosen.append(block)
+        return chosen
+
+    def means(self, program: Program, blocks: list[Block]) -> list[torch.Tensor]:
+        """Per-channel mean of each branch output over the calibration data (float64)."""
+        targets = {b.output: (-1 if b.channel_axis is None else b.channel_axis) for b in blocks}
+        stats = collect_statistics(program, self.calibration, targets, progress=self.progress,
+                                   max_batches=self.max_batches)
+        return [stats[b.output].mean if b.channel_axis is not None
+                else stats[b.output].mean.mean().reshape(1) for b in blocks]
+
+
+# ---------------------------------------------------------------------------- scoring
+def block_scores(program: Program, blocks: list[Block], criterion: str,
+                 calibration: Iterable[Any] | None, *, max_batches: int | None = None,
+                 progress: bool = False) -> dict[str, float]:
+    """Importance of every block (higher = keep) under ``criterion``."""
+    if criterion == "magnitude":
+        return {b.key: _branch_scale(program, b) for b in blocks}
+    items = _items(calibration, max_batches)
+    if criterion == "kl":
+        return _kl_scores(program, blocks, items, progress)
+    return _similarity_scores(program, blocks, items, criterion)
+
+
+def _items(calibration: Iterable[Any] | None, max_batches: int | None) -> list:
+    import itertools
+
+    if calibration is None:
+        raise CalibrationError("this criterion needs calibration data; pass calibration=...")
+    items = list(calibration if max_batches is None else itertools.islice(calibration, max_batches))
+    if not items:
+        raise CalibrationError("the calibration data is empty; pass at least one item.")
+    return items
+
+
+def _branch_scale(program: Program, block: Block) -> float:
+    nodes = {n.name: n for n in program.graph.nodes}
+    for name in reversed(block.nodes):
+        node = nodes[name]
+        if node.op != "call_function":
+            continue
+        for arg in node.all_input_nodes:
+            if arg.op == "get_attr":
+                w = program.get_tensor(arg.target)
+                if isinstance(w, torch.nn.Parameter):
+                    return float(w.detach().double().pow(2).mean().sqrt())
+    return 0.0
+
+
+def _similarity_scores(program, blocks, items, criterion) -> dict[str, float]:
+    names = [n for b in blocks for n in (b.input, b.add)]
+    sums = {b.key: 0.0 for b in blocks}
+    counts = {b.key: 0 for b in blocks}
+    for item in items:
+        values = record_values(program, item, names)
+        for b in blocks:
+            cos = _cosine(values[b.input], values[b.add], b.channel_axis)
+            dist = 1.0 - cos if criterion == "cosine" else torch.arccos(cos.clamp(-1, 1)) / math.pi
+            sums[b.key] += float(dist.sum())
+            counts[b.key] += dist.numel()
+    return {k: sums[k] / max(counts[k], 1) for k in sums}
+
+
+def _cosine(x: torch.Tensor, y: torch.Tensor, axis: int | None) -> torch.Tensor:
+    """Cosine along the channel axis per position (per sample when the axis is unknown)."""
+    x, y = x.double(), y.double()
+    if axis is None:
+        return F.cosine_similarity(x.reshape(x.shape[0], -1), y.reshape(y.shape[0], -1), dim=1)
+    return F.cosine_similarity(x, y, dim=axis, eps=1e-12)
+
+
+def _kl_scores(program, blocks, items, progress: bool) -> dict[str, float]:
+    from tqdm.auto import tqdm
+
+    from prunec.train.finetune import logits_of
+
+    interp = ProgramInterpreter(program)
+    sums = {b.key: 0.0 for b in blocks}
+    rows = 0
+    with torch.no_grad():
+        for item in tqdm(items, desc="block KL", disable=not progress):
+            interp.overrides = {}
+            log_p = _log_softmax(logits_of(interp.call_item(item)))
+            rows += log_p.shape[0]
+            for b in blocks:
+                interp.overrides = {b.output: torch.zeros_like}
+                log_q = _log_softmax(logits_of(interp.call_item(item)))
+                sums[b.key] += float((log_q.exp() * (log_q - log_p)).sum())
+    return {k: v / max(rows, 1) for k, v in sums.items()}
+
+
+def _log_softmax(logits: torch.Tensor) -> torch.Tensor:
+    return F.log_softmax(logits.reshape(-1, logits.shape[-1]).double(), dim=-1)
