@@ -126,6 +126,8 @@ class DepthPruning:
         scores = block_scores(program, candidates, self.criterion, self.calibration,
                               max_batches=self.max_batches, progress=self.progress)
         chosen = self.select(program, candidates, scores, target - done)
+        if not chosen:  # every stage is at its minimum
+            return PassResult(program, False, {**stats, "dropped": 0})
         plan = PruningPlan(blocks=[BlockDrop(b.key, None) for b in chosen])
         if self.compensate:
             plan.blocks = [BlockDrop(b.key, m) for b, m in zip(chosen, self.means(program, chosen))]
@@ -139,14 +141,19 @@ class DepthPruning:
 
     # ------------------------------------------------------------------------ steps
     def candidates(self, program: Program) -> list[Block]:
-        """Removable blocks, without the first of each stage when ``protect_first``."""
+        """Removable blocks, without the first of each stage when ``protect_first`` and
+        without those of stages already at ``min_per_stage`` blocks."""
+        room = self._room(program)
         return [b for b in analyze_blocks(program).removable()
-                if not (self.protect_first and b.first_in_stage)]
+                if not (self.protect_first and b.first_in_stage) and room[b.stage] > 0]
+
+    def _room(self, program: Program) -> dict[int, int]:
+        return {s: len(bs) - self.min_per_stage for s, bs in analyze_blocks(program).stages().items()}
 
     def select(self, program: Program, candidates: list[Block], scores: dict[str, float],
                count: int) -> list[Block]:
         """The ``count`` lowest-scoring candidates, each stage keeping ``min_per_stage``."""
-        room = {s: len(bs) - self.min_per_stage for s, bs in analyze_blocks(program).stages().items()}
+        room = self._room(program)
         chosen = []
         for block in sorted(candidates, key=lambda b: (scores[b.key], b.key)):
             if len(chosen) == count:

@@ -96,7 +96,9 @@ def drop_blocks(program: Program, drops) -> list[str]:
     removed = [t for block, _ in resolved for t in block.params if t not in read]
     for target in dict.fromkeys(removed):
         _remove_tensor(program, target)
-    program.finalize()
+    # No remaining value changes shape (the skip has the block's output shape), and new
+    # nodes got their metadata on insertion: no fake-tensor re-propagation is needed.
+    program.finalize(sizes={})
     return removed
 
 
@@ -124,7 +126,8 @@ def _add_mean(program: Program, block: Block, nodes: dict, mean: torch.Tensor) -
         attr = program.graph.get_attr(target)
         new = program.graph.call_function(aten.add_.Tensor if inplace else aten.add.Tensor,
                                           (skip, attr))
-    new.meta.update({k: v for k, v in add.meta.items() if k != "val"})
+    new.meta.update(add.meta)  # same value shape and dtype as the add it replaces
+    attr.meta["val"] = add.meta["val"].new_empty(mean.shape)
     program.bump()
     return new
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from prunec.ir.blocks import analyze_blocks
 from prunec.ir.capture import capture
 from prunec.ir.cost import macs_by_node
-from tests.captured import captured
+from tests.captured import bottleneck_resnet, captured, one_thread  # noqa: F401 (autouse fixture)
 
 
 # ---------------------------------------------------------------------------- small models
@@ -116,13 +116,7 @@ def test_transformer_attention_and_mlp_are_separate_blocks(name, per_layer):
 
 
 def test_bottleneck_identity_blocks_are_removable():
-    from transformers import ResNetConfig, ResNetForImageClassification
-
-    torch.manual_seed(0)
-    config = ResNetConfig(embedding_size=16, hidden_sizes=[32, 64], depths=[2, 2],
-                          layer_type="bottleneck", num_labels=10)
-    model = ResNetForImageClassification(config).eval()
-    analysis = analyze_blocks(capture(model, (torch.randn(2, 3, 32, 32),)))
+    analysis = analyze_blocks(bottleneck_resnet()[2])
     removable = [b.key for b in analysis.removable()]
     assert removable == ["resnet.encoder.stages.0.layers.1.layer", "resnet.encoder.stages.1.layers.1.layer"]
     assert all("projection" in b.reason for b in analysis if not b.removable)

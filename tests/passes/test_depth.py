@@ -2,6 +2,8 @@
 criteria, plan replay, stage constraints and errors."""
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 import torch.nn as nn
@@ -15,7 +17,7 @@ from prunec.ir.interpret import ProgramInterpreter
 from prunec.passes import DepthPruning
 from prunec.rewrite import BlockDrop, PruningPlan, apply_plan
 from prunec.rewrite.drop import block_overrides
-from tests.captured import captured
+from tests.captured import bottleneck_resnet, captured, one_thread  # noqa: F401 (autouse fixture)
 from tests.helpers import max_diff
 
 
@@ -55,6 +57,16 @@ def _tiny():
     return model
 
 
+@functools.lru_cache(maxsize=1)
+def _tiny_capture():
+    return capture(_tiny(), (_batches()[0],))
+
+
+def _tiny_program():
+    """A fresh copy of the captured tiny model (captured once per process)."""
+    return _tiny_capture().clone()
+
+
 def _batches(n=3, shape=(4, 3, 8, 8)):
     gen = torch.Generator().manual_seed(1)
     return [torch.randn(*shape, generator=gen) for _ in range(n)]
@@ -74,7 +86,7 @@ def _run(program, item):
 
 # ---------------------------------------------------------------------------- kinds of test
 def test_zero_blocks_is_identity():
-    program = capture(_tiny(), (_batches()[0],))
+    program = _tiny_program()
     before = _run(program, _batches()[0])
     result = DepthPruning(0, calibration=_batches())(program.clone())
     assert not result.modified
@@ -84,7 +96,7 @@ def test_zero_blocks_is_identity():
 @pytest.mark.parametrize("compensate", [True, False])
 def test_pruned_equals_branch_replaced_by_mean_or_zero(compensate):
     data = _batches()
-    program = capture(_tiny(), (data[0],))
+    program = _tiny_program()
     before = program.clone()
     result = DepthPruning(2, calibration=data, compensate=compensate)(program)
     plan = result.stats["plan"]
@@ -104,7 +116,7 @@ def test_pruned_equals_branch_replaced_by_mean_or_zero(compensate):
 
 def test_structure_ops_and_parameters_are_gone():
     data = _batches()
-    program = capture(_tiny(), (data[0],))
+    program = _tiny_program()
     blocks = analyze_blocks(program).by_key()
     macs, params = count_macs(program), count_params(program)
     result = DepthPruning(1, calibration=data, criterion="kl")(program)
@@ -113,8 +125,8 @@ def test_structure_ops_and_parameters_are_gone():
     block = blocks[key]
     names = {n.name for n in program.graph.nodes}
     assert not names & set(block.nodes) and block.add not in names
-    params = dict(program.gm.named_parameters())
-    assert not any(k.startswith("blocks.1.") for k in params) and "blocks.0.gamma" in params
+    named = dict(program.gm.named_parameters())
+    assert not any(k.startswith("blocks.1.") for k in named) and "blocks.0.gamma" in named
     assert "blocks.1.prunec_block_mean" in dict(program.gm.named_buffers())
     assert count_macs(program) == macs - block.macs
     assert count_params(program) == params - block.param_count
@@ -123,7 +135,7 @@ def test_structure_ops_and_parameters_are_gone():
 
 def test_idempotent():
     data = _batches()
-    program = capture(_tiny(), (data[0],))
+    program = _tiny_program()
     pass_ = DepthPruning(2, calibration=data)
     assert pass_(program).modified
     version = program.version
@@ -135,7 +147,7 @@ def test_idempotent():
 @pytest.mark.parametrize("criterion", ["kl", "cosine", "angular", "magnitude"])
 def test_every_criterion_finds_the_negligible_branch(criterion):
     data = _batches()
-    program = capture(_tiny(), (data[0],))
+    program = _tiny_program()
     result = DepthPruning(1, calibration=data, criterion=criterion)(program)
     scores = result.stats["scores"]
     assert min(scores, key=scores.get) == "blocks.1" == result.stats["dropped_keys"][0]
@@ -143,7 +155,7 @@ def test_every_criterion_finds_the_negligible_branch(criterion):
 
 def test_stage_constraints():
     data = _batches()
-    program = capture(_tiny(), (data[0],))
+    program = _tiny_program()
     pass_ = DepthPruning(4, calibration=data, protect_first=True, min_per_stage=2)
     result = pass_(program)
     assert sorted(result.stats["dropped_keys"]) == ["blocks.1", "blocks.3"]  # 4 -> 2, first kept
@@ -165,7 +177,7 @@ def test_plan_json_round_trip_and_replay_on_fresh_capture():
 
 
 def test_plan_errors():
-    program = capture(_tiny(), (_batches()[0],))
+    program = _tiny_program()
     with pytest.raises(PlanError, match="does not have"):
         apply_plan(program, PruningPlan(blocks=[BlockDrop("blocks.9")]))
     with pytest.raises(PlanError, match="channels"):
@@ -214,14 +226,7 @@ def test_zoo_models(name, criterion):
 
 
 def test_bottleneck_resnet():
-    from transformers import ResNetConfig, ResNetForImageClassification
-
-    torch.manual_seed(0)
-    config = ResNetConfig(embedding_size=16, hidden_sizes=[32, 64], depths=[2, 2],
-                          layer_type="bottleneck", num_labels=10)
-    model = ResNetForImageClassification(config).eval()
-    x = torch.randn(2, 3, 32, 32)
-    original = capture(model, (x,))
+    _, x, original = bottleneck_resnet()
     program = original.clone()
     plan = DepthPruning(2, calibration=[x])(program).stats["plan"]
     assert len(plan.blocks) == 2  # the two identity bottlenecks (in-place add_ in the model)

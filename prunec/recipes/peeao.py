@@ -1,0 +1,300 @@
+"""Pruning Everything, Everywhere, All at Once (PEEAO, arXiv 2506.04513), as the authors'
+code does it (see ``METHODS.md`` section 2).
+
+Per iteration, from the current parent ``F`` (not the original network):
+
+1. **Layer candidate**: :class:`~prunec.passes.DepthPruning` with the criterion (``"kl"``:
+   KL of the softmax outputs with the block's branch zeroed), never the first block of a
+   stage, every stage keeping at least ``min_per_stage`` (2) blocks; one block is dropped.
+2. **Neuron candidate**: inner filters of residual blocks scored by the KL of zeroing each
+   one (:mod:`prunec.recipes.neuron_kl`: its second-order estimate), as many filters removed
+   as the dropped block had (its convolutions' and linear layers' output channels), in one
+   global sort, every layer keeping one. With no block left to drop, half of the candidate
+   filters go.
+3. Both candidates -- clones of ``F`` -- are fine-tuned ``finetune_epochs`` and compared to
+   ``F`` by linear CKA (:func:`prunec.ir.similarity.linear_cka`) of the penultimate features
+   on ``val_data`` (held-out data, never the test split).
+4. The higher CKA is kept (a tie keeps the layer candidate), fine-tuned ``final_epochs``
+   more, and becomes the parent; the loop stops once ``macs_reduction`` of the original
+   MACs is removed (or nothing is left to remove, or after ``max_iterations``).
+
+**Training.** Every candidate is a pair of Programs: an eval-mode one (scored, compared,
+returned) and a train-mode capture of the same model with the same plans replayed, which
+:func:`prunec.finetune` trains (batch-norm statistics and dropout as in the model's training
+mode); trained weights are copied into the eval-mode Program by name. Both are cloned from
+the parent's pair, so the model is captured twice in all.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterable
+
+import torch
+
+from prunec.errors import PrunecError
+from prunec.ir.capture import capture
+from prunec.ir.cost import count_macs, count_params
+from prunec.ir.program import Program
+from prunec.ir.similarity import linear_cka, penultimate_features
+from prunec.passes.prune_depth import CRITERIA, DepthPruning, dropped_blocks
+from prunec.recipes.neuron_kl import inner_groups, neuron_kl_scores, select_units
+from prunec.rewrite import apply_plan
+from prunec.rewrite.plan import PruningPlan
+
+__all__ = ["peeao", "Candidate", "filters_removed", "choose", "class_balanced"]
+
+Trainer = Callable[[Program, int], Any]
+
+
+class Candidate:
+    """An eval-mode Program, its train-mode twin, and the plan that made them."""
+
+    def __init__(self, program: Program, twin: Program, plan: PruningPlan | None = None,
+                 kind: str = "parent"):
+        self.program, self.twin, self.plan, self.kind = program, twin, plan, kind
+
+    def child(self, plan: PruningPlan, kind: str, program: Program | None = None) -> "Candidate":
+        """Clones of both Programs with ``plan`` applied (``program``: already applied)."""
+        if program is None:
+            program = self.program.clone()
+            apply_plan(program, plan)
+        twin = self.twin.clone()
+        apply_plan(twin, plan)
+        return Candidate(program, twin, plan, kind)
+
+    def sync(self) -> None:
+        """Copy the twin's trained parameters and buffers into the eval-mode Program."""
+        from prunec.train.finetune import copy_state
+
+        copy_state(self.twin.gm, self.program.gm)
+        self.program.bump()
+
+
+def choose(cka_layer: float | None, cka_neuron: float | None) -> str:
+    """``"layer"`` when its CKA is at least the neuron candidate's (ties keep the layer)."""
+    if cka_layer is None and cka_neuron is None:
+        raise PrunecError("no candidate to choose from")
+    if cka_neuron is None:
+        return "layer"
+    if cka_layer is None:
+        return "neuron"
+    return "layer" if cka_layer >= cka_neuron else "neuron"
+
+
+def filters_removed(program: Program, keys: list[str]) -> int:
+    """Output channels of the weighted layers (conv, linear) in the named blocks' branches."""
+    from prunec.ir.blocks import analyze_blocks
+    from prunec.ir.cost import mac_kind
+
+    nodes = {n.name: n for n in program.graph.nodes}
+    blocks = analyze_blocks(program).by_key()
+    total = 0
+    for key in keys:
+        for name in blocks[key].nodes:
+            node = nodes[name]
+            if mac_kind(node) in ("conv", "linear") and len(node.args) > 1:
+                total += int(program.get_tensor(node.args[1].target).shape[0])
+    return total
+
+
+def class_balanced(data: Iterable, per_class: int, batch_size: int = 256) -> list[torch.Tensor]:
+    """Up to ``per_class`` inputs of every class from ``(inputs, target)`` items or batches,
+    in batches of ``batch_size`` (PEEAO's code scores on 500 training images per class)."""
+    kept: dict[int, list[torch.Tensor]] = {}
+    for x, y in _batches(data):
+        for xi, yi in zip(x, y.reshape(-1).tolist()):
+            bucket = kept.setdefault(int(yi), [])
+            if len(bucket) < per_class:
+                bucket.append(xi)
+        if kept and all(len(v) >= per_class for v in kept.values()) and len(kept) > 1 and \
+                _enough(kept, per_class):
+            break
+    rows = [x for k in sorted(kept) for x in kept[k]]
+    if not rows:
+        raise PrunecError("class_balanced: train_data yielded no (inputs, target) items.")
+    return [torch.stack(rows[i:i + batch_size]) for i in range(0, len(rows), batch_size)]
+
+
+def _enough(kept: dict, per_class: int) -> bool:
+    return sum(len(v) for v in kept.values()) >= per_class * len(kept)
+
+
+def _batches(data: Iterable):
+    """``(x, y)`` batches from a Dataset of items or an iterable of batches."""
+    from torch.utils.data import DataLoader, Dataset
+
+    if isinstance(data, Dataset):
+        data = DataLoader(data, batch_size=256, shuffle=False)
+    for item in data:
+        x, y = item
+        if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+            raise PrunecError("PEEAO's calibration sample needs tensor (inputs, target) items; "
+                              "pass calibration= explicitly for other inputs.")
+        yield (x, y) if y.dim() > 0 else (x[None], y[None])
+
+
+# ---------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def accuracy(program: Program, data: Iterable) -> float:
+    """Top-1 accuracy of ``program`` on ``(inputs, target)`` batches."""
+    from prunec.train.finetune import logits_of
+
+    correct = total = 0
+    for x, y in _batches(data):
+        pred = logits_of(program.run(x)).argmax(-1)
+        correct += int((pred == y).sum())
+        total += int(y.numel())
+    return correct / max(total, 1)
+
+
+def _default_trainer(train_data, *, lr: float, batch_size: int, options: dict) -> Trainer:
+    def train(twin: Program, epochs: int) -> None:
+        from prunec.api import CompiledModel
+        from prunec.report import Report
+        from prunec.train import finetune
+
+        if epochs <= 0:
+            return
+        target = CompiledModel(twin.gm, twin, twin.gm, Report(0, 0))
+        finetune(target, train_data, epochs=epochs, lr=lr, batch_size=batch_size, **options)
+    return train
+
+
+# ---------------------------------------------------------------------------- candidates
+def _layer_candidate(parent: Candidate, calibration, criterion: str, compensate: bool,
+                     min_per_stage: int) -> tuple[Candidate, int] | None:
+    program = parent.program.clone()
+    pass_ = DepthPruning(dropped_blocks(program) + 1, calibration=calibration,
+                         criterion=criterion, compensate=compensate, protect_first=True,
+                         min_per_stage=min_per_stage)
+    result = pass_(program)
+    if not result.modified:
+        return None
+    keys = result.stats["dropped_keys"]
+    count = filters_removed(parent.program, keys)
+    return parent.child(result.stats["plan"], "layer", program), count
+
+
+def _neuron_candidate(parent: Candidate, calibration, count: int | None) -> Candidate | None:
+    groups = inner_groups(parent.program)
+    if not groups:
+        return None
+    if count is None:  # no block left to drop: half of the candidate filters (the code)
+        count = sum(g.size for g, _ in groups.values()) // 2
+    scores = neuron_kl_scores(parent.program, groups, calibration)
+    plan = select_units(groups, scores, count)
+    return parent.child(plan, "neuron") if plan else None
+
+
+# ---------------------------------------------------------------------------- recipe
+def peeao(model: torch.nn.Module, example_inputs: Any, train_data: Any, val_data: Iterable, *,
+          macs_reduction: float, finetune_epochs: int = 10, final_epochs: int | None = None,
+          criterion: str = "kl", compensate: bool = False, calibration: Iterable | None = None,
+          per_class: int = 50, min_per_stage: int = 2, max_iterations: int = 100,
+          lr: float = 1e-3, batch_size: int = 128, trainer: Trainer | None = None,
+          finetune_options: dict | None = None, progress: bool | None = None):
+    """Prune ``model`` with PEEAO until ``macs_reduction`` of its MACs is removed.
+
+    Args:
+        model: The trained model (never modified).
+        example_inputs: A tensor or tuple of positional inputs for capture.
+        train_data: ``(inputs, target)`` items (a ``Dataset``) or batches, for fine-tuning and
+            the default calibration sample.
+        val_data: Re-iterable ``(inputs, target)`` batches of held-out data: CKA features and
+            the accuracy in the report.
+        macs_reduction: Fraction of the original MACs to remove, in ``(0, 1)``.
+        finetune_epochs: Epochs of each candidate's fine-tune (the code: 10).
+        final_epochs: Further epochs of the kept candidate each iteration (the code: 190;
+            default ``finetune_epochs``).
+        criterion: Block criterion of :class:`~prunec.passes.DepthPruning` (``"kl"``).
+        compensate: Replace a dropped block by its mean output (the paper zeroes it).
+        calibration: Input batches for the KL scores (default: ``per_class`` training
+            inputs of every class).
+        per_class: Size of the default calibration sample per class (the code: 500).
+        min_per_stage: Blocks every stage keeps (the code: 2).
+        max_iterations: Stop after this many iterations.
+        lr: Peak learning rate of :func:`prunec.finetune`.
+        batch_size: Batch size of :func:`prunec.finetune` for ``Dataset`` inputs.
+        trainer: ``trainer(train_program, epochs)`` replacing :func:`prunec.finetune`.
+        finetune_options: Extra keyword options of :func:`prunec.finetune`.
+        progress: Show a bar per iteration on standard error (default: when a terminal).
+
+    Returns:
+        A :class:`~prunec.api.CompiledModel`; ``report.iterations`` holds one dict per
+        iteration: ``iteration, cka_layer, cka_neuron, choice, macs, params,
+        macs_reduction, val_accuracy, blocks_dropped, filters_removed``.
+    """
+    _check(macs_reduction, finetune_epochs, final_epochs, criterion)
+    final_epochs = finetune_epochs if final_epochs is None else final_epochs
+    train = trainer or _default_trainer(train_data, lr=lr, batch_size=batch_size,
+                                        options=dict(finetune_options or {}))
+    args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    parent = Candidate(capture(model, args), capture(model, args, train=True))
+    calibration = list(calibration) if calibration is not None else class_balanced(train_data, per_class)
+    from prunec.report import Report
+
+    report = Report.start(parent.program, model=model)
+    macs0 = count_macs(parent.program)
+    iterations: list[dict] = []
+    from prunec.progress import bar
+
+    with bar(total=max_iterations, desc="PEEAO", unit="iter", progress=progress) as pbar:
+        for it in range(max_iterations):
+            if 1 - count_macs(parent.program) / macs0 >= macs_reduction - 1e-12:
+                break
+            row, parent = _iteration(parent, calibration, val_data, train, criterion, compensate,
+                                     min_per_stage, finetune_epochs, final_epochs, it, macs0)
+            if row is None:
+                break
+            iterations.append(row)
+            report.passes.append({"pass": "PEEAO", "options": {"iteration": it}, "modified": True,
+                                  "plan": parent.plan, "choice": row["choice"]})
+            pbar.update(1)
+            pbar.set_postfix(cut=f"{100 * row['macs_reduction']:.1f}%", choice=row["choice"],
+                             acc=f"{row['val_accuracy']:.3f}")
+    report.finish(parent.program)
+    report.iterations = iterations
+    from prunec.api import CompiledModel
+
+    return CompiledModel(parent.program.gm, parent.program, parent.program.gm, report)
+
+
+def _check(macs_reduction, finetune_epochs, final_epochs, criterion) -> None:
+    if not isinstance(macs_reduction, (int, float)) or not 0.0 < float(macs_reduction) < 1.0:
+        raise PrunecError(f"peeao: macs_reduction must be in (0, 1), got {macs_reduction!r} "
+                          f"(0.8 removes 80% of the MACs).")
+    for name, value in (("finetune_epochs", finetune_epochs), ("final_epochs", final_epochs)):
+        if value is not None and (not isinstance(value, int) or value < 0):
+            raise PrunecError(f"peeao: {name} must be an int >= 0, got {value!r}.")
+    if criterion not in CRITERIA:
+        raise PrunecError(f"peeao: criterion must be one of {CRITERIA}, got {criterion!r}.")
+
+
+def _iteration(parent, calibration, val_data, train, criterion, compensate, min_per_stage,
+               finetune_epochs, final_epochs, it, macs0):
+    """One PEEAO step; returns ``(row, new parent)`` or ``(None, parent)`` when stuck."""
+    layer = _layer_candidate(parent, calibration, criterion, compensate, min_per_stage)
+    count = layer[1] if layer is not None else None
+    neuron = _neuron_candidate(parent, calibration, count)
+    layer = layer[0] if layer is not None else None
+    if layer is None and neuron is None:
+        return None, parent
+    reference = penultimate_features(parent.program, val_data)
+    cka = {}
+    for cand in (layer, neuron):
+        if cand is None:
+            continue
+        train(cand.twin, finetune_epochs)
+        cand.sync()
+        cka[cand.kind] = linear_cka(reference, penultimate_features(cand.program, val_data))
+    choice = choose(cka.get("layer"), cka.get("neuron"))
+    kept = layer if choice == "layer" else neuron
+    train(kept.twin, final_epochs)
+    kept.sync()
+    macs = count_macs(kept.program)
+    row = {"iteration": it, "cka_layer": cka.get("layer"), "cka_neuron": cka.get("neuron"),
+           "choice": choice, "macs": macs, "params": count_params(kept.program),
+           "macs_reduction": 1 - macs / macs0, "val_accuracy": accuracy(kept.program, val_data),
+           "blocks_dropped": dropped_blocks(kept.program),
+           "filters_removed": count if count is not None else None}
+    return row, kept
