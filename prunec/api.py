@@ -154,5 +154,12 @@ def load(path: str | Path) -> Any:
 
 def analyze(model: torch.nn.Module, example_inputs: Any, example_kwargs: dict | None = None,
             **capture_options) -> ChannelAnalysis:
-    """The channel groups of ``model``; ``print()`` it for a table."""
-    return analyze_channels(capture(model, example_inputs, example_kwargs, **capture_options))
+    """The channel groups of ``model``; ``print()`` it for a table. Its ``blocks`` attribute
+    lists the residual blocks (:class:`~prunec.ir.blocks.BlockAnalysis`: which branches can
+    be removed whole, their MACs, or why not): ``print(analysis.blocks)``."""
+    from prunec.ir.blocks import analyze_blocks
+
+    program = capture(model, example_inputs, example_kwargs, **capture_options)
+    analysis = analyze_channels(program)
+    analysis.blocks = analyze_blocks(program)
+    return analysis

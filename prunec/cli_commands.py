@@ -276,9 +276,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             analysis = prunec.analyze(setup.model, setup.args, setup.kwargs or None,
                                       dynamic=not args.static)
         print(analysis.table())
+        print()
+        print(analysis.blocks.table())  # residual blocks that depth pruning can remove
         prunable = len(analysis.prunable())
-        print(f"\n{prunable} of {len(analysis)} groups can be pruned; "
-              f"'prunec analyze --after' shows the widths after pruning.")
+        print(f"\n{prunable} of {len(analysis)} groups can be pruned, "
+              f"{len(analysis.blocks.removable())} of {len(analysis.blocks)} residual blocks "
+              f"removed whole; 'prunec analyze --after' shows the widths after pruning.")
         return 0
     with progress.step("capturing and pruning"):
         compiled = compile_model(args, setup, [make_pass(args, setup)], backend="torch")

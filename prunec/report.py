@@ -264,6 +264,7 @@ class Report:
     seconds: float | None = None
     layers_before: dict = field(default_factory=dict, repr=False)
     layers_after: dict = field(default_factory=dict, repr=False)
+    iterations: list = field(default_factory=list)  # recipes (PEEAO): one dict per iteration
     group_tags: dict = field(default_factory=dict, repr=False)
 
     # -- filling it (called by prunec.compile) -----------------------------------------
@@ -399,7 +400,7 @@ class Report:
                 "macs_per_sample_before": self.macs_per_sample_before,
                 "macs_per_sample_after": self.macs_per_sample_after,
                 "params_before": self.params_before, "params_after": self.params_after,
-                "seconds": self.seconds, "passes": passes,
+                "seconds": self.seconds, "passes": passes, "iterations": _plain(self.iterations),
                 "layers": [{"name": r.name, "kind": r.kind, "before": asdict(r.before),
                             "after": asdict(r.after) if r.after else None} for r in self.layers()]}
 

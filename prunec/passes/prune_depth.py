@@ -119,7 +119,7 @@ class DepthPruning:
         stats = {"blocks": len(analysis), "removable": len(analysis.removable()),
                  "candidates": len(candidates), "dropped_before": done}
         if target - done <= 0 or not candidates:
-            return PassResult(program, False, {**stats, "dropped": 0})
+            return PassResult(program, False, stats={**stats, "dropped": 0})
         if self.criterion != "magnitude" and program.training:
             raise PrunecError("DepthPruning scores blocks in eval mode, but this program was "
                               "captured with train=True; capture with train=False.")
@@ -127,17 +127,17 @@ class DepthPruning:
                               max_batches=self.max_batches, progress=self.progress)
         chosen = self.select(program, candidates, scores, target - done)
         if not chosen:  # every stage is at its minimum
-            return PassResult(program, False, {**stats, "dropped": 0})
+            return PassResult(program, False, stats={**stats, "dropped": 0})
         plan = PruningPlan(blocks=[BlockDrop(b.key, None) for b in chosen])
         if self.compensate:
             plan.blocks = [BlockDrop(b.key, m) for b, m in zip(chosen, self.means(program, chosen))]
         macs = sum(b.macs for b in chosen)
         apply_plan(program, plan)
         program.history.append(self.config())
-        return PassResult(program, True, {**stats, "dropped": len(chosen), "plan": plan,
-                                          "dropped_keys": [b.key for b in chosen],
-                                          "macs_removed": macs,
-                                          "scores": {k: float(v) for k, v in scores.items()}})
+        return PassResult(program, True, plan, {**stats, "dropped": len(chosen),
+                                                "dropped_keys": [b.key for b in chosen],
+                                                "macs_removed": macs,
+                                                "scores": {k: float(v) for k, v in scores.items()}})
 
     # ------------------------------------------------------------------------ steps
     def candidates(self, program: Program) -> list[Block]:

@@ -64,10 +64,9 @@ class Candidate:
 
     def sync(self) -> None:
         """Copy the twin's trained parameters and buffers into the eval-mode Program."""
-        from prunec.train.finetune import copy_state
+        from prunec.train.finetune import assign_state
 
-        copy_state(self.twin.gm, self.program.gm)
-        self.program.bump()
+        assign_state(self.twin.gm, self.program)
 
 
 def choose(cka_layer: float | None, cka_neuron: float | None) -> str:
@@ -149,14 +148,10 @@ def accuracy(program: Program, data: Iterable) -> float:
 
 def _default_trainer(train_data, *, lr: float, batch_size: int, options: dict) -> Trainer:
     def train(twin: Program, epochs: int) -> None:
-        from prunec.api import CompiledModel
-        from prunec.report import Report
         from prunec.train import finetune
 
-        if epochs <= 0:
-            return
-        target = CompiledModel(twin.gm, twin, twin.gm, Report(0, 0))
-        finetune(target, train_data, epochs=epochs, lr=lr, batch_size=batch_size, **options)
+        if epochs > 0:
+            finetune(twin, train_data, epochs=epochs, lr=lr, batch_size=batch_size, **options)
     return train
 
 
@@ -172,7 +167,7 @@ def _layer_candidate(parent: Candidate, calibration, criterion: str, compensate:
         return None
     keys = result.stats["dropped_keys"]
     count = filters_removed(parent.program, keys)
-    return parent.child(result.stats["plan"], "layer", program), count
+    return parent.child(result.plan, "layer", program), count
 
 
 def _neuron_candidate(parent: Candidate, calibration, count: int | None) -> Candidate | None:
@@ -253,10 +248,10 @@ def peeao(model: torch.nn.Module, example_inputs: Any, train_data: Any, val_data
             pbar.set_postfix(cut=f"{100 * row['macs_reduction']:.1f}%", choice=row["choice"],
                              acc=f"{row['val_accuracy']:.3f}")
     report.finish(parent.program)
-    report.iterations = iterations
+    report.iterations.extend(iterations)
     from prunec.api import CompiledModel
 
-    return CompiledModel(parent.program.gm, parent.program, parent.program.gm, report)
+    return CompiledModel(parent.program, report)
 
 
 def _check(macs_reduction, finetune_epochs, final_epochs, criterion) -> None:

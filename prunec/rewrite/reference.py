@@ -19,6 +19,7 @@ import torch
 
 from prunec.ir.channels import ChannelAnalysis, analyze_channels
 from prunec.ir.program import Program
+from prunec.rewrite.drop import block_overrides
 from prunec.rewrite.plan import PruningPlan
 
 __all__ = ["reference_program", "UNCHECKABLE_TAGS"]
@@ -57,6 +58,7 @@ def reference_program(before: Program, plan: PruningPlan
     overrides = {n.name: _zeroer(zeroed[n.target]) for n in before.graph.nodes
                  if n.op == "get_attr" and n.target in zeroed}
     overrides.update({c.value: _mean_replacer(analysis, plan, c) for c in plan.compensations})
+    overrides.update(block_overrides(before, plan))  # dropped branches: mean or zero
     return before.clone(share_tensors=True), overrides, ""
 
 

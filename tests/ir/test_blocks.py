@@ -136,3 +136,13 @@ def test_keys_are_the_same_in_a_train_mode_capture():
     train_blocks = analyze_blocks(capture(model, (_x(),), train=True))
     assert [b.key for b in train_blocks] == [b.key for b in eval_blocks] == ["blocks.0.1", "blocks.1"]
     assert all(b.removable for b in train_blocks)
+
+
+def test_analyze_lists_blocks_beside_channel_groups():
+    import prunec
+
+    torch.manual_seed(0)
+    analysis = prunec.analyze(Net(Residual(8), Leaky(8)), _x())
+    assert [b.key for b in analysis.blocks] == ["blocks.0", "blocks.1.conv"]  # a one-conv branch
+    table = analysis.blocks.table()
+    assert "blocks.0" in table and "no: the branch value" in table

@@ -99,7 +99,7 @@ def test_pruned_equals_branch_replaced_by_mean_or_zero(compensate):
     program = _tiny_program()
     before = program.clone()
     result = DepthPruning(2, calibration=data, compensate=compensate)(program)
-    plan = result.stats["plan"]
+    plan = result.plan
     assert [b.mean is not None for b in plan.blocks] == [compensate] * 2
     for item in data:
         assert max_diff(_run(result.program, item), _reference(before, plan, item)) < 1e-5
@@ -166,7 +166,7 @@ def test_plan_json_round_trip_and_replay_on_fresh_capture():
     data = _batches()
     model = _tiny()
     program = capture(model, (data[0],))
-    plan = DepthPruning(2, calibration=data)(program).stats["plan"]
+    plan = DepthPruning(2, calibration=data)(program).plan
     again = PruningPlan.from_json(plan.to_json())
     assert [b.key for b in again.blocks] == [b.key for b in plan.blocks]
     assert all(torch.equal(a.mean, b.mean.double()) for a, b in zip(again.blocks, plan.blocks))
@@ -216,7 +216,7 @@ def test_zoo_models(name, criterion):
     program = original.clone()
     item = _item(case)
     result = DepthPruning(2, calibration=[item], criterion=criterion)(program)
-    plan = result.stats["plan"]
+    plan = result.plan
     assert result.modified and len(plan.blocks) == 2
     assert max_diff(_run(program, item), _reference(original, plan, item)) < 1e-4
     blocks = analyze_blocks(original).by_key()
@@ -228,6 +228,6 @@ def test_zoo_models(name, criterion):
 def test_bottleneck_resnet():
     _, x, original = bottleneck_resnet()
     program = original.clone()
-    plan = DepthPruning(2, calibration=[x])(program).stats["plan"]
+    plan = DepthPruning(2, calibration=[x])(program).plan
     assert len(plan.blocks) == 2  # the two identity bottlenecks (in-place add_ in the model)
     assert max_diff(_run(program, x), _reference(original, plan, x)) < 1e-4
