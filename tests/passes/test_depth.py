@@ -231,3 +231,31 @@ def test_bottleneck_resnet():
     plan = DepthPruning(2, calibration=[x])(program).plan
     assert len(plan.blocks) == 2  # the two identity bottlenecks (in-place add_ in the model)
     assert max_diff(_run(program, x), _reference(original, plan, x)) < 1e-4
+
+
+@pytest.mark.parametrize("compensate", [True, False])
+def test_compile_verifies_the_guarantee_and_plans_replay(compensate):
+    import prunec
+
+    data = _batches()
+    model = _tiny()
+    compiled = prunec.compile(model, data[0], passes=[
+        DepthPruning(2, calibration=data, compensate=compensate)])
+    entry = compiled.report.passes[0]
+    assert entry["verified"].startswith("mean" if compensate else "zeroing")
+    again = prunec.compile(model, data[0], plans=compiled.plans)
+    assert max_diff(again(data[1]), compiled(data[1])) < 1e-6
+
+
+def test_finetune_replays_dropped_blocks_in_train_mode():
+    import prunec
+
+    data = _batches()
+    model = _tiny()
+    program = _tiny_program()
+    DepthPruning(1, calibration=data)(program)
+    params = {k: v.clone() for k, v in program.gm.named_parameters()}
+    items = [(x, torch.zeros(len(x), dtype=torch.long)) for x in data]
+    prunec.finetune(program, items, epochs=1, original=model, lr=1e-2)
+    changed = [k for k, v in program.gm.named_parameters() if not torch.equal(v, params[k])]
+    assert changed and "blocks.1.conv1.weight" not in params
