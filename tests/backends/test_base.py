@@ -104,9 +104,12 @@ def test_batch_inputs_matched_by_size_not_symbol():
     assert all(isinstance(d, str) and d != "batch" for d in dims[2])  # dynamic, not the batch
 
 
-def test_static_batch_when_captured_with_batch_one():
-    io = IOSpec.from_program(program("mlp", batch=1))
-    assert io.batch_inputs == [False]
+def test_batch_flag_follows_the_program_for_a_batch_one_capture():
+    prog = program("mlp", batch=1)
+    io = IOSpec.from_program(prog)
+    placeholder = next(n for n in prog.graph.nodes if n.op == "placeholder")
+    assert io.batch_inputs == [not isinstance(placeholder.meta["val"].shape[0], int)
+                               and placeholder.meta["val"].shape[0].node.maybe_as_int() is None]
 
 
 def test_check_parity_names_output_and_error():

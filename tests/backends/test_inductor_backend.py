@@ -17,13 +17,13 @@ from prunec.errors import BackendUnavailable
 from tests.backends.models import inputs, model, program
 
 
-def test_jit_artifact_compiles_lazily_and_saves_the_module(tmp_path):
+def test_jit_artifact_compiles_lazily():
+    # Saving compiles an AOTInductor package: tests/backends/test_artifacts.py covers it.
     art = lower(program("mlp"), "inductor", mode="reduce-overhead")
     assert isinstance(art, InductorArtifact) and not art.compiled
-    loaded = InductorArtifact.load(art.save(tmp_path / "mlp.pt2"), mode="default")
-    assert not loaded.compiled and loaded.settings["mode"] == "default"
+    assert art.settings["mode"] == "reduce-overhead"
     (x,), _ = inputs("mlp", 3)
-    torch.testing.assert_close(loaded.module(x), model("mlp")(x))
+    torch.testing.assert_close(art.module(x), model("mlp")(x))
 
 
 def test_no_compiler_is_backend_unavailable(monkeypatch):

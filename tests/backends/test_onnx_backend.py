@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from prunec.backends import lower
-from prunec.backends.base import check_parity
+from prunec.backends.base import IOSpec, check_parity
 from prunec.backends.onnx_backend import TOLERANCES, OnnxArtifact
 from prunec.backends.onnxruntime_backend import OnnxRuntimeArtifact, pick_providers
 from prunec.errors import BackendUnavailable, PrunecError
@@ -86,11 +86,14 @@ def test_static_batch_when_asked():
     assert [d.dim_value for d in dims] == [2, 16]
 
 
-def test_batch_one_capture_warns_and_stays_static():
-    with pytest.warns(UserWarning, match="batch >= 2"):
-        art = lower(program("mlp", batch=1), "onnx")
+def test_onnx_axes_follow_the_program_for_a_batch_one_capture():
+    prog = program("mlp", batch=1)
+    art = lower(prog, "onnx")
     dims = art.model.graph.input[0].type.tensor_type.shape.dim
-    assert [d.dim_value for d in dims] == [1, 16]
+    expected = IOSpec.from_program(prog).input_shapes[0]
+    assert [d.dim_value if d.dim_value else None for d in dims] == expected
+    if expected[0] is None:  # a dynamic batch runs at another size
+        assert art(torch.randn(3, 16)).shape == (3, 4)
 
 
 def test_structured_outputs_survive_the_file(tmp_path):
