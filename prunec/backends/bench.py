@@ -343,10 +343,11 @@ def noise_warnings(rows: list[LatencyStats], baseline: str, *, tail: float = 5.0
             out.append(f"{where}: timer noise (95% interval {lo:.2f}-{hi:.2f}x) is as large "
                        f"as the difference measured ({r.speedup:.2f}x); use more iterations.")
         if hi < 1.0 and (r.ideal_speedup or 0) > 1.0:
+            other = "" if r.artifact.endswith("onnxruntime") else " or the onnxruntime backend"
             out.append(f"{where}: measured slower than {baseline} ({r.speedup:.2f}x) although "
                        f"it has {r.ideal_speedup:.2f}x fewer MACs: at {base.median_ms:.3g} ms a "
                        f"call, fixed per-call costs (Python, op dispatch) or a busy machine "
-                       f"dominate; try larger batch sizes or the onnxruntime backend.")
+                       f"dominate; try larger batch sizes{other}.")
     return out
 
 
