@@ -86,7 +86,7 @@ def load_setup(args: argparse.Namespace) -> Setup:
 def _builtin_setup() -> Setup:
     from prunec.zoo import default_model, digits_data, evaluate
 
-    with progress.step("training the built-in digits classifier (first use, a few seconds)"):
+    with progress.step("training the built-in digits classifier (first use)"):
         model, inputs = default_model()
     x_train, y_train, x_test, y_test = digits_data()
     return Setup(BUILTIN, model, inputs, {}, "digits ResNet-14 (built-in)",
@@ -188,8 +188,9 @@ def _finetune(compiled, setup: Setup, epochs: int) -> dict:
     from prunec.train import finetune
 
     lr = 2e-3 if setup.builtin else 1e-4
-    _, history = finetune(compiled, setup.train_data, epochs=epochs, teacher=setup.model,
-                          lr=lr, alpha=0.5)
+    with progress.step(f"fine-tuning, {epochs} epoch{'s' * (epochs != 1)} of distillation"):
+        _, history = finetune(compiled, setup.train_data, epochs=epochs, teacher=setup.model,
+                              lr=lr, alpha=0.5)
     out = {"finetune_epochs": epochs, "finetune_final_loss": history[-1]["loss"] if history else None}
     if setup.evaluate is not None:
         out["accuracy_finetuned"] = setup.evaluate(compiled)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import sys
 import time
 from typing import Any, Iterable, Iterator
@@ -77,8 +78,14 @@ def bar(iterable: Iterable | None = None, *, total: int | None = None, desc: str
     show = enabled(progress)
     if show:
         _end_line()
+    size = shutil.get_terminal_size((0, 0))
+    if size.columns > 0 and size.lines > 0:
+        options.setdefault("dynamic_ncols", True)
+    else:  # a terminal that reports no size (some ptys): tqdm would draw nothing
+        options.setdefault("ncols", size.columns or 100)
+        options.setdefault("nrows", size.lines or 24)
     return tqdm(iterable, total=total, desc=desc, unit=unit, leave=leave, file=sys.stderr,
-                disable=not show, dynamic_ncols=True, **options)
+                disable=not show, **options)
 
 
 def _end_line() -> None:
