@@ -107,8 +107,11 @@ def make_pass(args: argparse.Namespace, setup: Setup):
         return passes.RandomPruning(args.ratio, **common)
     calibration = setup.calibration
     if calibration is None:
-        calibration = [setup.kwargs] if setup.kwargs and not setup.args else \
-            [(setup.args, setup.kwargs) if setup.kwargs else setup.args]
+        if setup.args and setup.kwargs:  # a calibration item is a tensor, tuple or dict
+            raise CliError("--pass variance on a model with positional and keyword inputs "
+                           "needs --data: calibration items are a tuple of positional inputs "
+                           "or a dict of keyword inputs")
+        calibration = [setup.kwargs] if setup.kwargs else [setup.args]
         setup.notes.append("variance statistics come from the example inputs only; give "
                            "--data for real calibration batches")
     # progress=None: the calibration bar follows prunec.progress (--quiet, a terminal)

@@ -158,6 +158,28 @@ def test_parse_input_forms():
             parse_input(bad)
 
 
+class MixedInputs(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = torch.nn.Linear(8, 32), torch.nn.Linear(32, 8)
+
+    def forward(self, x, scale=None):
+        return self.fc2(torch.relu(self.fc1(x))) * scale
+
+
+def mixed_inputs():
+    return MixedInputs().eval()
+
+
+def test_variance_without_data_on_mixed_inputs_asks_for_data(capsys):
+    assert main(["prune", "--model", "tests.test_cli:mixed_inputs", "--input", "2x8",
+                 "--input", "scale:float32:2x8", "--no-save"]) == 2
+    assert "needs --data" in _one_error_line(capsys)
+    # positional inputs only: VBP calibrates on the example and says so
+    assert main(["prune", "--model", "tests.test_cli:tiny_factory", "--no-save"]) == 0
+    assert "note: variance statistics come from the example inputs only" in capsys.readouterr().out
+
+
 def test_integer_keyword_inputs(capsys):
     assert main(["analyze", "--model", "tests.test_cli:token_model", "--input",
                  "input_ids:int64:2x6", "--input", "attention_mask:int64:2x6"]) == 0
