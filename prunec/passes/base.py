@@ -172,8 +172,16 @@ def candidate_groups(analysis: ChannelAnalysis, targets: str) -> list[ChannelGro
 
 
 def unit_step(group: ChannelGroup, round_to: int) -> int:
-    """Units to keep in multiples of: ``k * width`` channels must be a multiple of round_to."""
-    return max(1, round_to // math.gcd(round_to, group.step_width))
+    """Units to keep in multiples of, so that the kept channel count ``k * width`` of the
+    group's widest axis is a multiple of ``round_to``.
+
+    The widest axis carries the channels that a matmul or conv sees (``heads * head_dim``);
+    a narrower axis of the same units (the head axis of ``[B, H, N, D]``, width 1) counts
+    heads, which need no alignment: with ``head_dim = 64`` and ``round_to = 8`` any number
+    of heads may be kept.
+    """
+    width = max((s.width for s in group.slots), default=1)
+    return max(1, round_to // math.gcd(round_to, width))
 
 
 class PruningPass:
