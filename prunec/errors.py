@@ -10,6 +10,7 @@ __all__ = [
     "PlanError",
     "PassError",
     "VerificationError",
+    "InvalidArgumentError",
 ]
 
 
@@ -43,3 +44,12 @@ class PassError(PrunecError):
 
 class VerificationError(PrunecError):
     """A rewritten program does not compute what its pass guarantees."""
+
+
+class InvalidArgumentError(PrunecError, TypeError, ValueError):
+    """An argument of the public API has the wrong type or is out of range.
+
+    Raised before any expensive work; the message names the argument and what to pass
+    instead. It is also a ``TypeError`` and a ``ValueError``, so code written against the
+    built-in conventions catches it too.
+    """

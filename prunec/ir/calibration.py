@@ -30,7 +30,7 @@ import torch
 import torch.fx as fx
 
 from prunec.errors import CalibrationError
-from prunec.ir.interpret import ProgramInterpreter, describe_node, resolve_nodes
+from prunec.ir.interpret import ProgramInterpreter, describe_node, resolve_nodes, split_inputs
 from prunec.ir.program import Program
 
 __all__ = ["ChannelStats", "collect_statistics", "MaskSpec"]
@@ -242,6 +242,9 @@ def collect_statistics(
             items or masks, NaN/inf values (naming the node), or no data (zero items or zero
             counted positions, over all ranks).
     """
+    from prunec.validate import check_calibration
+
+    check_calibration(calibration, "collect_statistics")
     axes = _check_targets(program, targets)
     distributed = _distributed()
     acc = _Accumulator(program, axes)
@@ -272,9 +275,21 @@ def _run_pass(program: Program, calibration: Iterable[Any], acc: _Accumulator, m
             for index, item in enumerate(bar):
                 acc.index = index
                 acc.keep = _resolve_mask(mask, item, index)
-                interp.call_item(item)
+                args, kwargs = _checked_item(program, item, index)
+                interp.call(args, kwargs)
     finally:
         bar.close()
+
+
+def _checked_item(program: Program, item: Any, index: int) -> tuple[tuple, dict]:
+    """The item as ``(args, kwargs)``, checked against the captured inputs (dtype, rank,
+    static sizes) so that a malformed batch fails here, naming itself, not deep in an op."""
+    from prunec.validate import check_program_inputs
+
+    args, kwargs = split_inputs(item)
+    check_program_inputs(program, args, kwargs, where=f"calibration item {index}",
+                         error=CalibrationError)
+    return args, kwargs
 
 
 def _length(calibration: Iterable[Any], max_batches: int | None) -> int | None:

@@ -1,47 +1,148 @@
 """Capture: ``nn.Module`` + example inputs -> :class:`~prunec.ir.program.Program`.
 
-The caller's module is deep-copied first, so neither its parameters nor its train/eval mode
-are ever touched. Capture uses ``torch.export.export(strict=False)``; by default every
-dimension of every tensor input is declared ``Dim.AUTO``, which lets export keep dynamic
-whatever the model allows (batch, sequence length, image size) and specialise the rest.
+Nothing of the caller's is touched, and the weights are not copied:
+
+- **Structure copied, parameters shared.** The module tree is copied with every parameter
+  mapped to itself (``copy.deepcopy`` with a pre-filled memo), so capture costs no weight
+  memory and the program's parameters *are* the caller's tensors until a rewrite slices
+  them (slicing makes new tensors). Buffers are copied: a train-mode program updates batch-
+  norm statistics in place, and those must never reach the caller's buffers. The copy gets
+  the train/eval flag; the caller's flag is never set.
+- **Inputs never written.** Example inputs are cloned at the boundary, and when the forward
+  writes in place into an input (``x.mul_(2)``), the captured graph clones that input first:
+  the program computes the same outputs and never changes the tensors it is called with
+  (a deployed artifact could not write into its inputs either). The capture notes say so.
+
+Dynamic shapes (``dynamic=True``): axis 0 of every tensor input whose size equals the first
+input's is the **batch**, declared explicitly as one ``Dim("batch", min=1)`` shared by those
+inputs, even for a batch-1 example (size-1 axes are otherwise specialised by export); every
+other axis of size > 1 is ``Dim.AUTO``. When that fails because the model cannot take a
+symbolic size (window partitioning: ``SymIntArrayRef expected to contain only concrete
+integers``; an LSTM: ``Cannot call numel() on tensor with symbolic sizes``; a batch the model
+fixes), capture retries with fewer dynamic axes, in this order: batch dynamic with the other
+axes static; fully static. Each retry is recorded in ``program.capture_notes`` for the
+report. Any failure is a :class:`~prunec.errors.CaptureError` naming the module (and the
+``torch.nn.functional`` op) where tracing stopped.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import inspect
+import re
+import types
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.fx as fx
 import torch.utils._pytree as pytree
 
 from prunec.errors import CaptureError
 from prunec.ir.program import Program, refresh_meta
 
-__all__ = ["capture", "auto_dynamic_shapes"]
+__all__ = ["capture", "auto_dynamic_shapes", "share_weights_copy", "clone_inputs"]
+
+aten = torch.ops.aten
+
+# Messages of failures that come from symbolic sizes: only these are worth a retry with
+# fewer dynamic axes (any other failure would fail the same way with static shapes).
+_SHAPE_FAILURES = re.compile(
+    r"symbolic|SymInt|SymBool|Constraints violated|specializ|guard|data.dependent|"
+    r"Dim\(|dynamic_shapes|concrete integers", re.IGNORECASE)
 
 
-def auto_dynamic_shapes(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    """``Dim.AUTO`` on every axis of size > 1 of every tensor input (size-1 axes are
-    specialised by export anyway; ``None`` for non-tensors)."""
+@dataclass(frozen=True)
+class _Attempt:
+    """One ``torch.export`` try: the dynamic-shapes layout and how to describe it."""
+
+    label: str
+    batch: bool  # axis 0 of the batch inputs declared Dim("batch", min=1)
+    other: bool  # every other axis of size > 1 Dim.AUTO
+
+
+_LADDER = (
+    _Attempt("batch axis dynamic, other axes automatic", True, True),
+    _Attempt("batch axis dynamic, other axes static", True, False),
+    _Attempt("all axes static", False, False),
+)
+
+
+# ---------------------------------------------------------------------------- boundary copies
+def clone_inputs(tree: Any) -> Any:
+    """Detached clones of every tensor leaf (other leaves as they are).
+
+    Examples and calibration items pass through this at the boundary so that nothing prunec
+    runs can write into the caller's tensors.
+    """
+    return pytree.tree_map(
+        lambda x: x.detach().clone() if isinstance(x, torch.Tensor) else x, tree)
+
+
+def share_weights_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model``'s module tree that shares its parameters and copies its buffers.
+
+    Every parameter (tied ones included) maps to itself in the deepcopy memo, so no weight
+    is duplicated; modules, hooks, buffers and other attributes are copied, so setting the
+    copy's train flag or updating its buffers never reaches ``model``.
+    """
+    memo: dict[int, Any] = {id(p): p for _, p in model.named_parameters(remove_duplicate=False)}
+    return copy.deepcopy(model, memo)
+
+
+# ---------------------------------------------------------------------------- dynamic shapes
+def auto_dynamic_shapes(args: tuple, kwargs: dict, *, batch: bool = True,
+                        other: bool = True) -> tuple[tuple, dict]:
+    """The ``(args, kwargs)`` dynamic-shape specs of one capture attempt.
+
+    Args:
+        args: Positional example inputs.
+        kwargs: Keyword example inputs.
+        batch: Declare axis 0 of every tensor whose axis-0 size equals the first tensor's
+            as one shared ``Dim("batch", min=1)``.
+        other: ``Dim.AUTO`` on every other axis of size > 1 (size-1 axes stay static).
+
+    Returns:
+        Specs shaped like ``(args, kwargs)``: a ``{axis: Dim}`` dict per tensor, ``None``
+        for other leaves.
+    """
+    tensors = [x for x in pytree.tree_leaves((args, kwargs)) if isinstance(x, torch.Tensor)]
+    batch_size = next((t.shape[0] for t in tensors if t.dim() > 0), None)
+    batch_dim = torch.export.Dim("batch", min=1)
 
     def spec(x: Any) -> Any:
-        if isinstance(x, torch.Tensor):
-            return {i: torch.export.Dim.AUTO for i in range(x.dim()) if x.shape[i] > 1}
-        return None
+        if not isinstance(x, torch.Tensor):
+            return None
+        axes: dict[int, Any] = {}
+        for i in range(x.dim()):
+            if i == 0 and batch and x.shape[0] == batch_size:
+                axes[0] = batch_dim
+            elif other and x.shape[i] > 1:
+                axes[i] = torch.export.Dim.AUTO
+        return axes
 
-    return (pytree.tree_map(spec, tuple(args)), pytree.tree_map(spec, dict(kwargs)))
-
-
-def _as_args(example_inputs: Any) -> tuple:
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,)
-    if isinstance(example_inputs, (list, tuple)):
-        return tuple(example_inputs)
-    raise CaptureError(
-        f"example_inputs must be a tensor or a tuple of positional inputs, got "
-        f"{type(example_inputs).__name__}; pass keyword inputs as example_kwargs={{...}}."
-    )
+    return pytree.tree_map(spec, tuple(args)), pytree.tree_map(spec, dict(kwargs))
 
 
+def _named_shapes(model: torch.nn.Module, args: tuple, kwargs: dict,
+                  specs: tuple[tuple, dict]) -> dict:
+    """Specs keyed by the forward's parameter names (``*args`` / ``**kwargs`` included), the
+    form export takes for any mix of positional and keyword inputs."""
+    signature = inspect.signature(model.forward)
+    bound = signature.bind(*specs[0], **specs[1])
+    named: dict[str, Any] = {}
+    for name, value in bound.arguments.items():
+        kind = signature.parameters[name].kind
+        named[name] = tuple(value) if kind is inspect.Parameter.VAR_POSITIONAL else value
+    return named
+
+
+def _batch_size(args: tuple, kwargs: dict) -> int | None:
+    leaves = pytree.tree_leaves((args, kwargs))
+    return next((x.shape[0] for x in leaves if isinstance(x, torch.Tensor) and x.dim() > 0), None)
+
+
+# ---------------------------------------------------------------------------- capture
 def capture(
     model: torch.nn.Module,
     example_inputs: Any,
@@ -50,83 +151,201 @@ def capture(
     train: bool = False,
     dynamic: bool | tuple | dict = True,
 ) -> Program:
-    """Capture ``model`` as a Program without mutating it.
+    """Capture ``model`` as a Program without touching it or copying its weights.
 
     Args:
-        model: The user's module (copied, never modified).
-        example_inputs: A tensor or a tuple of positional inputs.
+        model: The user's module. Its parameters are shared with the program (until a
+            rewrite slices them); nothing of it is written, its train flag included.
+        example_inputs: A tensor or a tuple of positional inputs (cloned at the boundary).
         example_kwargs: Keyword inputs (e.g. ``attention_mask``).
         train: Capture in train mode (dropout, batch-norm statistics updates) instead of eval.
-        dynamic: ``True`` for ``Dim.AUTO`` on every input axis, ``False`` for fully static
-            shapes, or an explicit ``dynamic_shapes`` spec as ``torch.export`` takes it
-            (a ``(args_spec, kwargs_spec)`` pair, or a dict keyed by argument name).
+        dynamic: ``True``: batch axis dynamic (minimum 1) and ``Dim.AUTO`` elsewhere, with
+            the retries described in the module docstring; ``False``: fully static; or an
+            explicit ``dynamic_shapes`` spec as ``torch.export`` takes it (one attempt).
+
+    Returns:
+        The Program; ``program.capture_notes`` lists what capture had to give up (axes made
+        static, inputs written in place by the forward).
 
     Raises:
-        CaptureError: naming the model class and export's reason, with what to try.
+        CaptureError: naming the module and op where tracing failed, and what to try.
     """
-    if not isinstance(model, torch.nn.Module):
-        raise CaptureError(f"prunec captures torch.nn.Module objects, got {type(model).__name__}.")
-    args = _as_args(example_inputs)
-    kwargs = dict(example_kwargs or {})
-    work = copy.deepcopy(model)
+    from prunec.validate import check_example_inputs, check_model
+
+    check_model(model)
+    args, kwargs = check_example_inputs(model, example_inputs, example_kwargs)
+    work = share_weights_copy(model)
     work.train(train)
-    if dynamic is True:
-        shapes = auto_dynamic_shapes(args, kwargs)
-        shapes = {**_name_args(work, shapes[0]), **shapes[1]}
-    elif dynamic is False:
-        shapes = None
-    else:
-        shapes = dynamic
-    try:
-        with torch.no_grad() if not train else _nullcontext():
-            ep = torch.export.export(work, args, kwargs, dynamic_shapes=shapes, strict=False)
-        gm = ep.module()
-    except Exception as exc:  # export raises many unrelated types; we re-raise one.
-        where = _failing_module(exc) or type(model).__name__
-        raise CaptureError(
-            f"torch.export could not capture {where}: {type(exc).__name__}: "
-            f"{_first_line(exc)}. Make the forward traceable (no data-dependent Python "
-            f"control flow, no .item()/.tolist() on activations), or pass dynamic=False if "
-            f"the failure concerns dynamic shapes."
-        ) from exc
+    gm, notes = _export_with_retries(work, args, kwargs, train=train, dynamic=dynamic,
+                                     name=type(model).__name__)
+    notes += _clone_written_inputs(gm)
     program = Program(gm, args, kwargs, training=train)
-    refresh_meta(program.gm)
+    program.capture_notes = notes
     return program
 
 
-def _name_args(model: torch.nn.Module, arg_specs: tuple) -> dict:
-    """Key positional specs by the forward's parameter names (export accepts either form,
-    but a dict mixes cleanly with keyword specs)."""
-    import inspect
+def _export_with_retries(work: torch.nn.Module, args: tuple, kwargs: dict, *, train: bool,
+                         dynamic: bool | tuple | dict, name: str) -> tuple[fx.GraphModule, list]:
+    """Export along the retry ladder; return the graph module and the notes.
 
-    names = [
-        p.name for p in inspect.signature(model.forward).parameters.values()
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-    ]
-    if len(names) < len(arg_specs):  # *args forwards: fall back to positional form
-        raise CaptureError(
-            f"{type(model).__name__}.forward takes *args; pass dynamic=False or an explicit "
-            f"dynamic_shapes tuple."
-        )
-    return dict(zip(names, arg_specs))
+    A failure that does not come from symbolic sizes is raised at once (static shapes would
+    fail the same way). A failure that names the batch skips the attempts that keep the
+    batch dynamic.
+    """
+    if isinstance(dynamic, bool):
+        attempts = list(_LADDER if dynamic else _LADDER[-1:])
+    else:
+        attempts = [None]
+    notes: list[str] = []
+    first: BaseException | None = None
+    while attempts:
+        attempt = attempts.pop(0)
+        try:
+            gm = _export_once(work, args, kwargs, attempt, dynamic, train)
+        except Exception as exc:  # export raises many unrelated types; we re-raise one.
+            first = first or exc
+            text = f"{type(exc).__name__} {exc}"
+            if not attempts or not _SHAPE_FAILURES.search(text):
+                raise _capture_error(name, work, exc, first) from exc
+            if "(batch)" in text:  # the model fixes the batch size
+                attempts = [a for a in attempts if not a.batch]
+            continue
+        if first is not None:
+            notes.append(f"captured with {attempt.label}: {_first_line(first)}")
+            if not attempt.batch and dynamic is True:
+                notes.append(f"the batch size is fixed to {_batch_size(args, kwargs)}: the "
+                             f"model does not trace with a symbolic batch axis")
+        return gm, notes
+    raise AssertionError("unreachable: the ladder is never empty")
 
 
-class _nullcontext:
-    def __enter__(self):
-        return None
+def _export_once(work: torch.nn.Module, args: tuple, kwargs: dict, attempt: _Attempt | None,
+                 explicit: Any, train: bool) -> fx.GraphModule:
+    trace_args, trace_kwargs = args, kwargs
+    if attempt is None:
+        shapes = explicit
+    elif not attempt.batch and not attempt.other:
+        shapes = None
+    else:
+        specs = auto_dynamic_shapes(args, kwargs, batch=attempt.batch, other=attempt.other)
+        shapes = _named_shapes(work, args, kwargs, specs)
+        if attempt.batch and _batch_size(args, kwargs) == 1:
+            # Export specialises size-1 axes: trace a batch of 2 (the example twice), so the
+            # graph holds for every batch size >= 1, the example's included.
+            trace_args, trace_kwargs = _doubled_batch((args, kwargs))
+    with torch.no_grad() if not train else contextlib.nullcontext():
+        ep = torch.export.export(work, trace_args, trace_kwargs, dynamic_shapes=shapes,
+                                 strict=False)
+        gm = ep.module()
+        refresh_meta(gm)  # fails here for ops that cannot take the symbolic sizes (LSTM)
+    return gm
 
-    def __exit__(self, *exc):
+
+def _doubled_batch(tree: Any) -> Any:
+    """Every tensor whose axis 0 has size 1, concatenated with itself along axis 0."""
+    return pytree.tree_map(
+        lambda x: torch.cat([x, x]) if isinstance(x, torch.Tensor) and x.dim() > 0
+        and x.shape[0] == 1 else x, tree)
+
+
+# ---------------------------------------------------------------------------- input writes
+def _clone_written_inputs(gm: fx.GraphModule) -> list[str]:
+    """Insert ``aten.clone`` after every placeholder that an in-place op writes into
+    (directly or through a view), so running the program never changes its inputs."""
+    notes = []
+    for ph in [n for n in gm.graph.nodes if n.op == "placeholder"]:
+        if not _is_written(ph):
+            continue
+        with gm.graph.inserting_after(_last_placeholder(gm)):
+            copy_node = gm.graph.call_function(aten.clone.default, (ph,))
+        copy_node.meta = {k: v for k, v in ph.meta.items() if k == "val"}
+        ph.replace_all_uses_with(copy_node, delete_user_cb=lambda u: u is not copy_node
+                                 and u.op != "call_module")
+        notes.append(f"forward writes in place into input {ph.name!r}; the program works on a "
+                     f"copy of it (same outputs, the caller's tensor is never changed)")
+    if notes:
+        gm.graph.lint()
+        gm.recompile()
+    return notes
+
+
+def _last_placeholder(gm: fx.GraphModule) -> fx.Node:
+    return [n for n in gm.graph.nodes if n.op == "placeholder"][-1]
+
+
+def _is_written(placeholder: fx.Node) -> bool:
+    """Whether a mutable op writes into ``placeholder`` or into a view of it."""
+    stack, seen = [placeholder], set()
+    while stack:
+        node = stack.pop()
+        for user in node.users:
+            schema = getattr(user.target, "_schema", None)
+            if user.op != "call_function" or schema is None or user in seen:
+                continue
+            seen.add(user)
+            if any(_writes(schema, i, arg, node) for i, arg in enumerate(user.args)):
+                return True
+            returns = schema.returns
+            if returns and returns[0].alias_info is not None:  # a view: follow it
+                stack.append(user)
+    return False
+
+
+def _writes(schema: Any, index: int, arg: Any, node: fx.Node) -> bool:
+    if arg is not node or index >= len(schema.arguments):
         return False
+    alias = schema.arguments[index].alias_info
+    return alias is not None and alias.is_write
+
+
+# ---------------------------------------------------------------------------- errors
+def _capture_error(name: str, work: torch.nn.Module, exc: BaseException,
+                   first: BaseException | None) -> CaptureError:
+    where = _failing_place(work, exc) or f"{name}.forward"
+    reason = f"{type(exc).__name__}: {_first_line(exc)}"
+    remedy = _remedy(exc)
+    tried = ""
+    if first is not None and first is not exc:
+        tried = f" (first attempt, with dynamic axes: {type(first).__name__}: {_first_line(first)})"
+    return CaptureError(f"torch.export could not capture {name} at {where}: {reason}{tried}. "
+                        f"{remedy}")
+
+
+def _remedy(exc: BaseException) -> str:
+    text = str(exc)
+    if re.search(r"scalar type|dtype|to have one of the following|expected .*(Long|Float)",
+                 text, re.IGNORECASE):
+        return ("Check the example inputs' dtypes: token ids must be integer (torch.long), "
+                "images and features floating point, and of the model's parameter dtype.")
+    if re.search(r"size mismatch|shape|must match|cannot be multiplied|expected input",
+                 text, re.IGNORECASE):
+        return "Check the example inputs' shapes against what the model expects."
+    return ("Make the forward traceable (no data-dependent Python control flow, no "
+            ".item()/.tolist() on activations), or pass dynamic=False if the failure concerns "
+            "dynamic shapes.")
+
+
+def _failing_place(work: torch.nn.Module, exc: BaseException) -> str:
+    """``"module 'encoder.emb' (Embedding), in torch.nn.functional.embedding"``: the
+    innermost module of ``work`` whose forward is on the traceback, and the functional op."""
+    names = {id(m): n for n, m in work.named_modules()}
+    module, op = None, None
+    tb: types.TracebackType | None = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, torch.nn.Module) and id(owner) in names:
+            module = owner
+        if frame.f_code.co_filename.replace("\\", "/").endswith("torch/nn/functional.py"):
+            op = op or frame.f_code.co_name
+        tb = tb.tb_next
+    if module is None:
+        return ""
+    path = names[id(module)] or "<root>"
+    text = f"module '{path}' ({type(module).__name__})"
+    return text + (f", in torch.nn.functional.{op}" if op else "")
 
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:300] if text else ""
-
-
-def _failing_module(exc: BaseException) -> str:
-    """Best effort: the user module path mentioned in export's message."""
-    import re
-
-    m = re.search(r"L\['self'\]\.?([\w.\[\]']*)", str(exc))
-    return f"module 'self.{m.group(1)}'" if m and m.group(1) else ""

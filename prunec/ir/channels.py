@@ -429,7 +429,8 @@ def _build_groups(program: Program, space: _Space, comp: np.ndarray, param_targe
     order = np.argsort(inverse, kind="stable")
     bounds = np.flatnonzero(np.diff(inverse[order])) + 1
     groups = []
-    for members in np.split(cands[order], bounds):
+    # np.split of an empty array gives one empty piece: a model without parameters has none.
+    for members in np.split(cands[order], bounds) if len(cands) else []:
         lo, hi = np.searchsorted(pair_comp, [members[0], members[0] + 1])
         groups.append(_make_group(space, keys, pair_dim[lo:hi].tolist(), members, comp, blocked,
                                   comp_blocked, param_targets))

@@ -35,6 +35,8 @@ class Program:
             or train mode) rebuilds this program's structure; saving and training read them.
         origin: Group key -> size at first sight (pruning ratios count against it).
         history: Configurations of the passes applied (a pass seen again is a no-op).
+        capture_notes: What capture had to give up, in words for the report (axes made
+            static after a failed dynamic attempt, inputs the forward writes in place).
     """
 
     gm: fx.GraphModule
@@ -45,6 +47,7 @@ class Program:
     origin: dict = field(default_factory=dict)
     history: list = field(default_factory=list)
     plans: list = field(default_factory=list)
+    capture_notes: list = field(default_factory=list)
     _cache: dict = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ analyses
@@ -89,7 +92,8 @@ class Program:
                     memo[id(value)] = value
         gm = copy.deepcopy(self.gm, memo)
         return Program(gm, self.example_args, dict(self.example_kwargs), self.training,
-                       self.version, dict(self.origin), list(self.history), list(self.plans))
+                       self.version, dict(self.origin), list(self.history), list(self.plans),
+                       list(self.capture_notes))
 
     # ------------------------------------------------------------------ mutating
     def set_tensor(self, target: str, value: torch.Tensor) -> None:
