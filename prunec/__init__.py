@@ -8,14 +8,14 @@ from prunec import passes
 from prunec.api import CompiledModel, Report, analyze, compile, load
 from prunec.train import finetune
 from prunec.errors import (
-    BackendUnavailable, CalibrationError, CaptureError, PassError, PlanError, PrunecError,
-    UnsupportedOpError, VerificationError,
+    BackendUnavailable, CalibrationError, CaptureError, InvalidArgumentError, PassError,
+    PlanError, PrunecError, UnsupportedOpError, VerificationError,
 )
 from prunec.rewrite import PruningPlan
 
 __all__ = [
     "compile", "analyze", "load", "finetune", "CompiledModel", "Report", "PruningPlan", "passes",
     "PrunecError", "CaptureError", "UnsupportedOpError", "CalibrationError",
-    "BackendUnavailable", "PlanError", "PassError", "VerificationError",
+    "BackendUnavailable", "PlanError", "PassError", "VerificationError", "InvalidArgumentError",
 ]
 __version__ = "0.1.0"

@@ -20,6 +20,7 @@ from prunec.passes.base import PassManager
 from prunec.passes.instruments import CheckOutputs
 from prunec.report import Report
 from prunec.rewrite import PruningPlan, apply_plan
+from prunec.validate import check_compile
 
 __all__ = ["compile", "analyze", "load", "CompiledModel", "Report"]
 
@@ -117,6 +118,11 @@ def compile(  # noqa: A001 - the public name the design asks for
             a rewrite that fails verification, or a backend that is not available.
     """
     start = time.perf_counter()
+    # Every argument is checked before capture, the expensive part (DESIGN contract 9).
+    example_inputs, example_kwargs, passes, backend_options = check_compile(
+        model, example_inputs, passes, example_kwargs=example_kwargs, backend=backend,
+        backend_options=backend_options, train=train, dynamic=dynamic, verify=verify,
+        instruments=instruments, plans=plans)
     program = capture(model, example_inputs, example_kwargs, train=train, dynamic=dynamic)
     report = Report.start(program, model=model, backend=backend)
     for plan in plans:

@@ -250,6 +250,8 @@ class Report:
         layers_before: Per-layer widths before the passes (see :func:`layer_widths`).
         layers_after: Per-layer widths after the passes.
         group_tags: Tags of the channel groups at capture (``attention``, ``residual``...).
+        capture_notes: What capture gave up (axes made static after a failed dynamic
+            attempt, inputs the forward writes in place).
     """
 
     macs_before: int
@@ -266,6 +268,7 @@ class Report:
     layers_after: dict = field(default_factory=dict, repr=False)
     iterations: list = field(default_factory=list)  # recipes (PEEAO): one dict per iteration
     group_tags: dict = field(default_factory=dict, repr=False)
+    capture_notes: list = field(default_factory=list)  # what capture made static, and why
 
     # -- filling it (called by prunec.compile) -----------------------------------------
     @classmethod
@@ -281,7 +284,7 @@ class Report:
         return cls(count_macs(program), count_params(program), backend=backend, model=name,
                    inputs=describe_inputs(program.example_args, program.example_kwargs),
                    batch_size=batch, layers_before=layer_widths(program, batch),
-                   group_tags=tags)
+                   group_tags=tags, capture_notes=list(program.capture_notes))
 
     def add_pass(self, pass_: Any, result: Any, **extra: Any) -> dict:
         """Record a pass, its options (``pass_.config()`` when it has one) and its result."""
@@ -354,6 +357,8 @@ class Report:
                           _pass_text(p)))
         if not self.passes:
             items.append(("passes", "none"))
+        for note in self.capture_notes:
+            items.append(("capture", note))
         return items
 
     def summary_lines(self) -> list[str]:
@@ -401,6 +406,7 @@ class Report:
                 "macs_per_sample_after": self.macs_per_sample_after,
                 "params_before": self.params_before, "params_after": self.params_after,
                 "seconds": self.seconds, "passes": passes, "iterations": _plain(self.iterations),
+                "capture_notes": list(self.capture_notes),
                 "layers": [{"name": r.name, "kind": r.kind, "before": asdict(r.before),
                             "after": asdict(r.after) if r.after else None} for r in self.layers()]}
 

@@ -20,7 +20,7 @@ import difflib
 import inspect
 import math
 import numbers
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 import torch.fx as fx
@@ -31,7 +31,7 @@ from prunec.errors import CalibrationError, CaptureError, InvalidArgumentError, 
 __all__ = [
     "check_model", "check_example_inputs", "check_passes", "check_backend", "check_ratio",
     "check_round_to", "check_choice", "check_positive", "check_calibration",
-    "check_program_inputs", "check_finetune", "check_compile",
+    "check_program_inputs", "check_finetune", "check_compile", "user_items", "is_user_error",
 ]
 
 
@@ -284,7 +284,7 @@ def check_backend(backend: Any, options: Any) -> dict:
     from prunec.backends.base import BACKENDS, _resolve
 
     if not isinstance(backend, str) or backend not in BACKENDS:
-        check_choice(backend, sorted(BACKENDS), "compile", "backend")
+        check_choice(backend, sorted(BACKENDS), "prunec", "backend")
     if options is None:
         return {}
     if not isinstance(options, Mapping) or any(not isinstance(k, str) for k in options):
@@ -431,7 +431,7 @@ def check_finetune(*, epochs: Any, lr: Any, weight_decay: Any, batch_size: Any,
 # ---------------------------------------------------------------------------- compile
 def check_compile(model: Any, example_inputs: Any, passes: Any, *, example_kwargs: Any = None,
                   backend: Any = "torch", backend_options: Any = None, train: Any = False,
-                  dynamic: Any = True, instruments: Any = None,
+                  dynamic: Any = True, verify: Any = True, instruments: Any = None,
                   plans: Any = None) -> tuple[tuple, dict, list, dict]:
     """Every argument of :func:`prunec.compile`, before capture.
 
@@ -453,8 +453,9 @@ def check_compile(model: Any, example_inputs: Any, passes: Any, *, example_kwarg
     if plans is not None:
         _check_plans(plans)
     options = check_backend(backend, backend_options)
-    if not isinstance(train, bool):
-        raise InvalidArgumentError(f"train must be True or False, got {train!r}.")
+    for argument, flag in (("train", train), ("verify", verify)):
+        if not isinstance(flag, bool):
+            raise InvalidArgumentError(f"{argument} must be True or False, got {flag!r}.")
     if not isinstance(dynamic, (bool, tuple, list, dict)):
         raise InvalidArgumentError(
             f"dynamic must be True, False or a torch.export dynamic_shapes spec, got "
@@ -477,3 +478,39 @@ def _check_plans(plans: Any) -> None:
             raise InvalidArgumentError(f"plans[{i}] is {type(plan).__name__}, not a "
                                        f"PruningPlan (load saved ones with "
                                        f"PruningPlan.from_json).")
+
+
+# ---------------------------------------------------------------------------- the caller's data
+_USER_TAG = "_prunec_raised_by_caller_data"
+
+
+def user_items(data: Iterable) -> Iterator:
+    """Iterate the caller's data, tagging any exception that the iteration itself raises
+    (their loader, their generator) so that prunec re-raises it unchanged, never wrapped:
+    it is the caller's error, with the caller's traceback."""
+    try:
+        iterator = iter(data)
+    except Exception as exc:
+        _tag(exc)
+        raise
+    while True:
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return
+        except Exception as exc:
+            _tag(exc)
+            raise
+        yield item
+
+
+def _tag(exc: BaseException) -> None:
+    try:
+        setattr(exc, _USER_TAG, True)
+    except AttributeError:  # exceptions with __slots__: left untagged (then wrapped)
+        pass
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised by the caller's data iterator (see :func:`user_items`)."""
+    return bool(getattr(exc, _USER_TAG, False))

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 import torch
 import torch.utils._pytree as pytree
 
-from prunec.errors import BackendUnavailable, PrunecError
+from prunec.errors import BackendUnavailable, InvalidArgumentError, PrunecError
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -92,10 +92,9 @@ def lower(program: "Program", backend: str = "torch", **options: Any) -> Artifac
         PrunecError: ``backend`` is not registered (the message lists the names).
         BackendUnavailable: the backend's software or hardware is missing.
     """
-    if backend not in BACKENDS:
-        raise PrunecError(
-            f"Unknown backend {backend!r}; available backends: {', '.join(sorted(BACKENDS))}."
-        )
+    from prunec.validate import check_backend
+
+    options = check_backend(backend, options)  # a known name, options its lowering takes
     return _resolve(BACKENDS[backend])(program, **options)
 
 
@@ -182,15 +181,15 @@ class IOSpec:
         """The tensor inputs of a call, in graph order; constants are checked."""
         keys = list(pytree.tree_unflatten([None] * self.in_spec.num_leaves, self.in_spec)[1])
         if set(kwargs) != set(keys):
-            raise PrunecError(
+            raise InvalidArgumentError(
                 f"Keyword inputs {sorted(kwargs)} differ from those captured {sorted(keys)}.")
         leaves, spec = pytree.tree_flatten((tuple(args), {k: kwargs[k] for k in keys}))
         if spec != self.in_spec:
-            raise PrunecError(f"Inputs are structured as {spec}, but the artifact was "
+            raise InvalidArgumentError(f"Inputs are structured as {spec}, but the artifact was "
                               f"built for {self.in_spec}.")
         for leaf, const in zip(leaves, self.input_constants):
             if const is not None and not _same_constant(leaf, const[0]):
-                raise PrunecError(f"A non-tensor input was {const[0]!r} at capture and is "
+                raise InvalidArgumentError(f"A non-tensor input was {const[0]!r} at capture and is "
                                   f"specialised into the artifact; got {leaf!r}.")
         tensors = [x for x, c in zip(leaves, self.input_constants) if c is None]
         self.check_tensors(tensors)
@@ -200,9 +199,9 @@ class IOSpec:
         """Refuse inputs of another type, dtype, rank or fixed size, naming the input."""
         for i, (name, x) in enumerate(zip(self.input_names, tensors)):
             if not _is_tensor(x):
-                raise PrunecError(f"Input {name!r} must be a tensor, got {type(x).__name__}.")
+                raise InvalidArgumentError(f"Input {name!r} must be a tensor, got {type(x).__name__}.")
             if self.input_dtypes and str(x.dtype) != self.input_dtypes[i]:
-                raise PrunecError(f"Input {name!r} must be {self.input_dtypes[i]}, got {x.dtype}; "
+                raise InvalidArgumentError(f"Input {name!r} must be {self.input_dtypes[i]}, got {x.dtype}; "
                                   f"cast it (the artifact was built for that dtype).")
             if not self.input_shapes:
                 continue
@@ -210,7 +209,7 @@ class IOSpec:
             fixed = [w == g or w is None for w, g in zip(want, x.shape)]
             if len(want) != x.dim() or not all(fixed):
                 shown = "[" + ", ".join("*" if w is None else str(w) for w in want) + "]"
-                raise PrunecError(f"Input {name!r} must have shape {shown} (* = any size), got "
+                raise InvalidArgumentError(f"Input {name!r} must have shape {shown} (* = any size), got "
                                   f"{list(x.shape)}; sizes other than * were fixed at capture.")
 
     def unflatten_inputs(self, tensors: list) -> tuple[tuple, dict]:

@@ -268,7 +268,10 @@ def _run_pass(program: Program, calibration: Iterable[Any], acc: _Accumulator, m
 
     interp = ProgramInterpreter(program, observers={n: acc.observer(n) for n in acc.axes})
     total = _length(calibration, max_batches)
-    items = calibration if max_batches is None else itertools.islice(calibration, max_batches)
+    from prunec.validate import user_items
+
+    items = user_items(calibration)  # the loader's own errors pass through unchanged
+    items = items if max_batches is None else itertools.islice(items, max_batches)
     bar = progress_bar(items, total=total, desc="calibration", unit="batch", progress=progress)
     try:
         with torch.no_grad():

@@ -18,6 +18,7 @@ from typing import Protocol
 
 import torch
 
+from prunec import validate
 from prunec.errors import PassError, PrunecError
 from prunec.ir.channels import ChannelAnalysis, ChannelGroup, analyze_channels
 from prunec.ir.program import Program
@@ -100,7 +101,7 @@ class PassManager:
     """
 
     def __init__(self, passes, instruments=(), *, progress: bool = False):
-        self.passes = list(passes)
+        self.passes = validate.check_passes(passes)
         self.instruments = list(instruments)
         self.progress = progress
         self.results: list[PassResult] = []
@@ -129,6 +130,8 @@ class PassManager:
             for inst in ctx.instruments:
                 getattr(inst, "after", _noop)(pass_, program, result)
         except Exception as exc:  # every failure is re-raised with the pipeline's context
+            if validate.is_user_error(exc):  # the caller's own data loader failed: theirs
+                raise
             raise self._failure(pass_, exc) from exc
         return result
 
@@ -155,10 +158,8 @@ def _yes(*_args) -> bool:
 
 
 def check_ratio(ratio: float, where: str) -> float:
-    if not isinstance(ratio, (int, float)) or not 0.0 <= float(ratio) < 1.0:
-        raise PrunecError(f"{where}: ratio must be in [0, 1), got {ratio!r}. "
-                          f"It is the fraction of candidate channels removed.")
-    return float(ratio)
+    """A ratio in ``[0, 1)`` (see :func:`prunec.validate.check_ratio`)."""
+    return validate.check_ratio(ratio, where)
 
 
 def candidate_groups(analysis: ChannelAnalysis, targets: str) -> list[ChannelGroup]:
@@ -200,12 +201,12 @@ class PruningPass:
     guarantee: str | None = "zeroing"
 
     def __init__(self, *, ratio: float, scope: str = "global", targets: str = "all", round_to: int = 8):
-        self.ratio = check_ratio(ratio, type(self).__name__)
-        if scope not in ("global", "local"):
-            raise PrunecError(f"{type(self).__name__}: scope must be 'global' or 'local', got {scope!r}.")
-        if int(round_to) < 1:
-            raise PrunecError(f"{type(self).__name__}: round_to must be >= 1, got {round_to!r}.")
-        self.scope, self.targets, self.round_to = scope, targets, int(round_to)
+        where = type(self).__name__
+        self.ratio = check_ratio(ratio, where)
+        scope = validate.check_choice(scope, ("global", "local"), where, "scope")
+        targets = validate.check_choice(targets, ("all", "mlp"), where, "targets")
+        round_to = validate.check_round_to(round_to, where)
+        self.scope, self.targets, self.round_to = scope, targets, round_to
 
     def config(self) -> dict:
         """The pass's identity: its class and constructor options."""

@@ -1,8 +1,11 @@
 """Random pruning: the baseline every criterion has to beat."""
 from __future__ import annotations
 
+import numbers
+
 import torch
 
+from prunec.errors import InvalidArgumentError
 from prunec.passes.base import PassContext, PruningPass
 
 __all__ = ["RandomPruning"]
@@ -25,6 +28,9 @@ class RandomPruning(PruningPass):
     def __init__(self, ratio: float, *, seed: int = 0, scope: str = "global", targets: str = "all",
                  round_to: int = 8):
         super().__init__(ratio=ratio, scope=scope, targets=targets, round_to=round_to)
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise InvalidArgumentError(f"RandomPruning: seed must be an integer, got "
+                                       f"{type(seed).__name__} {seed!r}.")
         self.seed = int(seed)
 
     def score(self, program, groups, ctx: PassContext) -> dict[str, torch.Tensor]:

@@ -38,7 +38,8 @@ from typing import Any, Iterable
 
 import torch
 
-from prunec.errors import CalibrationError, PrunecError
+from prunec import validate
+from prunec.errors import CalibrationError, InvalidArgumentError, PrunecError
 from prunec.ir.calibration import ChannelStats, MaskSpec, collect_statistics
 from prunec.ir.channels import ChannelGroup, Slot
 from prunec.ir.program import Program
@@ -142,7 +143,15 @@ class VarianceBasedPruning(PruningPass):
                  scope: str = "global", max_batches: int | None = None,
                  progress: bool | None = None):
         super().__init__(ratio=ratio, scope=scope, targets=targets, round_to=round_to)
-        self.calibration = calibration
+        where = type(self).__name__
+        self.calibration = validate.check_calibration(calibration, where)
+        if mask is not None and not isinstance(mask, str) and not callable(mask):
+            raise InvalidArgumentError(f"{where}: mask must be None, a key of the items (e.g. "
+                                       f"'attention_mask') or a callable item -> [B, N] mask, "
+                                       f"got {type(mask).__name__}.")
+        if max_batches is not None:
+            max_batches = validate.check_positive(max_batches, where, "max_batches",
+                                                  integer=True)
         self.fold_means = bool(compensate)  # not `compensate`: that name is the hook method
         self.mask = mask
         self.max_batches = max_batches

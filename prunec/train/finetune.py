@@ -41,7 +41,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from prunec.errors import PrunecError
+from prunec.errors import InvalidArgumentError, PrunecError
 from prunec.ir.capture import capture
 from prunec.ir.interpret import split_inputs
 from prunec.ir.program import Program
@@ -61,8 +61,9 @@ def _program_of(target: Any) -> Program:
     program = getattr(target, "program", None)
     if isinstance(program, Program):
         return program
-    raise PrunecError(f"expected a prunec Program or CompiledModel, got {type(target).__name__}; "
-                      f"pass the result of prunec.compile (or its .program).")
+    raise InvalidArgumentError(f"target must be a prunec Program or CompiledModel, got "
+                               f"{type(target).__name__}; pass the result of prunec.compile "
+                               f"(or its .program).")
 
 
 def train_program(target: Any, original: nn.Module | None) -> Program:
@@ -292,6 +293,11 @@ def finetune(
         PrunecError: no model to capture in train mode, no length for the schedule, items
             of another form, or a structure that the plans do not replay.
     """
+    from prunec.validate import check_finetune
+
+    check_finetune(epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
+                   temperature=temperature, alpha=alpha, train_data=train_data,
+                   teacher=teacher, original=original, loss_fn=loss_fn, label_key=label_key)
     base = original if original is not None else teacher
     program = _program_of(target)
     student = train_program(program, base)

@@ -1,0 +1,152 @@
+"""Capture: shared weights, the caller untouched, dynamic batch from a batch-1 example,
+retries with static axes, inputs never written, errors that name the module."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from prunec.errors import CaptureError, InvalidArgumentError
+from prunec.ir.capture import capture, share_weights_copy
+
+
+class MLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(8, 16)
+        self.bn = nn.BatchNorm1d(16)
+        self.fc2 = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.bn(self.fc1(x))))
+
+
+class TwoInputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(20, 8)
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, ids, mask):
+        return self.fc(self.emb(ids)) * mask.unsqueeze(-1)
+
+
+class WritesInput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        x.mul_(2)  # in place into the caller's tensor
+        x[:, :2].zero_()  # and through a view
+        return self.fc(x)
+
+
+class Recurrent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(8, 16, batch_first=True)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.head(self.rnn(x)[0])
+
+
+def _state(model: nn.Module) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_parameters_shared_buffers_copied():
+    model = MLP().eval()
+    program = capture(model, torch.randn(4, 8))
+    assert program.get_tensor("fc1.weight") is model.fc1.weight
+    assert program.get_tensor("fc2.bias") is model.fc2.bias
+    assert program.get_tensor("bn.running_mean") is not model.bn.running_mean
+    assert torch.equal(program.get_tensor("bn.running_mean"), model.bn.running_mean)
+
+
+def test_tied_parameters_stay_tied_in_the_copy():
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 10, bias=False))
+    model[1].weight = model[0].weight
+    work = share_weights_copy(model)
+    assert work[0].weight is model[0].weight and work[1].weight is model[0].weight
+
+
+@pytest.mark.parametrize("mode", [True, False])
+def test_caller_flag_and_state_untouched(mode: bool):
+    model = MLP().train(mode)
+    before = _state(model)
+    program = capture(model, torch.randn(4, 8), train=not mode)
+    assert model.training is mode and all(m.training is mode for m in model.modules())
+    # A train-mode program updates batch-norm statistics: never in the caller's buffers.
+    program.gm(torch.randn(4, 8) * 3 + 1)
+    after = _state(model)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_batch_one_example_keeps_batch_dynamic():
+    model = MLP().eval()
+    x1 = torch.randn(1, 8)
+    program = capture(model, x1)
+    assert program.capture_notes == []
+    assert program.example_args[0].shape == (1, 8)
+    for batch in (1, 2, 5):
+        x = torch.randn(batch, 8)
+        torch.testing.assert_close(program.gm(x), model(x))
+
+
+def test_batch_shared_between_inputs():
+    model = TwoInputs().eval()
+    ids, mask = torch.randint(0, 20, (1, 6)), torch.ones(1, 6)
+    program = capture(model, (ids, mask))
+    ids3, mask3 = torch.randint(0, 20, (3, 9)), torch.rand(3, 9)
+    torch.testing.assert_close(program.gm(ids3, mask3), model(ids3, mask3))
+
+
+def test_inputs_never_written():
+    model = WritesInput().eval()
+    x = torch.randn(3, 8)
+    original = x.clone()
+    program = capture(model, x)
+    assert torch.equal(x, original)
+    assert any("writes in place into input" in note for note in program.capture_notes)
+    y = torch.randn(3, 8)
+    y_before = y.clone()
+    out = program.gm(y)
+    assert torch.equal(y, y_before)
+    torch.testing.assert_close(out, model(y_before.clone()))
+
+
+def test_symbolic_size_failure_retries_static_and_notes_it():
+    model = Recurrent().eval()
+    x = torch.randn(2, 5, 8)
+    program = capture(model, x)
+    assert program.capture_notes and "captured with" in program.capture_notes[0]
+    torch.testing.assert_close(program.gm(x), model(x))
+
+
+def test_wrong_dtype_names_module_and_op():
+    with pytest.raises(CaptureError) as info:
+        capture(TwoInputs(), (torch.randn(2, 6), torch.ones(2, 6)))
+    text = str(info.value)
+    assert "'emb' (Embedding)" in text and "embedding" in text and "dtype" in text
+
+
+def test_extra_positional_input_named():
+    with pytest.raises(InvalidArgumentError, match="too many positional"):
+        capture(MLP(), (torch.randn(2, 8), torch.randn(2, 8)))
+
+
+def test_script_module_rejected():
+    with pytest.raises(CaptureError, match="TorchScript"):
+        capture(torch.jit.script(nn.Linear(4, 4)), torch.randn(2, 4))
+
+
+def test_failure_inside_a_submodule_names_it():
+    class Bad(nn.Module):
+        def forward(self, x):
+            return x.reshape(3, -1, 5)  # 2 * 8 elements cannot be viewed so
+
+    model = nn.Sequential(nn.Linear(8, 8), Bad())
+    with pytest.raises(CaptureError, match=r"module '1' \(Bad\)"):
+        capture(model, torch.randn(2, 8), dynamic=False)
