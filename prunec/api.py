@@ -72,7 +72,9 @@ class CompiledModel:
     def save(self, path: str | Path) -> Path:
         """Save the artifact (``.pt2`` for torch and inductor, ``.onnx``, a TensorRT plan);
         :func:`prunec.load` restores it without the model's code."""
-        return self.artifact.save(path)
+        from prunec.validate import check_save_path
+
+        return self.artifact.save(check_save_path(path))
 
     def __repr__(self) -> str:
         return (f"<CompiledModel backend={self.backend!r} plans={len(self.program.plans)} "

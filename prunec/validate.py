@@ -17,9 +17,12 @@ of the example tensors so that nothing downstream can write into the caller's te
 from __future__ import annotations
 
 import difflib
+import errno
 import inspect
 import math
 import numbers
+import os
+from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
@@ -32,6 +35,7 @@ __all__ = [
     "check_model", "check_example_inputs", "check_passes", "check_backend", "check_ratio",
     "check_round_to", "check_choice", "check_positive", "check_calibration",
     "check_program_inputs", "check_finetune", "check_compile", "user_items", "is_user_error",
+    "check_save_path",
 ]
 
 
@@ -382,8 +386,10 @@ def _check_against(node: fx.Node, value: Any, where: str, error: type[PrunecErro
         raise error(f"{where}: {name} has {value.dim()} axes {tuple(value.shape)}, but the "
                     f"model was captured with {expected.dim()} {_shape_text(expected)}; "
                     f"items need the same layout as the example inputs (batch axis included).")
-    for axis, (got, want) in enumerate(zip(value.shape, expected.shape)):
-        if isinstance(want, int) and got != want:
+    from prunec.ir.channels import static_shape
+
+    for axis, (got, want) in enumerate(zip(value.shape, static_shape(node))):
+        if want is not None and got != want:
             raise error(f"{where}: {name} has size {got} on axis {axis}, but that axis was "
                         f"captured static with size {want} (shape {_shape_text(expected)}); "
                         f"pass inputs of that size or capture with an example that lets "
@@ -391,7 +397,8 @@ def _check_against(node: fx.Node, value: Any, where: str, error: type[PrunecErro
 
 
 def _shape_text(val: torch.Tensor) -> str:
-    return "(" + ", ".join(str(s) if isinstance(s, int) else "*" for s in val.shape) + ")"
+    sizes = [s if isinstance(s, int) else s.node.maybe_as_int() for s in val.shape]
+    return "(" + ", ".join("*" if s is None else str(s) for s in sizes) + ")"
 
 
 # ---------------------------------------------------------------------------- finetune
@@ -419,7 +426,7 @@ def check_finetune(*, epochs: Any, lr: Any, weight_decay: Any, batch_size: Any,
             f"items, got {type(train_data).__name__}.")
     for argument, value in (("teacher", teacher), ("original", original)):
         if value is not None:
-            check_model(value, argument)
+            check_model(value, f"{where}: {argument}")
     if loss_fn is not None and not callable(loss_fn):
         raise InvalidArgumentError(f"{where}: loss_fn must be callable (logits, target) -> "
                                    f"loss, got {type(loss_fn).__name__}.")
@@ -514,3 +521,24 @@ def _tag(exc: BaseException) -> None:
 def is_user_error(exc: BaseException) -> bool:
     """Whether ``exc`` was raised by the caller's data iterator (see :func:`user_items`)."""
     return bool(getattr(exc, _USER_TAG, False))
+
+
+def check_save_path(path: Any) -> Path:
+    """A path to write an artifact to: a string or ``PathLike`` whose parent directory exists.
+
+    A missing parent raises ``FileNotFoundError`` (an ``OSError``, as every backend's file
+    writer would, with the path in it) before anything is serialised; torch's zip writer
+    would otherwise raise a bare ``RuntimeError`` after exporting.
+
+    Raises:
+        InvalidArgumentError: ``path`` is not a string or path.
+        FileNotFoundError: the parent directory does not exist (or is a file).
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidArgumentError(f"save: path must be a string or pathlib.Path, got "
+                                   f"{type(path).__name__}.")
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(errno.ENOENT, f"cannot save to {str(path)!r}: the directory "
+                                f"does not exist (create it first)", str(path.parent))
+    return path
