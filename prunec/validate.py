@@ -323,6 +323,9 @@ def _lowering_options(fn: Any) -> list[str] | None:
 def check_calibration(calibration: Any, where: str, argument: str = "calibration") -> Any:
     """Calibration data: an iterable of items, not None, not one bare tensor, not empty.
 
+    Under ``torch.distributed`` (world size > 1) an empty shard is allowed: the statistics
+    are merged over all ranks, and the merge reports when no rank had data.
+
     Raises:
         CalibrationError: naming ``argument`` and what to pass.
     """
@@ -344,18 +347,26 @@ def check_calibration(calibration: Any, where: str, argument: str = "calibration
         empty = len(calibration) == 0  # type: ignore[arg-type]
     except TypeError:  # an iterator without a length: emptiness shows when it is consumed
         empty = False
-    if empty:
+    if empty and not _distributed():
         raise CalibrationError(f"{where}: {argument} is empty; pass at least one batch.")
     return calibration
 
 
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def check_program_inputs(program: Any, args: tuple, kwargs: dict, *, where: str,
-                         error: type[PrunecError] = InvalidArgumentError) -> None:
+                         error: type[PrunecError] = InvalidArgumentError,
+                         dtypes: bool = True) -> None:
     """Inputs of a call against the placeholders the program was captured with.
 
-    For every tensor input: same dtype, same rank, and the same size on every axis that
-    capture made static (dynamic axes accept any size in their range). Non-tensor inputs
-    must be what they were at capture (they are specialised into the graph).
+    For every tensor input: the same rank, the same size on every axis that capture made
+    static (dynamic axes accept any size in their range) and, with ``dtypes``, the same
+    dtype. Calibration checks dtypes only once a run has failed: a graph may well take an
+    integer mask where a float one was captured (``x * mask`` promotes).
 
     Raises:
         ``error`` (InvalidArgumentError by default; CalibrationError for calibration items):
@@ -369,17 +380,18 @@ def check_program_inputs(program: Any, args: tuple, kwargs: dict, *, where: str,
         raise error(f"{where}: {exc}") from None
     placeholders = [n for n in program.graph.nodes if n.op == "placeholder"]
     for node, value in zip(placeholders, flat):
-        _check_against(node, value, where, error)
+        _check_against(node, value, where, error, dtypes)
 
 
-def _check_against(node: fx.Node, value: Any, where: str, error: type[PrunecError]) -> None:
+def _check_against(node: fx.Node, value: Any, where: str, error: type[PrunecError],
+                   dtypes: bool) -> None:
     expected = node.meta.get("val")
     if not isinstance(expected, torch.Tensor):
         return
     name = f"input {node.name!r}"
     if not isinstance(value, torch.Tensor):
         raise error(f"{where}: {name} must be a tensor, got {type(value).__name__}.")
-    if value.dtype != expected.dtype:
+    if dtypes and value.dtype != expected.dtype:
         raise error(f"{where}: {name} has dtype {value.dtype}, but the model was captured "
                     f"with {expected.dtype}; convert it (x.to({expected.dtype})).")
     if value.dim() != expected.dim():
@@ -412,15 +424,17 @@ def check_finetune(*, epochs: Any, lr: Any, weight_decay: Any, batch_size: Any,
     """
     where = "finetune"
     check_positive(epochs, where, "epochs", integer=True)
-    check_positive(lr, where, "lr")
+    check_positive(lr, where, "lr", allow_zero=True)  # 0: a run that only updates BN stats
     check_positive(weight_decay, where, "weight_decay", allow_zero=True)
     check_positive(batch_size, where, "batch_size", integer=True)
     check_positive(temperature, where, "temperature")
     if not _is_real(alpha) or not 0.0 <= float(alpha) <= 1.0:
         raise InvalidArgumentError(f"{where}: alpha must be in [0, 1] (the weight of the "
                                    f"distillation term), got {alpha!r}.")
-    if train_data is None or isinstance(train_data, (str, bytes, torch.Tensor)) \
-            or not isinstance(train_data, Iterable):
+    from torch.utils.data import Dataset
+
+    iterable = isinstance(train_data, (Iterable, Dataset)) or hasattr(train_data, "__getitem__")
+    if train_data is None or isinstance(train_data, (str, bytes, torch.Tensor)) or not iterable:
         raise InvalidArgumentError(
             f"{where}: train_data must be a Dataset, DataLoader or list of (inputs, target) "
             f"items, got {type(train_data).__name__}.")

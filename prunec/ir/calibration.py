@@ -279,20 +279,37 @@ def _run_pass(program: Program, calibration: Iterable[Any], acc: _Accumulator, m
                 acc.index = index
                 acc.keep = _resolve_mask(mask, item, index)
                 args, kwargs = _checked_item(program, item, index)
-                interp.call(args, kwargs)
+                try:
+                    interp.call(args, kwargs)
+                except RuntimeError as exc:  # a dtype mismatch shows only when run
+                    _explain_failure(program, args, kwargs, index, exc)
+                    raise
     finally:
         bar.close()
 
 
 def _checked_item(program: Program, item: Any, index: int) -> tuple[tuple, dict]:
-    """The item as ``(args, kwargs)``, checked against the captured inputs (dtype, rank,
+    """The item as ``(args, kwargs)``, checked against the captured inputs (structure, rank,
     static sizes) so that a malformed batch fails here, naming itself, not deep in an op."""
     from prunec.validate import check_program_inputs
 
     args, kwargs = split_inputs(item)
     check_program_inputs(program, args, kwargs, where=f"calibration item {index}",
-                         error=CalibrationError)
+                         error=CalibrationError, dtypes=False)
     return args, kwargs
+
+
+def _explain_failure(program: Program, args: tuple, kwargs: dict, index: int,
+                     exc: BaseException) -> None:
+    """After a failed run: a :class:`CalibrationError` naming the input whose dtype differs
+    from the captured one, if one does (else the caller re-raises ``exc``)."""
+    from prunec.validate import check_program_inputs
+
+    try:
+        check_program_inputs(program, args, kwargs, where=f"calibration item {index}",
+                             error=CalibrationError)
+    except CalibrationError as mismatch:
+        raise mismatch from exc
 
 
 def _length(calibration: Iterable[Any], max_batches: int | None) -> int | None:

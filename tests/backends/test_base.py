@@ -112,6 +112,11 @@ def test_batch_flag_follows_the_program_for_a_batch_one_capture():
                                and placeholder.meta["val"].shape[0].node.maybe_as_int() is None]
 
 
+def test_batch_stays_dynamic_when_captured_with_batch_one():
+    io = IOSpec.from_program(program("mlp", batch=1))
+    assert io.batch_inputs == [True]
+
+
 def test_check_parity_names_output_and_error():
     ref = {"a": torch.zeros(3), "b": torch.ones(2)}
     ok = {"a": torch.full((3,), 1e-5), "b": torch.ones(2)}

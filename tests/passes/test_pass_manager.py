@@ -104,7 +104,7 @@ def test_failure_names_the_pass_its_options_and_the_passes_before():
 
 
 def test_a_prunec_error_keeps_its_class_and_gains_the_pass_name():
-    bad = VarianceBasedPruning(0.5, [])  # empty calibration data
+    bad = VarianceBasedPruning(0.5, iter([]))  # no data, seen only when the pass runs
     with pytest.raises(CalibrationError) as info:
         PassManager([bad]).run(program())
     assert "VarianceBasedPruning(ratio=0.5" in str(info.value)

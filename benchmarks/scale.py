@@ -1,0 +1,442 @@
+"""Time and memory of prunec's pipeline on large models, next to Torch-Pruning's.
+
+Models (random weights, built from ``transformers`` configs without their slow weight
+initialisation, then filled in place with N(0, 0.02), norm scales with N(1, 0.02)):
+
+- ViT-B/16, ViT-L/16, ViT-H/14 (``ViTConfig`` sizes, 224 x 224, float32);
+- a Llama-shaped 1B (``LlamaConfig`` of Llama 3.2 1B: 16 layers, hidden 2048, MLP 8192,
+  32 heads / 8 KV heads, tied 128256-token embedding; float32);
+- an 8B-shaped Llama (Llama 3.1 8B: 32 layers, hidden 4096, MLP 14336, untied embedding)
+  in bfloat16 (16 GB).
+
+Both tools prune the same thing: half of every MLP's hidden channels, ranked per layer by
+the L2 norm of their weights, kept counts multiples of 8.
+
+- prunec: ``capture`` (shares the weights), ``analyze_channels``, ``MagnitudePruning(0.5,
+  targets="mlp", scope="local")``'s scoring (``score``) and selection, ``apply_plan``, then one
+  forward pass of the pruned program (finite outputs of the right shape).
+- Torch-Pruning: ``tp.DependencyGraph().build_dependency(model, example_inputs)``, then a
+  ``tp.pruner.MagnitudePruner`` (``MagnitudeImportance(p=2)``, ``pruning_ratio=0.5``, local,
+  ``round_to=8``, every ``nn.Linear`` except the MLPs' first layer ignored so that only MLP
+  hidden channels go) and its ``step()``.
+
+Each (model, tool) runs in a fresh process, one at a time. Memory is the process's peak RSS
+(``VmHWM``, reset through ``/proc/self/clear_refs`` after the model is built) minus its RSS
+once the model is built: the growth caused by the tool. prunec never writes the caller's
+tensors, so its rewrite allocates the pruned tensors next to the caller's model; the report
+gives that share separately.
+
+Run: ``python benchmarks/scale.py`` (all models) or ``--models vit_b llama_1b``;
+``--threads`` (default 2). Results: ``benchmarks/results/scale.{md,json}``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's prunec
+
+RESULTS = Path(__file__).parent / "results"
+RATIO = 0.5
+ROUND_TO = 8
+
+
+# ---------------------------------------------------------------------------- models
+def _llama_config(size: str) -> Any:
+    from transformers import LlamaConfig
+
+    if size == "1b":
+        return LlamaConfig(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                           num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
+                           tie_word_embeddings=True, use_cache=False, head_dim=64,
+                           rope_theta=500000.0, max_position_embeddings=8192)
+    return LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                       num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
+                       tie_word_embeddings=False, use_cache=False, head_dim=128,
+                       rope_theta=500000.0, max_position_embeddings=8192)
+
+
+def _vit_config(size: str) -> Any:
+    from transformers import ViTConfig
+
+    dims = {"b": (768, 12, 12, 3072, 16), "l": (1024, 24, 16, 4096, 16),
+            "h": (1280, 32, 16, 5120, 14)}[size]
+    hidden, layers, heads, mlp, patch = dims
+    return ViTConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                     intermediate_size=mlp, patch_size=patch, image_size=224,
+                     attn_implementation="sdpa")
+
+
+MODELS: dict[str, dict] = {
+    "vit_b": {"name": "ViT-B/16", "kind": "vit", "size": "b", "dtype": "float32"},
+    "vit_l": {"name": "ViT-L/16", "kind": "vit", "size": "l", "dtype": "float32"},
+    "vit_h": {"name": "ViT-H/14", "kind": "vit", "size": "h", "dtype": "float32"},
+    "llama_1b": {"name": "Llama-shaped 1B", "kind": "llama", "size": "1b", "dtype": "float32"},
+    "llama_8b": {"name": "Llama-shaped 8B", "kind": "llama", "size": "8b", "dtype": "bfloat16"},
+}
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype):
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+def build(key: str) -> tuple[torch.nn.Module, tuple, Callable]:
+    """The model (eval mode, filled weights), its example inputs, and the predicate naming
+    the MLPs' input layers (Torch-Pruning ignores every other ``nn.Linear``)."""
+    from transformers.initialization import no_init_weights
+
+    spec = MODELS[key]
+    dtype = getattr(torch, spec["dtype"])
+    with no_init_weights(), _default_dtype(dtype):
+        if spec["kind"] == "vit":
+            from transformers import ViTForImageClassification
+
+            model = ViTForImageClassification(_vit_config(spec["size"]))
+            example = (torch.randn(1, 3, 224, 224, dtype=dtype),)
+            first = lambda name: name.endswith("mlp.fc1")  # noqa: E731
+        else:
+            from transformers import LlamaForCausalLM
+
+            model = LlamaForCausalLM(_llama_config(spec["size"]))
+            example = (torch.randint(0, 128256, (1, 16)),)
+            # The gate and up projections share the hidden channels (their product feeds
+            # down_proj): Torch-Pruning drops a group whose output layers are ignored.
+            first = lambda name: name.endswith(("mlp.gate_proj", "mlp.up_proj"))  # noqa: E731
+    _fill(model)
+    return model.eval(), example, first
+
+
+@torch.no_grad()
+def _fill(model: torch.nn.Module) -> None:
+    gen = torch.Generator().manual_seed(0)
+    for name, p in model.named_parameters():
+        mean = 1.0 if p.dim() == 1 and "norm" in name else 0.0
+        p.normal_(mean, 0.02, generator=gen)
+
+
+# ---------------------------------------------------------------------------- memory
+def rss_bytes() -> int:
+    return _status_kb("VmRSS") * 1024
+
+
+def peak_bytes() -> int:
+    return _status_kb("VmHWM") * 1024
+
+
+def reset_peak() -> None:
+    """Reset ``VmHWM`` to the current RSS (Linux ``clear_refs`` value 5)."""
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+class Stages:
+    """Wall time and RSS after each stage; peak over all stages."""
+
+    def __init__(self) -> None:
+        gc.collect()
+        reset_peak()
+        self.base = rss_bytes()
+        self.rows: dict[str, dict] = {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        start = time.perf_counter()
+        yield
+        self.rows[name] = {"seconds": time.perf_counter() - start,
+                           "rss_growth_bytes": rss_bytes() - self.base,
+                           "peak_growth_bytes": peak_bytes() - self.base}
+
+
+def model_bytes(model: torch.nn.Module) -> int:
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if id(t) not in seen:
+            seen.add(id(t))
+            total += t.numel() * t.element_size()
+    return total
+
+
+# ---------------------------------------------------------------------------- prunec
+def run_prunec(key: str) -> dict:
+    from prunec.ir.capture import capture
+    from prunec.ir.channels import analyze_channels
+    from prunec.passes import MagnitudePruning
+    from prunec.passes.base import candidate_groups
+    from prunec.rewrite import apply_plan
+
+    model, example, _ = build(key)
+    size = model_bytes(model)
+    pass_ = MagnitudePruning(RATIO, targets="mlp", scope="local", round_to=ROUND_TO)
+    scoring = {"seconds": 0.0}
+    score = pass_.score
+
+    def timed_score(*args):
+        start = time.perf_counter()
+        out = score(*args)
+        scoring["seconds"] += time.perf_counter() - start
+        return out
+
+    pass_.score = timed_score
+    shapes = [tuple(p.shape) for p in model.parameters()]
+    stages = Stages()
+    with stages.stage("capture"):
+        program = capture(model, example)
+    with stages.stage("analysis"):
+        groups = candidate_groups(analyze_channels(program), "mlp")
+    with stages.stage("scoring_and_selection"):
+        plan = pass_.plan(program, groups, None)
+    old = {n: program.get_tensor(n) for n in _sliced_names(program, groups)}
+    with stages.stage("rewrite"):
+        apply_plan(program, plan)
+    new_bytes = sum(program.get_tensor(n).numel() * program.get_tensor(n).element_size()
+                    for n in old)
+    del old
+    with stages.stage("forward_check"), torch.no_grad():
+        out = program.gm(*example)
+        logits = out.logits if hasattr(out, "logits") else out[0]
+        finite = bool(torch.isfinite(logits).all())
+    rows = stages.rows
+    rows["scoring"] = {"seconds": scoring["seconds"]}
+    untouched = shapes == [tuple(p.shape) for p in model.parameters()]
+    return {"model_bytes": size, "params": sum(p.numel() for p in model.parameters()),
+            "stages": rows, "pruned_tensor_bytes": new_bytes, "groups": len(groups),
+            "pruned_groups": len(plan.keep), "output_finite": finite,
+            "output_shape": list(logits.shape), "caller_shapes_kept": untouched,
+            "capture_notes": list(program.capture_notes)}
+
+
+def _sliced_names(program, groups) -> set[str]:
+    return {slot.param for g in groups for slot in g.params}
+
+
+# ---------------------------------------------------------------------------- Torch-Pruning
+def run_tp(key: str) -> dict:
+    import torch_pruning as tp
+
+    model, example, first = build(key)
+    size = model_bytes(model)
+    ignored = [m for n, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear) and not first(n)]
+    stages = Stages()
+    with stages.stage("dependency_graph"):
+        tp.DependencyGraph().build_dependency(model, example_inputs=example[0],
+                                              output_transform=_logits_sum)
+    with stages.stage("pruner_init"):
+        pruner = tp.pruner.MagnitudePruner(
+            model, example[0], importance=tp.importance.MagnitudeImportance(p=2),
+            global_pruning=False, pruning_ratio=RATIO, ignored_layers=ignored, round_to=ROUND_TO,
+            output_transform=_logits_sum)
+    with stages.stage("pruning_step"):
+        pruner.step()
+    with stages.stage("forward_check"), torch.no_grad():
+        out = model(*example)
+        logits = out.logits if hasattr(out, "logits") else out[0]
+        finite = bool(torch.isfinite(logits).all())
+    return {"model_bytes": size, "stages": stages.rows, "output_finite": finite,
+            "output_shape": list(logits.shape),
+            "params_after": sum(p.numel() for p in model.parameters())}
+
+
+def _logits_sum(out: Any) -> torch.Tensor:
+    """The scalar Torch-Pruning traces back from (transformers outputs are dataclasses)."""
+    return out.logits.sum()
+
+
+# ---------------------------------------------------------------------------- driver
+def child(key: str, tool: str, threads: int, out: Path) -> None:
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    result = run_prunec(key) if tool == "prunec" else run_tp(key)
+    out.write_text(json.dumps(result, indent=2))
+
+
+def environment(threads: int) -> dict:
+    import transformers
+
+    try:
+        import torch_pruning as tp
+        tp_version = getattr(tp, "__version__", "unknown")
+    except ImportError:
+        tp_version = None
+    mem = _meminfo_gb()
+    return {"platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(), "memory_gb": mem, "threads": threads,
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "torch_pruning": tp_version, "python": platform.python_version()}
+
+
+def _meminfo_gb() -> float:
+    with open("/proc/meminfo") as handle:
+        kb = int(handle.readline().split()[1])
+    return round(kb / 2**20, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--tools", nargs="+", default=["prunec", "tp"], choices=["prunec", "tp"])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--child", nargs=2, metavar=("MODEL", "TOOL"))
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--timeout", type=int, default=3600)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child[0], args.child[1], args.threads, args.out)
+        return
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / "scale.json"
+    data = json.loads(path.read_text()) if path.exists() else {"results": {}}
+    data["env"] = environment(args.threads)
+    for key in args.models:
+        for tool in args.tools:
+            data["results"].setdefault(key, {})[tool] = _run_child(key, tool, args)
+            path.write_text(json.dumps(data, indent=2))
+            print(key, tool, json.dumps(data["results"][key][tool])[:400], flush=True)
+    (RESULTS / "scale.md").write_text(render(data))
+
+
+def _run_child(key: str, tool: str, args) -> dict:
+    out = RESULTS / f".scale_{key}_{tool}.json"
+    cmd = [sys.executable, __file__, "--child", key, tool, "--threads", str(args.threads),
+           "--out", str(out)]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    if proc.returncode != 0 or not out.exists():
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        return {"error": f"exit {proc.returncode}: " + " | ".join(tail),
+                "wall_seconds": time.perf_counter() - start}
+    result = json.loads(out.read_text())
+    out.unlink()
+    result["wall_seconds"] = time.perf_counter() - start
+    return result
+
+
+# ---------------------------------------------------------------------------- report
+def _gb(n: float) -> str:
+    return f"{n / 2**30:.2f}"
+
+
+def render(data: dict) -> str:
+    env = data["env"]
+    lines = [
+        "# Scale: prunec and Torch-Pruning on large models (CPU)", "",
+        f"Machine: {env['platform']}, {env['cores']} cores, {env['memory_gb']} GiB RAM; "
+        f"torch {env['torch']}, transformers {env['transformers']}, Torch-Pruning "
+        f"{env['torch_pruning']}; {env['threads']} threads per run. The machine was shared "
+        f"with other jobs during the runs, so times are upper bounds (other processes "
+        f"competed for the 2 cores); memory figures are per process and not affected.", "",
+        f"Task for both tools: remove {int(RATIO * 100)}% of every MLP's hidden channels, "
+        f"ranked per layer by weight L2 norm, kept counts multiples of {ROUND_TO}. Random "
+        f"weights; one process per (model, tool), run one at a time. Peak growth is the "
+        f"process's peak RSS minus its RSS once the model was built.", "",
+        "## Time (seconds)", "",
+        "| model | params | dtype | prunec capture | analysis | scoring | selection | rewrite "
+        "| analysis+scoring+rewrite | TP dependency graph | TP pruner init | TP pruning step "
+        "| ratio to TP graph |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, spec in MODELS.items():
+        row = data["results"].get(key)
+        if not row:
+            continue
+        lines.append(_time_row(spec, row))
+    lines += ["", "## Memory (GiB)", "",
+              "| model | model size | prunec peak growth (x size) | of which pruned tensors "
+              "| prunec growth beyond the pruned tensors (x size) | TP peak growth (x size) |",
+              "|---|---|---|---|---|---|"]
+    for key, spec in MODELS.items():
+        row = data["results"].get(key)
+        if row:
+            lines.append(_memory_row(spec, row))
+    lines += ["", "## Checks", ""]
+    for key, spec in MODELS.items():
+        row = data["results"].get(key, {})
+        p = row.get("prunec", {})
+        if "error" in p:
+            lines.append(f"- {spec['name']}: prunec failed: {p['error']}")
+        elif p:
+            notes = "; ".join(p.get("capture_notes") or []) or "none"
+            lines.append(f"- {spec['name']}: prunec pruned {p['pruned_groups']} of "
+                         f"{p['groups']} MLP groups, pruned model's output "
+                         f"{p['output_shape']} finite: {p['output_finite']}; capture notes: "
+                         f"{notes}.")
+        t = row.get("tp", {})
+        if "error" in t:
+            lines.append(f"- {spec['name']}: Torch-Pruning failed: {t['error']}")
+    return "\n".join(lines) + "\n"
+
+
+def _s(row: dict, stage: str) -> float | None:
+    return row.get("stages", {}).get(stage, {}).get("seconds")
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def _time_row(spec: dict, row: dict) -> str:
+    p, t = row.get("prunec", {}), row.get("tp", {})
+    scoring = _s(p, "scoring")
+    sel_total = _s(p, "scoring_and_selection")
+    selection = None if scoring is None or sel_total is None else sel_total - scoring
+    core = None
+    if None not in (_s(p, "analysis"), sel_total, _s(p, "rewrite")):
+        core = _s(p, "analysis") + sel_total + _s(p, "rewrite")
+    graph = _s(t, "dependency_graph")
+    ratio = "n/a" if core is None or not graph else f"{core / graph:.2f}x"
+    params = p.get("params")
+    return (f"| {spec['name']} | {params / 1e9:.2f}B | {spec['dtype']} | " if params else
+            f"| {spec['name']} | n/a | {spec['dtype']} | ") + " | ".join([
+        _fmt(_s(p, "capture")), _fmt(_s(p, "analysis")), _fmt(scoring), _fmt(selection),
+        _fmt(_s(p, "rewrite")), f"**{_fmt(core)}**", _fmt(graph), _fmt(_s(t, "pruner_init")),
+        _fmt(_s(t, "pruning_step")), ratio]) + " |"
+
+
+def _peak(row: dict, stages: list[str]) -> float | None:
+    values = [row.get("stages", {}).get(s, {}).get("peak_growth_bytes") for s in stages]
+    values = [v for v in values if v is not None]
+    return max(values) if values else None
+
+
+def _memory_row(spec: dict, row: dict) -> str:
+    p, t = row.get("prunec", {}), row.get("tp", {})
+    size = p.get("model_bytes") or t.get("model_bytes")
+    pp = _peak(p, ["capture", "analysis", "scoring_and_selection", "rewrite"])
+    tp_peak = _peak(t, ["dependency_graph", "pruner_init", "pruning_step"])
+    pruned = p.get("pruned_tensor_bytes")
+
+    def rel(x):
+        return "n/a" if x is None or not size else f"{_gb(x)} ({x / size:.2f}x)"
+
+    beyond = None if pp is None or pruned is None else pp - pruned
+    return (f"| {spec['name']} | {_gb(size) if size else 'n/a'} | {rel(pp)} | "
+            f"{_gb(pruned) if pruned is not None else 'n/a'} | {rel(beyond)} | {rel(tp_peak)} |")
+
+
+if __name__ == "__main__":
+    main()
