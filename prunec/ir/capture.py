@@ -238,8 +238,49 @@ def _export_once(work: torch.nn.Module, args: tuple, kwargs: dict, attempt: _Att
         ep = torch.export.export(work, trace_args, trace_kwargs, dynamic_shapes=shapes,
                                  strict=False)
         gm = ep.module()
+        if trace_args is not args:
+            _rehint_batch(gm, args, kwargs)
         refresh_meta(gm)  # fails here for ops that cannot take the symbolic sizes (LSTM)
     return gm
+
+
+def _rehint_batch(gm: fx.GraphModule, args: tuple, kwargs: dict) -> None:
+    """Make the batch symbols' example values (hints) those of the real example, 1, after a
+    trace on the doubled example: MACs and every size read from a hint (cost model, report)
+    must describe the caller's example, not the trace's.
+
+    Every symbolic size, stride or offset in the graph's metadata that depends on a batch
+    symbol gets its hint recomputed with the batch at 1 (``SymNode._hint``: the shape
+    environment itself is left alone, its ranges and guards describe the trace).
+    """
+    leaves = pytree.tree_leaves((args, kwargs))
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    symbols: set = set()
+    for node, leaf in zip(placeholders, leaves):
+        val = node.meta.get("val")
+        if isinstance(leaf, torch.Tensor) and leaf.dim() and leaf.shape[0] == 1 \
+                and isinstance(val, torch.Tensor) and isinstance(val.shape[0], torch.SymInt):
+            expr = val.shape[0].node.expr
+            if expr.is_Symbol:
+                symbols.add(expr)
+    if not symbols:
+        return
+    for node in gm.graph.nodes:
+        for value in pytree.tree_leaves(node.meta.get("val")):
+            for size in _sym_sizes(value):
+                free = size.node.expr.free_symbols
+                if free & symbols:
+                    values = {s: 1 if s in symbols else size.node.shape_env.var_to_val[s]
+                              for s in free}
+                    size.node._hint = size.node.pytype(size.node.expr.xreplace(values))
+
+
+def _sym_sizes(value: Any) -> list:
+    if isinstance(value, torch.Tensor):
+        sizes = [*value.shape, *value.stride(), value.storage_offset()]
+    else:
+        sizes = [value]
+    return [s for s in sizes if isinstance(s, (torch.SymInt, torch.SymFloat))]
 
 
 def _doubled_batch(tree: Any) -> Any:

@@ -150,3 +150,13 @@ def test_failure_inside_a_submodule_names_it():
     model = nn.Sequential(nn.Linear(8, 8), Bad())
     with pytest.raises(CaptureError, match=r"module '1' \(Bad\)"):
         capture(model, torch.randn(2, 8), dynamic=False)
+
+
+def test_batch_one_example_costs_one_sample():
+    from prunec.ir.cost import count_macs
+
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(16 * 36, 5)).eval()
+    one = count_macs(capture(model, torch.randn(1, 3, 6, 6)))
+    four = count_macs(capture(model, torch.randn(4, 3, 6, 6)))
+    assert one == 16 * 3 * 9 * 36 + 16 * 36 * 5 and four == 4 * one
