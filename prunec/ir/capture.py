@@ -2,12 +2,15 @@
 
 Nothing of the caller's is touched, and the weights are not copied:
 
-- **Structure copied, parameters shared.** The module tree is copied with every parameter
-  mapped to itself (``copy.deepcopy`` with a pre-filled memo), so capture costs no weight
-  memory and the program's parameters *are* the caller's tensors until a rewrite slices
-  them (slicing makes new tensors). Buffers are copied: a train-mode program updates batch-
-  norm statistics in place, and those must never reach the caller's buffers. The copy gets
-  the train/eval flag; the caller's flag is never set.
+- **Structure copied, parameters shared (eval mode).** The module tree is copied with every
+  parameter mapped to itself (``copy.deepcopy`` with a pre-filled memo), so capture costs no
+  weight memory and the program's parameters *are* the caller's tensors until a rewrite
+  slices them (slicing makes new tensors). Buffers are copied: a train-mode program updates
+  batch-norm statistics in place, and those must never reach the caller's buffers. The copy
+  gets the train/eval flag; the caller's flag is never set.
+- **Parameters copied (train mode).** A program captured with ``train=True`` exists to be
+  trained, and an optimizer writes its parameters in place: they are copies, so training it
+  (``OneCyclePruner``, a user's loop) never writes into the caller's model.
 - **Inputs never written.** Example inputs are cloned at the boundary, and when the forward
   writes in place into an input (``x.mul_(2)``), the captured graph clones that input first:
   the program computes the same outputs and never changes the tensors it is called with
@@ -154,8 +157,9 @@ def capture(
     """Capture ``model`` as a Program without touching it or copying its weights.
 
     Args:
-        model: The user's module. Its parameters are shared with the program (until a
-            rewrite slices them); nothing of it is written, its train flag included.
+        model: The user's module. In eval mode its parameters are shared with the program
+            (until a rewrite slices them), in train mode copied; nothing of it is written,
+            its train flag included.
         example_inputs: A tensor or a tuple of positional inputs (cloned at the boundary).
         example_kwargs: Keyword inputs (e.g. ``attention_mask``).
         train: Capture in train mode (dropout, batch-norm statistics updates) instead of eval.
@@ -174,7 +178,7 @@ def capture(
 
     check_model(model)
     args, kwargs = check_example_inputs(model, example_inputs, example_kwargs)
-    work = share_weights_copy(model)
+    work = copy.deepcopy(model) if train else share_weights_copy(model)
     work.train(train)
     gm, notes = _export_with_retries(work, args, kwargs, train=train, dynamic=dynamic,
                                      name=type(model).__name__)

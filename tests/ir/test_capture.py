@@ -160,3 +160,13 @@ def test_batch_one_example_costs_one_sample():
     one = count_macs(capture(model, torch.randn(1, 3, 6, 6)))
     four = count_macs(capture(model, torch.randn(4, 3, 6, 6)))
     assert one == 16 * 3 * 9 * 36 + 16 * 36 * 5 and four == 4 * one
+
+
+def test_training_a_train_mode_capture_never_writes_the_callers_weights():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    program = capture(model, (torch.randn(3, 4),), train=True)
+    optimizer = torch.optim.SGD(program.gm.parameters(), lr=0.5)
+    program.gm(torch.randn(3, 4)).sum().backward()
+    optimizer.step()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
