@@ -107,7 +107,7 @@ def saliency(program: Program, group: ChannelGroup, roles: dict[Slot, str] | Non
     total = torch.zeros(group.size, dtype=torch.float64)
     layers = 0
     for slot, role in roles.items():
-        w = program.get_tensor(slot.param).detach().double()
+        w = program.get_tensor(slot.param).detach().to("cpu", torch.float64)  # CUDA-trained too
         squares = w.pow(2).movedim(slot.axis, 0).reshape(w.shape[slot.axis], -1).sum(1)
         if role in ("producer", "consumer"):
             elements = (w.numel() // w.shape[slot.axis]) * slot.width  # per unit
