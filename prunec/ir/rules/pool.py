@@ -1,4 +1,5 @@
-"""Pooling: batch and channel axes pass through, spatial axes are pooled.
+"""Pooling and resampling: batch and channel axes pass through, spatial axes are pooled or
+resized (``interpolate``: nearest, linear, bilinear, bicubic, trilinear).
 
 ``pool(x[B, C, *S]) -> y[B, C, *S']``: axes 0 and 1 are tied identity; spatial axes are left
 untied (so kept at their size). Ops returning ``(values, indices)`` tie both outputs.
@@ -29,3 +30,22 @@ def couple_pool(ctx, node) -> None:
     for out in outs:
         for ax in range(rank - spatial):
             ctx.tie(x, ax, out, ax)
+
+
+RESAMPLES = [aten.upsample_nearest1d, aten.upsample_nearest2d, aten.upsample_nearest3d,
+             aten.upsample_linear1d, aten.upsample_bilinear2d, aten.upsample_bicubic2d,
+             aten.upsample_trilinear3d, aten._upsample_bilinear2d_aa, aten._upsample_bicubic2d_aa,
+             aten._upsample_nearest_exact1d, aten._upsample_nearest_exact2d,
+             aten._upsample_nearest_exact3d]
+
+
+@register(*RESAMPLES)
+def couple_resample(ctx, node) -> None:
+    """``interpolate(x[B, C, *S]) -> y[B, C, *S']``: every output pixel mixes input pixels
+    of one channel only, so the leading axes are identity."""
+    x = node.args[0]
+    rank = len(ctx.shape(x))
+    name = str(node.target.overloadpacket)
+    spatial = 1 if "1d" in name else 3 if "3d" in name else 2
+    for ax in range(rank - spatial):
+        ctx.tie(x, ax, node, ax)

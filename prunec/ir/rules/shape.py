@@ -226,7 +226,7 @@ def couple_unflatten(ctx, node) -> None:
     _couple_reshape(ctx, node.args[0], node)
 
 
-@register(aten.expand, rewrite=rewrite_sizes)
+@register(aten.expand, aten.broadcast_to, rewrite=rewrite_sizes)
 def couple_expand(ctx, node) -> None:
     x = node.args[0]
     xs, ys = ctx.shape(x), ctx.shape(node)
@@ -311,6 +311,24 @@ def couple_transpose(ctx, node) -> None:
         ctx.tie(x, ax, node, b if ax == a else a if ax == b else ax)
 
 
+@register(aten.numpy_T)
+def couple_numpy_t(ctx, node) -> None:
+    """``x.T``: every axis reversed (Falcon's ``input @ weight.T``)."""
+    x = node.args[0]
+    rank = len(ctx.shape(x))
+    for ax in range(rank):
+        ctx.tie(x, ax, node, rank - 1 - ax)
+
+
+@register(aten.mT, aten.mH, aten.adjoint)
+def couple_matrix_t(ctx, node) -> None:
+    """``x.mT``: the last two axes swapped."""
+    x = node.args[0]
+    rank = len(ctx.shape(x))
+    for ax in range(rank):
+        ctx.tie(x, ax, node, {rank - 1: rank - 2, rank - 2: rank - 1}.get(ax, ax))
+
+
 @register(aten.cat, aten.concat)
 def couple_cat(ctx, node) -> None:
     tensors = [t for t in node.args[0] if ctx.shape(t) is not None and ctx.shape(t) != (0,)]
@@ -327,6 +345,18 @@ def couple_cat(ctx, node) -> None:
             continue
         ctx.tie_range(t, dim, 0, node, dim, offset, size)
         offset += size
+
+
+@register(aten.stack)
+def couple_stack(ctx, node) -> None:
+    """``stack(tensors, dim)``: the new axis ``dim`` (one index per tensor) is kept; every
+    axis of every tensor is identity with the output's axis after it is inserted."""
+    tensors = [t for t in node.args[0] if ctx.shape(t) is not None]
+    rank = len(ctx.shape(node))
+    dim = (node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)) % rank
+    for t in tensors:
+        for ax in range(len(ctx.shape(t))):
+            ctx.tie(t, ax, node, ax + (ax >= dim))
 
 
 def _split_sizes(node, size: int) -> list[int]:
