@@ -28,12 +28,15 @@ class ZooCase:
         model: The module, in eval mode.
         args: Positional example inputs.
         kwargs: Keyword example inputs (e.g. ``attention_mask``).
+        capture_options: Extra keyword arguments for ``capture`` (``dynamic=False`` for
+            models whose window partitioning needs static image sizes).
     """
 
     name: str
     model: torch.nn.Module
     args: tuple
     kwargs: dict = field(default_factory=dict)
+    capture_options: dict = field(default_factory=dict)
 
     def __call__(self):
         """Run the model on the example inputs."""
