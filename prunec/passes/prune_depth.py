@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from prunec.errors import CalibrationError, PrunecError
 from prunec.ir.blocks import Block, analyze_blocks
-from prunec.ir.calibration import collect_statistics
+from prunec.ir.calibration import MaskSpec, collect_statistics
 from prunec.ir.interpret import ProgramInterpreter, record_values
 from prunec.ir.program import Program
 from prunec.passes.base import PassContext, PassResult
@@ -65,6 +65,9 @@ class DepthPruning:
         protect_first: Never drop the first block of a stage (PEEAO).
         min_per_stage: Every stage (run of same-shaped blocks) keeps at least this many blocks,
             removable or not (PEEAO: 2).
+        mask: Padding mask per item (a dict key such as ``"attention_mask"`` or a callable
+            ``item -> [B, N] mask``): padded positions count neither in the cosine/angular
+            scores nor in the means.
         max_batches: Use at most this many calibration items.
         progress: Show progress bars while scoring.
 
@@ -79,7 +82,7 @@ class DepthPruning:
     def __init__(self, num_blocks: int | None = None, *, ratio: float | None = None,
                  calibration: Iterable[Any] | None = None, criterion: str = "cosine",
                  compensate: bool = True, protect_first: bool = False, min_per_stage: int = 0,
-                 max_batches: int | None = None, progress: bool = False):
+                 mask: MaskSpec = None, max_batches: int | None = None, progress: bool = False):
         if (num_blocks is None) == (ratio is None):
             raise PrunecError("DepthPruning: pass exactly one of num_blocks (blocks to remove) "
                               "and ratio (fraction of the removable blocks).")
@@ -98,7 +101,7 @@ class DepthPruning:
         self.calibration, self.criterion = calibration, criterion
         self.compensate = bool(compensate)
         self.protect_first, self.min_per_stage = bool(protect_first), int(min_per_stage)
-        self.max_batches, self.progress = max_batches, bool(progress)
+        self.mask, self.max_batches, self.progress = mask, max_batches, bool(progress)
 
     @property
     def guarantee(self) -> str:
@@ -124,7 +127,7 @@ class DepthPruning:
             raise PrunecError("DepthPruning scores blocks in eval mode, but this program was "
                               "captured with train=True; capture with train=False.")
         scores = block_scores(program, candidates, self.criterion, self.calibration,
-                              max_batches=self.max_batches, progress=self.progress)
+                              max_batches=self.max_batches, progress=self.progress, mask=self.mask)
         chosen = self.select(program, candidates, scores, target - done)
         if not chosen:  # every stage is at its minimum
             return PassResult(program, False, stats={**stats, "dropped": 0})
@@ -167,7 +170,7 @@ class DepthPruning:
         """Per-channel mean of each branch output over the calibration data (float64)."""
         targets = {b.output: (-1 if b.channel_axis is None else b.channel_axis) for b in blocks}
         stats = collect_statistics(program, self.calibration, targets, progress=self.progress,
-                                   max_batches=self.max_batches)
+                                   max_batches=self.max_batches, mask=self.mask)
         return [stats[b.output].mean if b.channel_axis is not None
                 else stats[b.output].mean.mean().reshape(1) for b in blocks]
 
@@ -175,14 +178,14 @@ class DepthPruning:
 # ---------------------------------------------------------------------------- scoring
 def block_scores(program: Program, blocks: list[Block], criterion: str,
                  calibration: Iterable[Any] | None, *, max_batches: int | None = None,
-                 progress: bool = False) -> dict[str, float]:
+                 progress: bool = False, mask: MaskSpec = None) -> dict[str, float]:
     """Importance of every block (higher = keep) under ``criterion``."""
     if criterion == "magnitude":
         return {b.key: _branch_scale(program, b) for b in blocks}
     items = _items(calibration, max_batches)
     if criterion == "kl":
         return _kl_scores(program, blocks, items, progress)
-    return _similarity_scores(program, blocks, items, criterion)
+    return _similarity_scores(program, blocks, items, criterion, mask)
 
 
 def _items(calibration: Iterable[Any] | None, max_batches: int | None) -> list:
@@ -210,14 +213,19 @@ def _branch_scale(program: Program, block: Block) -> float:
     return 0.0
 
 
-def _similarity_scores(program, blocks, items, criterion) -> dict[str, float]:
+def _similarity_scores(program, blocks, items, criterion, mask: MaskSpec = None) -> dict[str, float]:
+    from prunec.ir.calibration import _resolve_mask
+
     names = [n for b in blocks for n in (b.input, b.add)]
     sums = {b.key: 0.0 for b in blocks}
     counts = {b.key: 0 for b in blocks}
-    for item in items:
+    for index, item in enumerate(items):
         values = record_values(program, item, names)
+        keep = _resolve_mask(mask, item, index)
         for b in blocks:
             cos = _cosine(values[b.input], values[b.add], b.channel_axis)
+            if keep is not None and cos.shape == keep.shape:  # [B, N] positions: drop padding
+                cos = cos[keep.bool()]
             dist = 1.0 - cos if criterion == "cosine" else torch.arccos(cos.clamp(-1, 1)) / math.pi
             sums[b.key] += float(dist.sum())
             counts[b.key] += dist.numel()

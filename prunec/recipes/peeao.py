@@ -187,7 +187,8 @@ def peeao(model: torch.nn.Module, example_inputs: Any, train_data: Any, val_data
           criterion: str = "kl", compensate: bool = False, calibration: Iterable | None = None,
           per_class: int = 50, min_per_stage: int = 2, max_iterations: int = 100,
           lr: float = 1e-3, batch_size: int = 128, trainer: Trainer | None = None,
-          finetune_options: dict | None = None, progress: bool | None = None):
+          finetune_options: dict | None = None, progress: bool | None = None,
+          on_iteration: Callable[[dict, Program], Any] | None = None):
     """Prune ``model`` with PEEAO until ``macs_reduction`` of its MACs is removed.
 
     Args:
@@ -213,6 +214,8 @@ def peeao(model: torch.nn.Module, example_inputs: Any, train_data: Any, val_data
         trainer: ``trainer(train_program, epochs)`` replacing :func:`prunec.finetune`.
         finetune_options: Extra keyword options of :func:`prunec.finetune`.
         progress: Show a bar per iteration on standard error (default: when a terminal).
+        on_iteration: ``on_iteration(row, program)`` after every iteration, with the new
+            parent (e.g. to keep checkpoints at several MACs reductions; do not mutate it).
 
     Returns:
         A :class:`~prunec.api.CompiledModel`; ``report.iterations`` holds one dict per
@@ -242,6 +245,8 @@ def peeao(model: torch.nn.Module, example_inputs: Any, train_data: Any, val_data
             if row is None:
                 break
             iterations.append(row)
+            if on_iteration is not None:
+                on_iteration(row, parent.program)
             report.passes.append({"pass": "PEEAO", "options": {"iteration": it}, "modified": True,
                                   "plan": parent.plan, "choice": row["choice"]})
             pbar.update(1)

@@ -208,6 +208,7 @@ def _item(case):
     return {**dict(zip(names, case.args)), **case.kwargs}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,criterion", [("resnet56", "cosine"), ("hf_llama", "kl"),
                                             ("hf_bert", "angular"), ("hf_vit", "cosine"),
                                             ("hf_convnext", "magnitude")])
@@ -259,3 +260,20 @@ def test_finetune_replays_dropped_blocks_in_train_mode():
     prunec.finetune(program, items, epochs=1, original=model, lr=1e-2)
     changed = [k for k, v in program.gm.named_parameters() if not torch.equal(v, params[k])]
     assert changed and "blocks.1.conv1.weight" not in params
+
+
+def test_mask_excludes_padding_from_the_mean():
+    case, original = captured("hf_bert")
+    item = _item(case)
+    program = original.clone()
+    result = DepthPruning(1, calibration=[item], criterion="cosine", mask="attention_mask")(program)
+    (drop,) = result.plan.blocks
+    block = analyze_blocks(original).by_key()[drop.key]
+    outs = []
+    with torch.no_grad():
+        ProgramInterpreter(original, observers={block.output: outs.append}).call_item(item)
+    keep = item["attention_mask"].bool()
+    assert not keep.all()  # the example has padding
+    assert torch.allclose(drop.mean, outs[0][keep].double().mean(0), atol=1e-6)
+    assert not torch.allclose(drop.mean, outs[0].reshape(-1, outs[0].shape[-1]).double().mean(0),
+                              atol=1e-6)

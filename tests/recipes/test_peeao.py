@@ -3,6 +3,7 @@ filter counts, stage rules), the neuron score's math, linear CKA."""
 from __future__ import annotations
 
 import functools
+import importlib
 
 import pytest
 import torch
@@ -13,11 +14,13 @@ from prunec.ir.blocks import analyze_blocks
 from prunec.ir.capture import capture
 from prunec.ir.interpret import run_with_overrides
 from prunec.ir.similarity import linear_cka, penultimate_features
-from prunec.recipes import peeao as peeao_module
 from prunec.recipes.neuron_kl import inner_groups, neuron_kl_scores, select_units
 from prunec.recipes.peeao import choose, peeao
 from prunec.zoo import ResNet1d
 from tests.captured import one_thread  # noqa: F401 (autouse fixture)
+
+
+peeao_module = importlib.import_module("prunec.recipes.peeao")  # the module, not the function
 
 
 @functools.lru_cache(maxsize=1)
@@ -59,6 +62,7 @@ def test_choose_rule():
         choose(None, None)
 
 
+@pytest.mark.slow
 def test_kept_candidate_is_the_one_with_higher_cka(monkeypatch):
     compiled = _run(monkeypatch, ckas=[0.90, 0.95], macs_reduction=0.01, max_iterations=1)
     (row,) = compiled.report.iterations
@@ -89,6 +93,7 @@ def test_real_cka_decides_and_neuron_count_matches_the_block(monkeypatch):
     assert kept == pytest.approx(row[f"cka_{row['choice']}"], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_stops_at_target_and_respects_stages(monkeypatch):
     compiled = _run(monkeypatch, ckas=[1.0, 0.0] * 20, macs_reduction=0.25)
     rows = compiled.report.iterations
@@ -103,6 +108,7 @@ def test_stops_at_target_and_respects_stages(monkeypatch):
             "val_accuracy"} <= set(rows[0])
 
 
+@pytest.mark.slow
 def test_no_block_left_removes_half_the_filters(monkeypatch):
     compiled = _run(monkeypatch, ckas=[1.0, 0.0] * 3 + [0.5], macs_reduction=0.9, max_iterations=4)
     rows = compiled.report.iterations
