@@ -15,8 +15,7 @@ For ``k`` = 2 and 4 blocks dropped, :class:`prunec.passes.DepthPruning` with
 padding excluded from scores and means; against :class:`prunec.passes.VarianceBasedPruning`
 (FFN neurons, mean folded) at the global ratio whose MACs reduction equals the depth-pruned
 model's (linear in the ratio: one probe, one run). Metrics on the held-out sentences, against
-the unpruned
-model: mean cosine similarity of the embeddings and top-1 nearest-neighbour agreement.
+the unpruned model: mean cosine similarity of the embeddings and top-1 nearest-neighbour agreement.
 Latency: ONNX Runtime on CPU (1 intra-op thread), batch 8 x 64 tokens, the depth-pruned
 (cosine, compensated) and VBP models at equal MACs timed interleaved with the unpruned one.
 
