@@ -2,6 +2,7 @@
 filter counts, stage rules), the neuron score's math, linear CKA."""
 from __future__ import annotations
 
+import copy
 import functools
 import importlib
 
@@ -128,8 +129,7 @@ def test_argument_errors():
 def test_neuron_score_is_the_second_order_kl():
     """KL(q_eps || p) for h_i -> (1 - eps) h_i equals eps^2 * score_i as eps -> 0."""
     model, example, train, val = _setup()
-    program = capture(model.double(), (example.double(),))
-    model.float()
+    program = capture(copy.deepcopy(model).double(), (example.double(),))
     batch = train[0][0].double()
     groups = inner_groups(program)
     assert len(groups) == 9  # the conv1 filters of every basic block
