@@ -13,6 +13,7 @@ over the groups not normalised over; the caller's model untouched -- and records
 - for the MACs no prunable group reaches, the reason the analysis gives (op and cause).
 
 Run: ``python benchmarks/coverage.py [name ...]`` -> benchmarks/results/coverage.{md,json}
+(``--markdown-only`` re-writes the Markdown from the JSON).
 """
 from __future__ import annotations
 
@@ -102,7 +103,14 @@ def write(rows: list[dict], env: dict) -> None:
         "*Prunable MACs*: MACs of the ops (convolutions, linear layers, matrix products, attention) "
         "that touch at least one prunable channel group. *Blocked*: for the other ops, the reason "
         "the channel analysis records (largest shares first, node names removed). MACs are counted "
-        "at the example input (batch 2), 1 MAC per multiply-accumulate.",
+        "at the example input (batch 2), 1 MAC per multiply-accumulate. *Heads prunable*: layers "
+        "whose `scaled_dot_product_attention` head groups are prunable; *no head groups*: the model "
+        "has no such op (convolutional models, and attention written as matmul + softmax, e.g. "
+        "SwinV2, LeViT, GPT-J and Gemma2 in eager mode, whose head-axis channels fall into plain "
+        "groups). Swin, SwinV2, YOLOS and BLOOM are captured with static shapes (`dynamic=False`: "
+        "window padding, interpolated position embeddings and ALiBi slopes are computed from the "
+        "image or sequence size); Mixtral and Qwen2-MoE run their experts as `batched_mm` (the "
+        "default `grouped_mm` is an opaque custom op with no coupling rule).",
         "",
         f"Machine: {env['platform']}, python {env['python']}, torch {env['torch']}, "
         f"{env['threads']} thread(s); run took {env['seconds']:.0f} s.",
@@ -143,5 +151,14 @@ def main(names: list[str]) -> None:
     write(rows, env)
 
 
+def rewrite_markdown() -> None:
+    """Re-write coverage.md from coverage.json (no model is run)."""
+    data = json.loads((RESULTS / "coverage.json").read_text())
+    write(data["architectures"], data["environment"])
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    if sys.argv[1:] == ["--markdown-only"]:
+        rewrite_markdown()
+    else:
+        main(sys.argv[1:])
