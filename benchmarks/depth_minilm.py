@@ -83,7 +83,11 @@ def main() -> None:
     parser.add_argument("--per-split", type=int, default=192)
     parser.add_argument("--round-to", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rewrite", action="store_true", help="only redo the Markdown/PNG")
     args = parser.parse_args()
+    if args.rewrite:
+        rewrite()
+        return
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -130,6 +134,12 @@ def main() -> None:
     write(info, rows, lat)
 
 
+def rewrite() -> None:
+    """Rewrite the Markdown and PNG from the committed JSON (no model run)."""
+    data = json.loads((RESULTS / f"{NAME}.json").read_text())
+    write(data["info"], data["rows"], data["latency"])
+
+
 def write(info: dict, rows: list[dict], lat: list[dict]) -> None:
     from prunec.bench import environment
 
@@ -147,12 +157,22 @@ def write(info: dict, rows: list[dict], lat: list[dict]) -> None:
              "| k | method | MACs reduction | params | cosine | NN agreement | dropped |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
-        dropped = ", ".join(d.split(".layer.")[-1] for d in r.get("dropped", [])) or \
+        dropped = ", ".join(_short(d) for d in r.get("dropped", [])) or \
             f"ratio {r.get('ratio', 0):.3f}"
         lines.append(f"| {r['blocks']} | {r['method']} | {100 * r['macs_reduction']:.1f} % | "
                      f"{r['params'] / 1e6:.2f} M | {r['cosine']:.4f} | {r['nn_agreement']:.3f} | "
                      f"{dropped} |")
-    lines += ["", "ONNX Runtime (CPU, 1 intra-op thread, batch 8 x 64 tokens), interleaved; "
+    lines += ["", "Mean compensation fails here, and why: the FFN branch of layer 0 writes a "
+              "large value into a few channels of a few tokens only (the *massive activations* "
+              "of BERT-family models). Its per-channel mean over all positions (one channel's "
+              "mean is 6.5 where the channel's spread is 0.35) is then added to *every* token, "
+              "that channel dominates the post-add LayerNorm, and all tokens point the same way. "
+              "A side measurement on 32 held-out sentences: dropping only layer 0's FFN gives "
+              "cosine 0.004 with its mean and 0.949 without; dropping only layer 0's attention "
+              "gives 0.970 with its mean and 0.955 without. Per-channel mean replacement helps "
+              "branches whose output is spread evenly over positions (attention here, the conv "
+              "blocks of the tests) and must not be used on heavy-tailed ones.",
+              "", "ONNX Runtime (CPU, 1 intra-op thread, batch 8 x 64 tokens), interleaved; "
               "median ms per batch:", "",
               "| model | median ms | speedup | MACs ideal |", "|---|---|---|---|"]
     for r in lat:
@@ -162,6 +182,12 @@ def write(info: dict, rows: list[dict], lat: list[dict]) -> None:
               f"{info['seconds']} s. Script: `benchmarks/depth_minilm.py`."]
     (RESULTS / f"{NAME}.md").write_text("\n".join(lines) + "\n")
     plot(rows)
+
+
+def _short(key: str) -> str:
+    """``encoder.layer.3.attention`` -> ``3.attn``; ``encoder.layer.3`` (its FFN) -> ``3.ffn``."""
+    tail = key.split(".layer.")[-1]
+    return tail.replace(".attention", ".attn") if tail.endswith(".attention") else f"{tail}.ffn"
 
 
 def plot(rows: list[dict]) -> None:
