@@ -120,7 +120,9 @@ def test_model_function():
 
 
 def test_model_is_a_program():
-    program = prunec.compile(_mlp(), X, verify=False).program
+    from prunec.ir.capture import capture
+
+    program = capture(_mlp(), X)
     _raises(InvalidArgumentError, "model|Program", lambda: prunec.compile(program, X))
 
 
