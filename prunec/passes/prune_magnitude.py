@@ -6,6 +6,8 @@ consumer columns, norm scales and biases alike).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from prunec.ir.channels import ChannelGroup
@@ -33,24 +35,34 @@ def unit_norms(program: Program, group: ChannelGroup, p: float = 2.0) -> torch.T
 def power_sums(weight: torch.Tensor, axis: int, p: float) -> torch.Tensor:
     """``sum over all other axes of |W|^p`` for every index of ``axis``, in float64.
 
-    No copy of the whole weight is made (a 4 GB float32 weight would need 8 GB as float64):
-    the weight is cut into chunks of at most :data:`CHUNK_ELEMENTS` along an axis other than
-    ``axis``; each chunk's per-index norm ``||.||_p`` is computed by ``vector_norm`` in the
-    weight's dtype (float32 accumulation for float16/bfloat16), raised to ``p`` in float64
-    and summed over chunks. Relative error per chunk is that of a float32 reduction (about
-    1e-6 for sums of 1e4 terms), far below the gaps between units that ranking relies on.
+    No copy of the whole weight is made (a 4 GB float32 weight would need 8 GB as float64).
+    The weight is viewed as ``[pre, size, post]`` around ``axis`` and reduced in chunks of at
+    most :data:`CHUNK_ELEMENTS`: rows of ``[size, post]`` by ``vector_norm`` when ``axis``
+    leads (``pre == 1``), else slices along ``pre`` whose ``|W|^p`` is summed over axes 0 and
+    2. Each chunk is reduced in the weight's dtype (float32 for float16/bfloat16: their sums
+    would lose digits), and chunk results are added in float64. The relative error is that
+    of a float32 reduction, about 1e-7: scores of units closer than that may rank either way.
     """
-    accumulate = torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else None
-    if weight.dim() == 1:
-        return weight.to(torch.float64).abs().pow(p)
-    dims = [d for d in range(weight.dim()) if d != axis]
-    cut = max(dims, key=lambda d: weight.shape[d])  # chunk along the longest other axis
-    per_slice = max(1, weight.numel() // max(weight.shape[cut], 1))
-    step = max(1, CHUNK_ELEMENTS // per_slice)
-    total = torch.zeros(weight.shape[axis], dtype=torch.float64, device=weight.device)
-    for chunk in weight.split(step, dim=cut):
-        norms = torch.linalg.vector_norm(chunk, ord=p, dim=dims, dtype=accumulate)
-        total += norms.to(torch.float64).pow(p)
+    w = weight.detach()
+    if w.dim() == 1:
+        return w.to(torch.float64).abs().pow(p).cpu()
+    low = w.dtype in (torch.float16, torch.bfloat16)
+    size = w.shape[axis]
+    pre, post = math.prod(w.shape[:axis]), math.prod(w.shape[axis + 1:])
+    w3 = w.reshape(pre, size, post)
+    if pre == 1:  # axis 0: every index owns one contiguous row
+        rows = w3[0]
+        step = max(1, CHUNK_ELEMENTS // max(post, 1))
+        norms = [torch.linalg.vector_norm(chunk, ord=p, dim=1,
+                                          dtype=torch.float32 if low else None)
+                 for chunk in rows.split(step, dim=0)]
+        return torch.cat(norms).to(torch.float64).pow(p).cpu()
+    total = torch.zeros(size, dtype=torch.float64, device=w.device)
+    step = max(1, CHUNK_ELEMENTS // max(size * post, 1))
+    for chunk in w3.split(step, dim=0):
+        chunk = chunk.float() if low else chunk
+        powered = chunk.square() if p == 2 else chunk.abs().pow(p)
+        total += powered.sum(dim=(0, 2)).to(torch.float64)
     return total.cpu()
 
 
