@@ -182,7 +182,7 @@ def markdown(results: dict, threads: int) -> str:
         f"that point, so every model sees the same number of training samples after the dense "
         f"training. The budgets are far below the paper's (10 + 190 epochs per iteration on "
         f"CIFAR-10): this shared 2-core CPU allows minutes, not days, so absolute accuracies are "
-        f"low and differences of a point or two are within run-to-run noise.", "",
+        f"low; one seed was run, so the run-to-run spread is not measured.", "",
         f"Dense: {100 * results['dense']['test_acc']:.2f} % test accuracy, "
         f"{results['dense']['macs'] / 1e6:.2f} M MACs per sequence, "
         f"{results['dense']['params'] / 1e3:.1f} K parameters.", "",
