@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from prunec.backends.base import Artifact, IOSpec, require, verify_artifact
+from prunec.backends.base import Artifact, IOSpec, require, sample_inputs, verify_artifact
 from prunec.errors import PrunecError
 
 if TYPE_CHECKING:
@@ -100,6 +100,10 @@ def export_onnx(program: "Program", *, opset: int = DEFAULT_OPSET, dynamic_batch
     if not dynamic_batch:
         io.batch_inputs = [False] * len(io.batch_inputs)
     tensors = io.flatten_inputs(program.example_args, program.example_kwargs)
+    if any(b and t.shape[0] == 1 for t, b in zip(tensors, io.batch_inputs)):
+        # export specialises axes of size 1: trace a dynamic batch from a batch of 2
+        tensors = io.flatten_inputs(*sample_inputs(io, program.example_args,
+                                                   program.example_kwargs, batch=2))
     if not dynamic_batch and io.input_shapes:  # the batch axis becomes fixed, the rest stays
         for shape, x in zip(io.input_shapes, tensors):
             if shape:

@@ -144,7 +144,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def spawn(out_dir: str, timeout: float = 60.0) -> None:
+def spawn(out_dir: str, timeout: float = 300.0) -> None:
     ctx = mp.start_processes(_dist_worker.worker, args=(2, free_port(), out_dir),
                              nprocs=2, join=False, start_method="spawn")
     deadline = time.monotonic() + timeout
