@@ -95,24 +95,11 @@ def drop_blocks(program: Program, drops) -> list[str]:
     read = {n.target for n in program.graph.nodes if n.op == "get_attr"}
     removed = [t for block, _ in resolved for t in block.params if t not in read]
     for target in dict.fromkeys(removed):
-        _remove_tensor(program, target)
+        program.remove_tensor(target)
     # No remaining value changes shape (the skip has the block's output shape), and new
     # nodes got their metadata on insertion: no fake-tensor re-propagation is needed.
     program.finalize(sizes={})
     return removed
-
-
-def _remove_tensor(program: Program, target: str) -> None:
-    if hasattr(program, "remove_tensor"):
-        program.remove_tensor(target)
-        return
-    mod_path, _, attr = target.rpartition(".")
-    mod = program.gm.get_submodule(mod_path) if mod_path else program.gm
-    for table in (mod._parameters, mod._buffers):
-        table.pop(attr, None)
-    if attr in vars(mod):
-        delattr(mod, attr)
-    program.bump()
 
 
 def _add_mean(program: Program, block: Block, nodes: dict, mean: torch.Tensor) -> fx.Node:
