@@ -37,19 +37,24 @@ VGG16_CONFIG: tuple = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
                        512, 512, 512, "M", 512, 512, 512, "M")
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 conv-BN layers with a residual; a 1x1 conv + BN projection when shapes change."""
+_CONV_NORM = {1: (nn.Conv1d, nn.BatchNorm1d), 2: (nn.Conv2d, nn.BatchNorm2d)}
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+
+class BasicBlock(nn.Module):
+    """Two kernel-3 conv-BN layers with a residual; a 1x1 conv + BN projection when shapes
+    change. ``dims`` is 2 for images (Conv2d) and 1 for sequences (Conv1d)."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, dims: int = 2) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
+        conv, norm = _CONV_NORM[dims]
+        self.conv1 = conv(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = norm(planes)
+        self.conv2 = conv(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = norm(planes)
         self.shortcut = nn.Sequential()
         if stride != 1 or in_planes != planes:
             self.shortcut = nn.Sequential(
-                nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+                conv(in_planes, planes, 1, stride, bias=False), norm(planes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -144,25 +149,12 @@ def vgg16(num_classes: int = 10, in_channels: int = 3, width_mult: float = 1.0) 
 
 
 # --------------------------------------------------------------------------- 1-D ResNet
-class BasicBlock1d(nn.Module):
-    """Two kernel-3 Conv1d-BN layers with a residual; a 1x1 Conv1d + BN projection when the
-    stride or the width changes (so that, as in :class:`BasicBlock`, every channel is prunable)."""
+class BasicBlock1d(BasicBlock):
+    """:class:`BasicBlock` with Conv1d/BatchNorm1d: two kernel-3 layers with a residual, a 1x1
+    projection when the stride or the width changes (so every channel is prunable)."""
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv1d(in_planes, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm1d(planes)
-        self.conv2 = nn.Conv1d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm1d(planes)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(
-                nn.Conv1d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm1d(planes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        super().__init__(in_planes, planes, stride, dims=1)
 
 
 class ResNet1d(nn.Module):
