@@ -30,7 +30,7 @@ import torch.nn.functional as F
 __all__ = [
     "BasicBlock", "CifarResNet", "VGG", "VGG16_CONFIG",
     "resnet56", "resnet20", "vgg16", "digits_data", "default_model", "evaluate",
-    "BasicBlock1d", "ResNet1d", "resnet56_1d", "mnist1d_data",
+    "ResNet1d", "resnet56_1d", "mnist1d_data",
 ]
 
 VGG16_CONFIG: tuple = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
@@ -94,9 +94,9 @@ class CifarResNet(nn.Module):
         return self.fc(out)
 
 
-def _stage(in_planes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
-    layers = [BasicBlock(in_planes, planes, stride)]
-    layers += [BasicBlock(planes, planes, 1) for _ in range(blocks - 1)]
+def _stage(in_planes: int, planes: int, blocks: int, stride: int, dims: int = 2) -> nn.Sequential:
+    layers = [BasicBlock(in_planes, planes, stride, dims)]
+    layers += [BasicBlock(planes, planes, 1, dims) for _ in range(blocks - 1)]
     return nn.Sequential(*layers)
 
 
@@ -149,17 +149,9 @@ def vgg16(num_classes: int = 10, in_channels: int = 3, width_mult: float = 1.0) 
 
 
 # --------------------------------------------------------------------------- 1-D ResNet
-class BasicBlock1d(BasicBlock):
-    """:class:`BasicBlock` with Conv1d/BatchNorm1d: two kernel-3 layers with a residual, a 1x1
-    projection when the stride or the width changes (so every channel is prunable)."""
-
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
-        super().__init__(in_planes, planes, stride, dims=1)
-
-
 class ResNet1d(nn.Module):
     """:class:`CifarResNet` for sequences: a kernel-3 Conv1d stem, three stages of
-    :class:`BasicBlock1d`, global average pooling over time, a linear classifier.
+    :class:`BasicBlock` (Conv1d form), global average pooling over time, a linear classifier.
 
     Depth is ``6 * blocks_per_stage + 2`` (``resnet56_1d``: 9). The first block of stages 2
     and 3 halves the length (40 -> 20 -> 10 for MNIST-1D).
@@ -178,9 +170,7 @@ class ResNet1d(nn.Module):
         self.bn1 = nn.BatchNorm1d(widths[0])
         stages, in_planes = [], widths[0]
         for i, planes in enumerate(widths):
-            blocks = [BasicBlock1d(in_planes, planes, 1 if i == 0 else 2)]
-            blocks += [BasicBlock1d(planes, planes, 1) for _ in range(blocks_per_stage - 1)]
-            stages.append(nn.Sequential(*blocks))
+            stages.append(_stage(in_planes, planes, blocks_per_stage, 1 if i == 0 else 2, dims=1))
             in_planes = planes
         self.layer1, self.layer2, self.layer3 = stages
         self.fc = nn.Linear(widths[-1], num_classes)
