@@ -91,7 +91,7 @@ def compile(  # noqa: A001 - the public name the design asks for
     backend: str = "torch",
     backend_options: dict | None = None,
     train: bool = False,
-    dynamic: bool | tuple | dict = True,
+    dynamic: bool | str | tuple | dict = True,
     verify: bool = True,
     instruments: Sequence | None = None,
 ) -> CompiledModel:

@@ -77,6 +77,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--static", action="store_true",
                    help="capture static shapes (dynamic=False); by default every input axis "
                         "is dynamic where the model allows it")
+    g.add_argument("--batch-only", action="store_true",
+                   help="capture with only the batch axis dynamic (dynamic='batch'): much "
+                        "faster to export for window-partitioning models such as Swin")
     o = p.add_argument_group("output")
     o.add_argument("-q", "--quiet", action="store_true",
                    help="no progress bars or status lines (they are also off when standard "

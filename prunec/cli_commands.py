@@ -118,13 +118,20 @@ def make_pass(args: argparse.Namespace, setup: Setup):
     return passes.VarianceBasedPruning(args.ratio, calibration, **common)
 
 
+def capture_dynamic(args: argparse.Namespace):
+    """The ``dynamic`` argument of capture from ``--static`` / ``--batch-only``."""
+    if args.static:
+        return False
+    return "batch" if getattr(args, "batch_only", False) else True
+
+
 def compile_model(args: argparse.Namespace, setup: Setup, passes: list, *, plans=None,
                   backend: str | None = None):
     """``prunec.compile`` with the command line's capture options."""
     import prunec
 
     options: dict = dict(example_kwargs=setup.kwargs or None, backend=backend or args.backend,
-                         dynamic=not args.static)
+                         dynamic=capture_dynamic(args))
     if plans is not None:
         options["plans"] = plans
     return prunec.compile(setup.model, setup.args, passes, **options)
@@ -278,7 +285,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if not args.after:
         with progress.step("capturing and analysing"):
             analysis = prunec.analyze(setup.model, setup.args, setup.kwargs or None,
-                                      dynamic=not args.static)
+                                      dynamic=capture_dynamic(args))
         print(analysis.table())
         print()
         print(analysis.blocks.table())  # residual blocks that depth pruning can remove

@@ -477,10 +477,7 @@ def check_compile(model: Any, example_inputs: Any, passes: Any, *, example_kwarg
     for argument, flag in (("train", train), ("verify", verify)):
         if not isinstance(flag, bool):
             raise InvalidArgumentError(f"{argument} must be True or False, got {flag!r}.")
-    if not isinstance(dynamic, (bool, tuple, list, dict)):
-        raise InvalidArgumentError(
-            f"dynamic must be True, False or a torch.export dynamic_shapes spec, got "
-            f"{type(dynamic).__name__}.")
+    check_dynamic(dynamic)
     if instruments is not None:
         if isinstance(instruments, (str, bytes)) or not isinstance(instruments, Iterable):
             raise InvalidArgumentError(f"instruments must be a list of instrument objects, got "
@@ -556,3 +553,13 @@ def check_save_path(path: Any) -> Path:
         raise FileNotFoundError(errno.ENOENT, f"cannot save to {str(path)!r}: the directory "
                                 f"does not exist (create it first)", str(path.parent))
     return path
+
+
+def check_dynamic(dynamic: Any) -> None:
+    """``dynamic`` of capture: a bool, ``"batch"`` or a ``dynamic_shapes`` spec."""
+    if isinstance(dynamic, str) and dynamic == "batch":
+        return
+    if not isinstance(dynamic, (bool, tuple, list, dict)):
+        raise InvalidArgumentError(
+            f"dynamic must be True, False, 'batch' (only the batch axis dynamic) or a "
+            f"torch.export dynamic_shapes spec, got {dynamic!r}.")

@@ -165,11 +165,19 @@ class Program:
         self.bump()
 
 
+# ``gm.meta`` key: the batch symbols of a capture traced on a doubled batch-1 example, whose
+# hints were set to 1 (see ``prunec.ir.capture``).
+BATCH_SYMBOLS = "prunec_batch_symbols"
+
+
 def refresh_meta(gm: fx.GraphModule) -> None:
     """Re-propagate fake tensors so every ``meta["val"]`` matches the rewritten graph.
 
     Placeholders keep their (possibly symbolic) fake values from capture; parameters are
-    re-faked from the real tensors.
+    re-faked from the real tensors. For a capture traced on a doubled batch-1 example, the
+    propagation runs at the traced batch (the shape environment's guards were recorded
+    there: an op whose fake kernel needs a concrete size would contradict them at 1) and the
+    batch hints are set back to 1 afterwards.
     """
     from torch._guards import detect_fake_mode
     from torch.fx.passes.fake_tensor_prop import FakeTensorProp
@@ -178,9 +186,42 @@ def refresh_meta(gm: fx.GraphModule) -> None:
     fake_mode = detect_fake_mode([n.meta.get("val") for n in phs])
     if fake_mode is None:
         return
+    symbols = gm.meta.get(BATCH_SYMBOLS)
+    if symbols:
+        rehint(gm, symbols, None, nodes=phs)
     # The in/out pytree codegen is bypassed: propagate over the flat placeholders.
     interp = FakeTensorProp(gm, mode=fake_mode)
-    interp.propagate_dont_convert_inputs(*[n.meta.get("val") for n in phs])
+    try:
+        interp.propagate_dont_convert_inputs(*[n.meta.get("val") for n in phs])
+    finally:
+        if symbols:
+            rehint(gm, symbols, 1)
+
+
+def rehint(gm: fx.GraphModule, symbols, value: int | None, nodes=None) -> None:
+    """Recompute the hint of every symbolic size, stride or offset in the metadata of
+    ``nodes`` (default: all) that depends on ``symbols``, with those symbols at ``value``
+    (``None``: their value in the shape environment, i.e. the traced one)."""
+    import torch.utils._pytree as pytree
+
+    for node in (gm.graph.nodes if nodes is None else nodes):
+        for val in pytree.tree_leaves(node.meta.get("val")):
+            for size in _sym_sizes(val):
+                free = size.node.expr.free_symbols
+                if free & symbols:
+                    shape_env = size.node.shape_env
+                    env = getattr(shape_env, "backed_var_to_val", None) or shape_env.var_to_val
+                    values = {s: (value if s in symbols and value is not None else env[s])
+                              for s in free}
+                    size.node._hint = size.node.pytype(size.node.expr.xreplace(values))
+
+
+def _sym_sizes(value) -> list:
+    if isinstance(value, torch.Tensor):
+        sizes = [*value.shape, *value.stride(), value.storage_offset()]
+    else:
+        sizes = [value]
+    return [s for s in sizes if isinstance(s, (torch.SymInt, torch.SymFloat))]
 
 
 def resize_meta(gm: fx.GraphModule, sizes: dict) -> None:
