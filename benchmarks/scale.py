@@ -26,9 +26,13 @@ the L2 norm of their weights, kept counts multiples of 8.
 
 Each (model, tool) runs in a fresh process, one at a time. Memory is the process's peak RSS
 (``VmHWM``, reset through ``/proc/self/clear_refs`` after the model is built) minus its RSS
-once the model is built: the growth caused by the tool. prunec never writes the caller's
-tensors, so its rewrite allocates the pruned tensors next to the caller's model; the report
-gives that share separately.
+once the model is built: the growth caused by the tool. By default prunec never writes the
+caller's tensors, so its rewrite allocates the pruned tensors next to the caller's model; the
+report gives that share separately. ``prunec-donate`` runs the same pipeline with
+``donate=True`` (what ``prunec.compile(..., donate=True, verify=False)`` does): each sliced
+weight's storage is released as soon as its pruned copy exists, so the pruned copies replace
+the originals instead of adding to them. ``llama_8b_filled`` is the 8B model with every
+weight written (16 GB resident), run only that way: it is the case donation is for.
 
 Run: ``python benchmarks/scale.py`` (all models) or ``--models vit_b llama_1b``;
 ``--threads`` (default 2). Results: ``benchmarks/results/scale.{md,json}``.
@@ -89,6 +93,9 @@ MODELS: dict[str, dict] = {
     "llama_1b": {"name": "Llama-shaped 1B", "kind": "llama", "size": "1b", "dtype": "float32"},
     "llama_8b": {"name": "Llama-shaped 8B", "kind": "llama", "size": "8b", "dtype": "bfloat16",
                  "lazy": True},
+    # Every weight written (16 GB resident): only prunec with donate=True fits next to it.
+    "llama_8b_filled": {"name": "Llama-shaped 8B, materialised", "kind": "llama", "size": "8b",
+                        "dtype": "bfloat16", "tools": ["prunec-donate"]},
 }
 LAZY_MIN_ELEMENTS = 1 << 20
 """In a lazy model, weights of at least this many elements stay as allocated by
@@ -193,7 +200,7 @@ def model_bytes(model: torch.nn.Module) -> int:
 
 
 # ---------------------------------------------------------------------------- prunec
-def run_prunec(key: str) -> dict:
+def run_prunec(key: str, donate: bool = False) -> dict:
     from prunec.ir.capture import capture
     from prunec.ir.channels import analyze_channels
     from prunec.passes import MagnitudePruning
@@ -214,9 +221,11 @@ def run_prunec(key: str) -> dict:
 
     pass_.score = timed_score
     shapes = [tuple(p.shape) for p in model.parameters()]
+    params = sum(p.numel() for p in model.parameters())  # before donate=True releases any
     stages = Stages()
     with stages.stage("capture"):
         program = capture(model, example)
+        program.donated = donate  # what compile(..., donate=True, verify=False) sets
     with stages.stage("analysis"):
         groups = candidate_groups(analyze_channels(program), "mlp")
     with stages.stage("scoring_and_selection"):
@@ -234,7 +243,8 @@ def run_prunec(key: str) -> dict:
     rows = stages.rows
     rows["scoring"] = {"seconds": scoring["seconds"]}
     untouched = shapes == [tuple(p.shape) for p in model.parameters()]
-    return {"model_bytes": size, "params": sum(p.numel() for p in model.parameters()),
+    return {"model_bytes": size, "params": params, "donate": donate,
+            "released_params": sum(p.numel() == 0 for p in model.parameters()),
             "stages": rows, "pruned_tensor_bytes": new_bytes, "groups": len(groups),
             "pruned_groups": len(plan.keep), "output_finite": finite,
             "output_shape": list(logits.shape), "caller_shapes_kept": untouched,
@@ -282,7 +292,7 @@ def _logits_sum(out: Any) -> torch.Tensor:
 def child(key: str, tool: str, threads: int, out: Path) -> None:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    result = run_prunec(key) if tool == "prunec" else run_tp(key)
+    result = run_tp(key) if tool == "tp" else run_prunec(key, donate=tool == "prunec-donate")
     out.write_text(json.dumps(result, indent=2))
 
 
@@ -310,7 +320,8 @@ def _meminfo_gb() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--tools", nargs="+", default=["prunec", "tp"], choices=["prunec", "tp"])
+    parser.add_argument("--tools", nargs="+", default=["prunec", "prunec-donate", "tp"],
+                        choices=["prunec", "prunec-donate", "tp"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--child", nargs=2, metavar=("MODEL", "TOOL"))
     parser.add_argument("--out", type=Path)
@@ -325,6 +336,8 @@ def main() -> None:
     data["env"] = environment(args.threads)
     for key in args.models:
         for tool in args.tools:
+            if tool not in MODELS[key].get("tools", [tool]):
+                continue
             data["results"].setdefault(key, {})[tool] = _run_child(key, tool, args)
             path.write_text(json.dumps(data, indent=2))
             print(key, tool, json.dumps(data["results"][key][tool])[:400], flush=True)
@@ -383,8 +396,9 @@ def render(data: dict) -> str:
         lines.append(_time_row(spec, row))
     lines += ["", "## Memory (GiB)", "",
               "| model | model size | prunec peak growth (x size) | of which pruned tensors "
-              "| prunec growth beyond the pruned tensors (x size) | TP peak growth (x size) |",
-              "|---|---|---|---|---|---|"]
+              "| prunec growth beyond the pruned tensors (x size) "
+              "| prunec, donate=True: peak growth (x size) | TP peak growth (x size) |",
+              "|---|---|---|---|---|---|---|"]
     for key, spec in MODELS.items():
         row = data["results"].get(key)
         if row:
@@ -393,7 +407,7 @@ def render(data: dict) -> str:
     lines += ["", "## Checks", ""]
     for key, spec in MODELS.items():
         row = data["results"].get(key, {})
-        p = row.get("prunec", {})
+        p = row.get("prunec") or row.get("prunec-donate", {})
         if "error" in p:
             lines.append(f"- {spec['name']}: prunec failed: {p['error']}")
         elif p:
@@ -435,6 +449,15 @@ def _summary(data: dict) -> list[str]:
                    f"(prunec leaves the caller's weights as they are, so the pruned copies of "
                    f"the sliced weights live next to them); everything else, capture and "
                    f"analysis included, {(peak - pruned) / size:.2f}x.")
+    for key in ("llama_1b", "llama_8b_filled"):
+        p = data["results"].get(key, {}).get("prunec-donate", {})
+        peak = _peak(p, ["capture", "analysis", "scoring_and_selection", "rewrite"])
+        if peak is None:
+            continue
+        out.append(f"- {MODELS[key]['name']} with donate=True: peak RSS growth "
+                   f"{_gb(peak)} GiB, {peak / p['model_bytes']:.2f}x the model's size "
+                   f"({p['released_params']} sliced parameters released as their pruned "
+                   f"copies were made; pruned output finite: {p.get('output_finite')}).")
     p = data["results"].get("llama_8b", {}).get("prunec", {})
     if p and "error" not in p:
         out.append(f"- Llama-shaped 8B (bfloat16, lazily materialised): captured, analysed, "
@@ -453,7 +476,7 @@ def _fmt(x: float | None) -> str:
 
 
 def _time_row(spec: dict, row: dict) -> str:
-    p, t = row.get("prunec", {}), row.get("tp", {})
+    p, t = row.get("prunec") or row.get("prunec-donate", {}), row.get("tp", {})
     scoring = _s(p, "scoring")
     sel_total = _s(p, "scoring_and_selection")
     selection = None if scoring is None or sel_total is None else sel_total - scoring
@@ -478,7 +501,8 @@ def _peak(row: dict, stages: list[str]) -> float | None:
 
 def _memory_row(spec: dict, row: dict) -> str:
     p, t = row.get("prunec", {}), row.get("tp", {})
-    size = p.get("model_bytes") or t.get("model_bytes")
+    size = p.get("model_bytes") or t.get("model_bytes") or \
+        row.get("prunec-donate", {}).get("model_bytes")
     pp = _peak(p, ["capture", "analysis", "scoring_and_selection", "rewrite"])
     tp_peak = _peak(t, ["dependency_graph", "pruner_init", "pruning_step"])
     pruned = p.get("pruned_tensor_bytes")
@@ -487,8 +511,11 @@ def _memory_row(spec: dict, row: dict) -> str:
         return "n/a" if x is None or not size else f"{_gb(x)} ({x / size:.2f}x)"
 
     beyond = None if pp is None or pruned is None else pp - pruned
+    donated = _peak(row.get("prunec-donate", {}), ["capture", "analysis", "scoring_and_selection",
+                                                   "rewrite"])
     return (f"| {spec['name']} | {_gb(size) if size else 'n/a'} | {rel(pp)} | "
-            f"{_gb(pruned) if pruned is not None else 'n/a'} | {rel(beyond)} | {rel(tp_peak)} |")
+            f"{_gb(pruned) if pruned is not None else 'n/a'} | {rel(beyond)} | {rel(donated)} | "
+            f"{rel(tp_peak)} |")
 
 
 if __name__ == "__main__":

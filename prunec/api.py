@@ -94,11 +94,12 @@ def compile(  # noqa: A001 - the public name the design asks for
     dynamic: bool | str | tuple | dict = True,
     verify: bool = True,
     instruments: Sequence | None = None,
+    donate: bool = False,
 ) -> CompiledModel:
     """Capture ``model``, replay ``plans``, run ``passes``, lower to ``backend``.
 
     Args:
-        model: The trained model; never mutated.
+        model: The trained model; never mutated (unless ``donate=True``).
         example_inputs: A tensor or tuple of positional inputs.
         passes: Pass objects, e.g. ``[prunec.passes.MagnitudePruning(0.5)]``, run in order by
             a :class:`~prunec.passes.base.PassManager`, each on the program the previous
@@ -114,6 +115,13 @@ def compile(  # noqa: A001 - the public name the design asks for
             (:class:`~prunec.passes.instruments.CheckOutputs`; about four extra forward
             passes per pass).
         instruments: Extra instruments run around every pass (``Timing``, ``DumpIR``...).
+        donate: Give up ``model``'s weights to save memory (for models near the machine's
+            memory): every parameter a rewrite slices has its storage released as soon as
+            its pruned copy exists, so peak memory grows by little more than one tensor
+            instead of by the pruned copies. ``model`` is consumed: its sliced parameters
+            become empty tensors (do not call it afterwards). Needs ``verify=False``: the
+            checks compare against the released weights. The one exception to "the model is
+            never mutated", taken only on request.
 
     Raises:
         PrunecError: invalid arguments, a failing pass (named, with the passes before it),
@@ -124,8 +132,9 @@ def compile(  # noqa: A001 - the public name the design asks for
     example_inputs, example_kwargs, passes, backend_options = check_compile(
         model, example_inputs, passes, example_kwargs=example_kwargs, backend=backend,
         backend_options=backend_options, train=train, dynamic=dynamic, verify=verify,
-        instruments=instruments, plans=plans)
+        instruments=instruments, plans=plans, donate=donate)
     program = capture(model, example_inputs, example_kwargs, train=train, dynamic=dynamic)
+    program.donated = donate
     report = Report.start(program, model=model, backend=backend)
     for plan in plans:
         apply_plan(program, plan)

@@ -453,7 +453,7 @@ def check_finetune(*, epochs: Any, lr: Any, weight_decay: Any, batch_size: Any,
 def check_compile(model: Any, example_inputs: Any, passes: Any, *, example_kwargs: Any = None,
                   backend: Any = "torch", backend_options: Any = None, train: Any = False,
                   dynamic: Any = True, verify: Any = True, instruments: Any = None,
-                  plans: Any = None) -> tuple[tuple, dict, list, dict]:
+                  plans: Any = None, donate: Any = False) -> tuple[tuple, dict, list, dict]:
     """Every argument of :func:`prunec.compile`, before capture.
 
     Returns:
@@ -474,9 +474,18 @@ def check_compile(model: Any, example_inputs: Any, passes: Any, *, example_kwarg
     if plans is not None:
         _check_plans(plans)
     options = check_backend(backend, backend_options)
-    for argument, flag in (("train", train), ("verify", verify)):
+    for argument, flag in (("train", train), ("verify", verify), ("donate", donate)):
         if not isinstance(flag, bool):
             raise InvalidArgumentError(f"{argument} must be True or False, got {flag!r}.")
+    if donate and verify:
+        raise InvalidArgumentError(
+            "donate=True releases the original weights as they are sliced, and verify=True "
+            "checks every pass against them: pass verify=False with donate=True (or keep "
+            "donate=False to verify).")
+    if donate and train:
+        raise InvalidArgumentError(
+            "donate=True applies to eval-mode captures, which share the model's weights; a "
+            "train=True capture copies them, so there is nothing to donate: drop donate.")
     check_dynamic(dynamic)
     if instruments is not None:
         if isinstance(instruments, (str, bytes)) or not isinstance(instruments, Iterable):

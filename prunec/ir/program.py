@@ -37,6 +37,10 @@ class Program:
         history: Configurations of the passes applied (a pass seen again is a no-op).
         capture_notes: What capture had to give up, in words for the report (axes made
             static after a failed dynamic attempt, inputs the forward writes in place).
+        donated: The caller gave up the captured model's weights (``compile(...,
+            donate=True)``): a rewrite that replaces a parameter releases the old one's
+            storage, so the pruned copy does not live next to the original. Cloning with
+            shared tensors turns it off (the clone still reads them).
     """
 
     gm: fx.GraphModule
@@ -48,6 +52,7 @@ class Program:
     history: list = field(default_factory=list)
     plans: list = field(default_factory=list)
     capture_notes: list = field(default_factory=list)
+    donated: bool = False
     _cache: dict = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ analyses
@@ -85,6 +90,7 @@ class Program:
         """
         memo: dict = {}
         if share_tensors:
+            self.donated = False  # the clone reads the same tensors: never release them
             for tensor in list(self.gm.parameters()) + list(self.gm.buffers()):
                 memo[id(tensor)] = tensor
             for value in vars(self.gm).values():  # constants registered as plain attributes

@@ -195,6 +195,12 @@ def _element_keep(analysis: ChannelAnalysis, plan: PruningPlan) -> np.ndarray:
 
 def _slice_tensors(ctx: RewriteContext, slices: Slices) -> None:
     done = set()
+    program = ctx.program
+    readers: dict[int, int] = {}  # tensor id -> get_attr targets still to visit (donation)
+    if program.donated:
+        for target in {n.target for n in program.graph.nodes if n.op == "get_attr"}:
+            key = id(program.get_tensor(target))
+            readers[key] = readers.get(key, 0) + 1
     for node in ctx.program.graph.nodes:
         if node.op != "get_attr" or node.target in done:
             continue
@@ -212,3 +218,20 @@ def _slice_tensors(ctx: RewriteContext, slices: Slices) -> None:
             ctx.program.set_tensor(node.target, tensor)
             slices[node.target] = kept
             slices.replaced[node.target] = (old, ctx.program.get_tensor(node.target))
+        if program.donated:
+            readers[id(old)] -= 1
+            if readers[id(old)] == 0 and not _still_read(program, old):
+                release(old)
+
+
+def _still_read(program: Program, tensor: torch.Tensor) -> bool:
+    return any(t is tensor for t in program.gm.parameters()) or \
+        any(t is tensor for t in program.gm.buffers())
+
+
+def release(tensor: torch.Tensor) -> None:
+    """Free a donated tensor's storage: it becomes an empty tensor of the same dtype and
+    device for every holder (the caller's module included), so memory is returned now
+    rather than when the caller drops its model."""
+    with torch.no_grad():
+        tensor.data = torch.empty(0, dtype=tensor.dtype, device=tensor.device)
