@@ -107,13 +107,15 @@ def write(rows: list[dict], env: dict) -> None:
         "whose `scaled_dot_product_attention` head groups are prunable; *no head groups*: the model "
         "has no such op (convolutional models, and attention written as matmul + softmax, e.g. "
         "SwinV2, LeViT, GPT-J and Gemma2 in eager mode, whose head-axis channels fall into plain "
-        "groups). Swin, SwinV2, YOLOS and BLOOM are captured with static shapes (`dynamic=False`: "
-        "window padding, interpolated position embeddings and ALiBi slopes are computed from the "
-        "image or sequence size); Mixtral and Qwen2-MoE run their experts as `batched_mm` (the "
+        "groups). SwinV2, YOLOS and BLOOM go through capture's retry ladder (window padding, "
+        "interpolated position embeddings and ALiBi slopes cannot take symbolic image or sequence "
+        "sizes: batch axis dynamic, other axes static); Swin captures fully dynamic but exports "
+        "about 40x slower that way, so it runs with `dynamic=False`; Mixtral and Qwen2-MoE run their experts as `batched_mm` (the "
         "default `grouped_mm` is an opaque custom op with no coupling rule).",
         "",
         f"Machine: {env['platform']}, python {env['python']}, torch {env['torch']}, "
-        f"{env['threads']} thread(s); run took {env['seconds']:.0f} s.",
+        f"{env['threads']} thread(s); run took {env['seconds']:.0f} s"
+        + (f" (re-run later: {', '.join(env['rerun'])})" if env.get("rerun") else "") + ".",
         "",
         "| architecture | family | MACs | prunable | heads prunable | MACs after magnitude 0.3 | "
         "zeroing diff | status | blocked (share of MACs: reason) |",
@@ -148,6 +150,13 @@ def main(names: list[str]) -> None:
     env = {"platform": platform.platform(), "python": platform.python_version(),
            "torch": torch.__version__, "transformers": transformers.__version__,
            "threads": torch.get_num_threads(), "seconds": time.perf_counter() - start}
+    path = RESULTS / "coverage.json"
+    if names and path.exists():  # re-run of some architectures: replace their rows only
+        data = json.loads(path.read_text())
+        fresh = {r["name"]: r for r in rows}
+        rows = [fresh.pop(r["name"], r) for r in data["architectures"]] + list(fresh.values())
+        env = {**data["environment"],
+               "rerun": sorted(set(data["environment"].get("rerun", [])) | set(names))}
     write(rows, env)
 
 

@@ -53,6 +53,7 @@ from prunec.zoo import resnet56_1d  # noqa: E402
 
 NAME = "peeao_mnist1d"
 TARGETS = (0.5, 0.7, 0.8, 0.86)
+METHODS = ("peeao", "layer-only", "magnitude", "vbp")
 
 
 # ---------------------------------------------------------------------------- training
@@ -182,8 +183,9 @@ def markdown(results: dict, threads: int) -> str:
         f"of fine-tuning; the one-shot baselines also get PEEAO's kept-lineage samples up to "
         f"that point, so every model sees the same number of training samples after the dense "
         f"training. The budgets are far below the paper's (10 + 190 epochs per iteration on "
-        f"CIFAR-10): this shared 2-core CPU allows an hour, not days. One seed was run, so the "
-        f"run-to-run spread is not measured; with {results['sizes']['test']} test sequences "
+        f"CIFAR-10): this shared 2-core CPU allows an hour, not days. The tables below are one "
+        f"run (seed {a.get('seed', 0)}); runs of other seeds, where made, are summarised at the "
+        f"end. With {results['sizes']['test']} test sequences "
         f"one sequence is {100 / results['sizes']['test']:.2f} points.", "",
         f"Dense: {100 * results['dense']['test_acc']:.2f} % test accuracy, "
         f"{results['dense']['macs'] / 1e6:.2f} M MACs per sequence, "
@@ -219,6 +221,28 @@ def markdown(results: dict, threads: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def seeds_markdown(runs: list[dict]) -> str:
+    """Test accuracy per method and target over the seeds' runs (empty for one run)."""
+    if len(runs) < 2:
+        return ""
+    seeds = [r["args"].get("seed", 0) for r in runs]
+    lines = ["", f"## Over {len(runs)} seeds ({', '.join(map(str, seeds))}: dense initialisation "
+             "and data order; each seed its own dense model and PEEAO run)", "",
+             "| target | dense | " + " | ".join(METHODS) + " |",
+             "|---|---|" + "---|" * len(METHODS)]
+    dense = [100 * r["dense"]["test_acc"] for r in runs]
+    for t in TARGETS:
+        cells = []
+        for method in METHODS:
+            accs = [100 * row["test_acc"] for r in runs for row in r["rows"]
+                    if row["method"] == method and row["target"] == t]
+            cells.append("-" if not accs else
+                         f"{sum(accs) / len(accs):.2f} ({', '.join(f'{a:.2f}' for a in accs)})")
+        lines.append(f"| {100 * t:.0f} % | {sum(dense) / len(dense):.2f} | " + " | ".join(cells) + " |")
+    lines += ["", "Mean test accuracy (%), the seeds' values in brackets."]
+    return "\n".join(lines) + "\n"
+
+
 def latency_rows(lat: dict, reductions: dict) -> list[dict]:
     return [{"name": r["artifact"], "reduction": reductions.get(r["artifact"], "0 %"),
              "batch": r["batch_size"], "median_ms": r["median_ms"], "speedup": r["speedup"] or 1.0,
@@ -235,21 +259,28 @@ def main() -> None:
     parser.add_argument("--kept-samples", type=int, default=512)
     parser.add_argument("--per-class", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="initialisation and data order (the data set is fixed); seeds > 0 "
+                             "write peeao_mnist1d_seed<N>.json, summarised by --render")
     parser.add_argument("--render", action="store_true",
                         help="rewrite the Markdown and PNG from the committed JSON, run nothing")
     args = parser.parse_args()
     if args.render:
         results = json.loads((common.RESULTS / f"{NAME}.json").read_text())
+        others = [json.loads(p.read_text())
+                  for p in sorted(common.RESULTS.glob(f"{NAME}_seed*.json"))]
         plot(results, common.RESULTS / f"{NAME}.png")
-        (common.RESULTS / f"{NAME}.md").write_text(markdown(results, results["args"]["threads"]))
+        (common.RESULTS / f"{NAME}.md").write_text(
+            markdown(results, results["args"]["threads"]) + seeds_markdown([results] + others))
         return
+    name = NAME if args.seed == 0 else f"{NAME}_seed{args.seed}"
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     data = common.load_data(args.samples)
     sizes = {"train": len(data["y_train"]), "val": len(data["y_val"]), "test": len(data["y_test"])}
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     dense = resnet56_1d()
-    common.train(dense, data, epochs=args.dense_epochs, lr=0.1)
+    common.train(dense, data, epochs=args.dense_epochs, lr=0.1, seed=args.seed)
     dense.eval()
     example = data["x_train"][:2]
     dense_prog = capture(dense, (example,))
@@ -263,7 +294,7 @@ def main() -> None:
                    for i in range(0, len(data["y_train"]), 128)]
     val = [(data["x_val"], data["y_val"])]
     calib = class_balanced(train_items, args.per_class)
-    budget = SampleBudget(data)
+    budget = SampleBudget(data, seed=args.seed)
     lineage = {"samples": 0}
     checkpoints: dict[float, tuple[Program, int]] = {}
 
@@ -320,9 +351,10 @@ def main() -> None:
     results["latency"] = lat
     results["latency_rows"] = latency_rows(lat, reductions)
     results["total_seconds"] = time.perf_counter() - start
-    common.write_json(common.RESULTS / f"{NAME}.json", results)
-    plot(results, common.RESULTS / f"{NAME}.png")
-    (common.RESULTS / f"{NAME}.md").write_text(markdown(results, args.threads))
+    common.write_json(common.RESULTS / f"{name}.json", results)
+    if args.seed == 0:
+        plot(results, common.RESULTS / f"{NAME}.png")
+        (common.RESULTS / f"{NAME}.md").write_text(markdown(results, args.threads))
     print(markdown(results, args.threads))
 
 
