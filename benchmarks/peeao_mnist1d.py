@@ -205,6 +205,8 @@ def markdown(results: dict, threads: int) -> str:
         cn = "-" if it["cka_neuron"] is None else f"{it['cka_neuron']:.4f}"
         lines.append(f"| {it['iteration']} | {cl} | {cn} | {it['choice']} | "
                      f"{100 * it['macs_reduction']:.1f} % | {100 * it['val_accuracy']:.2f} |")
+    if results.get("observations"):
+        lines += ["", "## What came out", ""] + [f"- {o}" for o in results["observations"]]
     lines += ["", "![accuracy vs MACs reduction](peeao_mnist1d.png)", "",
               "## Latency: depth-pruned vs width-pruned at equal MACs", "",
               "ONNX Runtime, CPU, 1 intra-op thread, interleaved rounds; median ms per batch.", "",
