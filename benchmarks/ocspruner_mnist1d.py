@@ -24,6 +24,7 @@ Usage: ``python benchmarks/ocspruner_mnist1d.py [--epochs 30] [--samples 10000] 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -66,32 +67,32 @@ def val_fn(eval_prog: Program, train_module: torch.nn.Module, data: dict):
 
 
 # ---------------------------------------------------------------------------- runs
-def run_dense(data: dict, epochs: int) -> dict:
-    model = fresh_model()
+def run_dense(data: dict, epochs: int, seed: int = 0) -> dict:
+    model = fresh_model(seed)
     start = time.perf_counter()
-    history = common.train(model, data, epochs=epochs)
+    history = common.train(model, data, epochs=epochs, seed=seed)
     wall = time.perf_counter() - start
     return {"model": model, "history": history, "train_seconds": wall - _eval_time(history)}
 
 
-def run_ocspruner(data: dict, epochs: int, example: torch.Tensor) -> dict:
+def run_ocspruner(data: dict, epochs: int, example: torch.Tensor, seed: int = 0) -> dict:
     start = time.perf_counter()
-    compiled = ocspruner(fresh_model(), example, (data["x_train"], data["y_train"]), epochs=epochs,
+    compiled = ocspruner(fresh_model(seed), example, (data["x_train"], data["y_train"]), epochs=epochs,
                          macs_reduction=TARGET, val_data=(data["x_val"], data["y_val"]),
-                         batch_size=128, lr=0.1, progress=False)
+                         batch_size=128, lr=0.1, seed=seed, progress=False)
     wall = time.perf_counter() - start
     history = compiled.report.history
     return {"compiled": compiled, "history": history, "train_seconds": wall - _eval_time(history)}
 
 
-def run_prune_at_init(data: dict, epochs: int, example: torch.Tensor) -> dict:
-    model = fresh_model()
+def run_prune_at_init(data: dict, epochs: int, example: torch.Tensor, seed: int = 0) -> dict:
+    model = fresh_model(seed)
     start = time.perf_counter()
     pruner = OneCyclePruner(model, example, macs_reduction=TARGET)
     pruner.prune(None)
     setup = time.perf_counter() - start
     program = eval_program(model, pruner)  # for validation: not training time
-    history = common.train(pruner.module, data, epochs=epochs,
+    history = common.train(pruner.module, data, epochs=epochs, seed=seed,
                            val_fn=val_fn(program, pruner.module, data))
     assign_state(pruner.module, program, clone=True)
     return {"program": program, "history": history,
@@ -116,14 +117,15 @@ def magnitude_matched(dense_program: Program, target: float) -> tuple[Program, f
     return best
 
 
-def run_dense_prune_finetune(dense: dict, data: dict, epochs: int, example: torch.Tensor) -> dict:
+def run_dense_prune_finetune(dense: dict, data: dict, epochs: int, example: torch.Tensor,
+                             seed: int = 0) -> dict:
     start = time.perf_counter()
     program = capture(dense["model"].eval(), example)
     pruned, ratio, reduction = magnitude_matched(program, TARGET)
     pruned_acc = common.evaluate(pruned.gm, data["x_val"], data["y_val"])
     student = train_program(pruned, dense["model"])
     prune_seconds = time.perf_counter() - start
-    history = common.train(student.gm, data, epochs=epochs, lr=0.01,
+    history = common.train(student.gm, data, epochs=epochs, lr=0.01, seed=seed,
                            val_fn=val_fn(pruned, student.gm, data))
     assign_state(student.gm, pruned, clone=True)
     return {"program": pruned, "history": history, "ratio": ratio, "reduction": reduction,
@@ -211,6 +213,34 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def seeds_section(results: dict) -> list[str]:
+    """Test accuracy of every run over the seeds (mean, sample std, values), the stable epochs
+    and the time ratios; empty for a single seed."""
+    per_seed = results.get("per_seed", [])
+    if len(per_seed) < 2:
+        return []
+    sm = results["summary"]
+    seeds = ", ".join(str(r["seed"]) for r in per_seed)
+    lines = [f"## Test accuracy over {len(per_seed)} seeds ({seeds}: initialisation and data order)",
+             "", "| run | mean test acc (%) | std (points) | per seed (%) |", "|---|---|---|---|"]
+    for name, label in RUNS:
+        st = sm[name]
+        lines.append(f"| {label} | {100 * st['mean']:.2f} | {100 * st['std']:.2f} | "
+                     + ", ".join(f"{100 * v:.2f}" for v in st["values"]) + " |")
+    d = sm["ocs_minus_dense"]
+    tr = sm["time_ratio"]
+    lines += ["", f"OCSPruner minus dense, per seed: "
+              + ", ".join(f"{100 * v:+.2f}" for v in d["values"])
+              + f" points (mean {100 * d['mean']:+.2f}). Stable epochs: "
+              + ", ".join(str(v) for v in sm["stable_epoch"]) + ". Training-time ratio "
+              "(dense + prune + fine-tune until OCSPruner's validation accuracy, over OCSPruner): "
+              + (", ".join(f"{v:.2f}x" for v in tr["values"]) if tr["values"] else "never reached")
+              + f" ({len(tr['values'])} of {len(per_seed)} seeds reached it); with all F "
+              "fine-tuning epochs: " + ", ".join(f"{v:.2f}x" for v in sm["time_ratio_full"]["values"])
+              + ".", ""]
+    return lines
+
+
 def markdown(results: dict, threads: int) -> str:
     e, f = results["epochs"], results["finetune_epochs"]
     d, o, p, m = (results[k] for k in ("dense", "ocspruner", "prune_at_init", "dense_prune_finetune"))
@@ -222,6 +252,9 @@ def markdown(results: dict, threads: int) -> str:
         f"{results['macs_dense'] / 1e6:.2f} M MACs per sequence). SGD Nesterov 0.9, wd 5e-4, "
         f"batch 128, lr 0.1 x0.2 at 30/60/80/90 % of the epochs; E = {e} epochs, "
         f"fine-tuning F = {f} epochs at lr 0.01. Script: `benchmarks/ocspruner_mnist1d.py`.", "",
+        *seeds_section(results),
+        f"### Seed {results['seed']} in detail" if len(results.get("per_seed", [])) > 1 else "",
+        "",
         "| run | MACs reduction | epochs | val acc (last) | test acc | training time (s) |",
         "|---|---|---|---|---|---|",
         f"| dense | 0 | {e} | {100 * d['val_acc']:.2f} | {100 * d['test_acc']:.2f} | {d['train_seconds']:.0f} |",
@@ -266,6 +299,8 @@ def markdown(results: dict, threads: int) -> str:
             dd, oo = lat[f"dense/{backend}@{b}"], lat[f"ocspruner/{backend}@{b}"]
             lines.append(f"| {backend} | {b} | {dd['median_ms']:.3f} | {oo['median_ms']:.3f} | "
                          f"{oo['speedup']:.2f}x | {oo['ideal']:.2f}x | {oo['efficiency']:.2f} |")
+    if results.get("observations"):
+        lines += ["", "## What came out", ""] + [f"- {o}" for o in results["observations"]]
     lines += ["", "![accuracy and stability](ocspruner_mnist1d.png)", "", "## Machine", "",
               *common.environment_lines(threads),
               f"- load average at start / end: {results['load'][0]} / {results['load'][1]} "
@@ -274,35 +309,27 @@ def markdown(results: dict, threads: int) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--finetune-epochs", type=int, default=None)
-    parser.add_argument("--samples", type=int, default=10000)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default=str(common.RESULTS / NAME))
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    wall = time.perf_counter()
-    load0 = os.getloadavg()[0]
-    data = common.load_data(args.samples)
-    example = data["x_train"][:2]
-    e, f = args.epochs, args.finetune_epochs or max(1, args.epochs // 2)
-    results = {"epochs": e, "finetune_epochs": f, "samples": args.samples, "target": TARGET,
-               "sizes": {k: len(data[f"y_{k}"]) for k in ("train", "val", "test")}}
+RUNS = (("dense", "dense"), ("ocspruner", "OCSPruner"), ("prune_at_init", "prune at epoch 0"),
+        ("dense_prune_finetune", "dense + magnitude + fine-tune"))
+
+
+def run_seed(data: dict, e: int, f: int, example: torch.Tensor, seed: int) -> tuple[dict, dict]:
+    """The four runs from initialisation ``seed`` (also the data order); returns the JSON
+    results and the trained objects (for the latency of the first seed)."""
     test = lambda fn: common.evaluate(fn, data["x_test"], data["y_test"])  # noqa: E731
-
-    dense = run_dense(data, e)
-    print(f"dense: val {dense['history'][-1]['val_acc']:.4f} {dense['train_seconds']:.0f}s", flush=True)
-    ocs = run_ocspruner(data, e, example)
+    dense = run_dense(data, e, seed)
+    print(f"[seed {seed}] dense: val {dense['history'][-1]['val_acc']:.4f} "
+          f"{dense['train_seconds']:.0f}s", flush=True)
+    ocs = run_ocspruner(data, e, example, seed)
     rep = ocs["compiled"].report
-    print(f"ocspruner: stable {rep.stable_epoch} val {ocs['history'][-1]['val_acc']:.4f} "
+    print(f"[seed {seed}] ocspruner: stable {rep.stable_epoch} val {ocs['history'][-1]['val_acc']:.4f} "
           f"{ocs['train_seconds']:.0f}s", flush=True)
-    init = run_prune_at_init(data, e, example)
-    print(f"prune@0: val {init['history'][-1]['val_acc']:.4f}", flush=True)
-    dpf = run_dense_prune_finetune(dense, data, f, example)
-    print(f"dense+prune+ft: val {dpf['history'][-1]['val_acc']:.4f}", flush=True)
+    init = run_prune_at_init(data, e, example, seed)
+    print(f"[seed {seed}] prune@0: val {init['history'][-1]['val_acc']:.4f}", flush=True)
+    dpf = run_dense_prune_finetune(dense, data, f, example, seed)
+    print(f"[seed {seed}] dense+prune+ft: val {dpf['history'][-1]['val_acc']:.4f}", flush=True)
 
+    results: dict = {"seed": seed}
     dense_prog = capture(dense["model"].eval(), example)
     results["macs_dense"] = count_macs(dense_prog) / len(example)
     results["params_dense"] = count_params(dense_prog)
@@ -334,12 +361,68 @@ def main() -> None:
     results["macs_cost"] = {"dense": float(e), "ocspruner": ocs_cost, "prune_at_init": init_cost,
                             "dpf_full": e + sum(ft),
                             "dpf_to_ocs": None if reach is None else e + sum(ft[:reach + 1])}
-    results["latency"] = latency(dense["model"], ocs["compiled"], example, args.threads)
+    return results, {"dense_model": dense["model"], "compiled": ocs["compiled"]}
+
+
+def summarize(per_seed: list[dict]) -> dict:
+    """Mean and sample standard deviation over seeds of each run's test accuracy, and the
+    per-seed values of the stable epoch and the time ratios."""
+    import statistics
+
+    def stats(values):
+        values = [v for v in values if v is not None]
+        return {"values": values, "mean": statistics.fmean(values) if values else None,
+                "std": statistics.stdev(values) if len(values) > 1 else None}
+
+    out = {name: stats([r[name]["test_acc"] for r in per_seed]) for name, _ in RUNS}
+    out["stable_epoch"] = [r["ocspruner"]["stable_epoch"] for r in per_seed]
+    out["time_ratio"] = stats([r["time_ratio"] for r in per_seed])
+    out["time_ratio_full"] = stats([r["time_ratio_full"] for r in per_seed])
+    out["ocs_minus_dense"] = stats([r["ocspruner"]["test_acc"] - r["dense"]["test_acc"]
+                                    for r in per_seed])
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--finetune-epochs", type=int, default=None)
+    parser.add_argument("--samples", type=int, default=10000)
+    parser.add_argument("--seeds", type=int, default=1, help="initialisations 0 .. N-1")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default=str(common.RESULTS / NAME))
+    parser.add_argument("--render", action="store_true",
+                        help="rewrite the Markdown and PNG from the JSON at --out, run nothing")
+    args = parser.parse_args()
+    if args.render:
+        out = Path(args.out)
+        results = json.loads(out.with_suffix(".json").read_text())
+        plot(results, out.with_suffix(".png"))
+        out.with_suffix(".md").write_text(markdown(results, results.get("threads", args.threads)))
+        return
+    torch.set_num_threads(args.threads)
+    wall = time.perf_counter()
+    load0 = os.getloadavg()[0]
+    data = common.load_data(args.samples)
+    example = data["x_train"][:2]
+    e, f = args.epochs, args.finetune_epochs or max(1, args.epochs // 2)
+    out = Path(args.out)
+    per_seed, first = [], None
+    for seed in range(args.seeds):
+        results, objects = run_seed(data, e, f, example, seed)
+        per_seed.append(results)
+        first = first or objects
+        common.write_json(out.with_name(out.name + "_partial.json"), {"per_seed": per_seed})
+    results = {"epochs": e, "finetune_epochs": f, "samples": args.samples, "target": TARGET,
+               "sizes": {k: len(data[f"y_{k}"]) for k in ("train", "val", "test")},
+               **per_seed[0], "per_seed": per_seed, "summary": summarize(per_seed)}
+    results["latency"] = latency(first["dense_model"], first["compiled"], example, args.threads)
+    results["threads"] = args.threads
     results["load"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
     results["wall_seconds"] = time.perf_counter() - wall
     results["environment"] = common.environment()
-    out = Path(args.out)
     common.write_json(out.with_suffix(".json"), results)
+    out.with_name(out.name + "_partial.json").unlink(missing_ok=True)
     plot(results, out.with_suffix(".png"))
     out.with_suffix(".md").write_text(markdown(results, args.threads))
     print(out.with_suffix(".md").read_text())
