@@ -47,3 +47,15 @@ def zeroed_copy(model: torch.nn.Module, analysis: ChannelAnalysis, plan: Pruning
 
 def state_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+class Recurrent(torch.nn.Module):
+    """An LSTM classifier head: export cannot take a symbolic sequence length through it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = torch.nn.LSTM(8, 16, batch_first=True)
+        self.head = torch.nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.head(self.rnn(x)[0])

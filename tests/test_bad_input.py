@@ -16,6 +16,7 @@ from prunec.errors import (
     CalibrationError, CaptureError, InvalidArgumentError, PrunecError,
 )
 from prunec.passes import MagnitudePruning, RandomPruning, VarianceBasedPruning
+from tests.helpers import Recurrent
 
 
 # ---------------------------------------------------------------------------- tiny models
@@ -54,16 +55,6 @@ class WritesInput(nn.Module):
     def forward(self, x):
         x.mul_(2)
         return self.fc2(torch.relu(self.fc1(x)))
-
-
-class Recurrent(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.rnn = nn.LSTM(8, 16, batch_first=True)
-        self.head = nn.Linear(16, 4)
-
-    def forward(self, x):
-        return self.head(self.rnn(x)[0])
 
 
 class DataDependent(nn.Module):

@@ -196,11 +196,7 @@ def _element_keep(analysis: ChannelAnalysis, plan: PruningPlan) -> np.ndarray:
 def _slice_tensors(ctx: RewriteContext, slices: Slices) -> None:
     done = set()
     program = ctx.program
-    readers: dict[int, int] = {}  # tensor id -> get_attr targets still to visit (donation)
-    if program.donated:
-        for target in {n.target for n in program.graph.nodes if n.op == "get_attr"}:
-            key = id(program.get_tensor(target))
-            readers[key] = readers.get(key, 0) + 1
+    targets = {n.target for n in program.graph.nodes if n.op == "get_attr"}
     for node in ctx.program.graph.nodes:
         if node.op != "get_attr" or node.target in done:
             continue
@@ -218,15 +214,10 @@ def _slice_tensors(ctx: RewriteContext, slices: Slices) -> None:
             ctx.program.set_tensor(node.target, tensor)
             slices[node.target] = kept
             slices.replaced[node.target] = (old, ctx.program.get_tensor(node.target))
-        if program.donated:
-            readers[id(old)] -= 1
-            if readers[id(old)] == 0 and not _still_read(program, old):
-                release(old)
-
-
-def _still_read(program: Program, tensor: torch.Tensor) -> bool:
-    return any(t is tensor for t in program.gm.parameters()) or \
-        any(t is tensor for t in program.gm.buffers())
+        # Donation: free the old tensor once no target of the program reads it any more (a
+        # tensor read under two targets is released after the second is sliced).
+        if program.donated and kept and not any(program.get_tensor(t) is old for t in targets):
+            release(old)
 
 
 def release(tensor: torch.Tensor) -> None:

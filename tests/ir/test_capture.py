@@ -8,6 +8,7 @@ import torch.nn as nn
 
 from prunec.errors import CaptureError, InvalidArgumentError
 from prunec.ir.capture import capture, share_weights_copy
+from tests.helpers import Recurrent
 
 
 class MLP(nn.Module):
@@ -40,16 +41,6 @@ class WritesInput(nn.Module):
         x.mul_(2)  # in place into the caller's tensor
         x[:, :2].zero_()  # and through a view
         return self.fc(x)
-
-
-class Recurrent(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.rnn = nn.LSTM(8, 16, batch_first=True)
-        self.head = nn.Linear(16, 4)
-
-    def forward(self, x):
-        return self.head(self.rnn(x)[0])
 
 
 def _state(model: nn.Module) -> dict:
