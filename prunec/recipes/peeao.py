@@ -27,11 +27,13 @@ the parent's pair, so the model is captured twice in all.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Callable, Iterable
 
 import torch
 
 from prunec.errors import PrunecError
+from prunec.ir.blocks import analyze_blocks
 from prunec.ir.capture import capture
 from prunec.ir.cost import count_macs, count_params
 from prunec.ir.program import Program
@@ -223,11 +225,18 @@ def peeao(model: torch.nn.Module, example_inputs: Any, train_data: Any, val_data
         macs_reduction, val_accuracy, blocks_dropped, filters_removed``.
     """
     _check(macs_reduction, finetune_epochs, final_epochs, criterion)
+    _check_pairs(val_data, "val_data")
     final_epochs = finetune_epochs if final_epochs is None else final_epochs
     train = trainer or _default_trainer(train_data, lr=lr, batch_size=batch_size,
                                         options=dict(finetune_options or {}))
     args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-    parent = Candidate(capture(model, args), capture(model, args, train=True))
+    program = capture(model, args)
+    if not analyze_blocks(program).removable() and not inner_groups(program):
+        raise PrunecError(f"peeao: {type(model).__name__} has no removable residual block and no "
+                          f"prunable channels inside one; PEEAO prunes residual networks "
+                          f"(see prunec.analyze(model, example_inputs) for what is prunable; "
+                          f"use prunec.compile with a width pass for other models).")
+    parent = Candidate(program, capture(model, args, train=True))
     calibration = list(calibration) if calibration is not None else class_balanced(train_data, per_class)
     from prunec.report import Report
 
@@ -236,13 +245,16 @@ def peeao(model: torch.nn.Module, example_inputs: Any, train_data: Any, val_data
     iterations: list[dict] = []
     from prunec.progress import bar
 
+    stop = f"max_iterations={max_iterations} reached"
     with bar(total=max_iterations, desc="PEEAO", unit="iter", progress=progress) as pbar:
         for it in range(max_iterations):
             if 1 - count_macs(parent.program) / macs0 >= macs_reduction - 1e-12:
+                stop = None
                 break
             row, parent = _iteration(parent, calibration, val_data, train, criterion, compensate,
                                      min_per_stage, finetune_epochs, final_epochs, it, macs0)
             if row is None:
+                stop = "neither a block nor a filter is left to remove"
                 break
             iterations.append(row)
             if on_iteration is not None:
@@ -252,6 +264,10 @@ def peeao(model: torch.nn.Module, example_inputs: Any, train_data: Any, val_data
             pbar.update(1)
             pbar.set_postfix(cut=f"{100 * row['macs_reduction']:.1f}%", choice=row["choice"],
                              acc=f"{row['val_accuracy']:.3f}")
+    reached = 1 - count_macs(parent.program) / macs0
+    if stop is not None and reached < macs_reduction - 1e-12:
+        warnings.warn(f"peeao: stopped at {100 * reached:.1f}% of the MACs removed, short of "
+                      f"macs_reduction={macs_reduction} ({stop}).", stacklevel=2)
     report.finish(parent.program)
     report.iterations.extend(iterations)
     from prunec.api import CompiledModel
@@ -268,6 +284,31 @@ def _check(macs_reduction, finetune_epochs, final_epochs, criterion) -> None:
             raise PrunecError(f"peeao: {name} must be an int >= 0, got {value!r}.")
     if criterion not in CRITERIA:
         raise PrunecError(f"peeao: criterion must be one of {CRITERIA}, got {criterion!r}.")
+
+
+def _check_pairs(data: Any, name: str) -> None:
+    """``data`` is re-iterable and its first item is a tensor ``(inputs, target)`` pair."""
+    from torch.utils.data import Dataset
+
+    try:
+        one_shot = iter(data) is data
+    except TypeError:
+        raise PrunecError(f"peeao: {name} must be an iterable of (inputs, target) batches or a "
+                          f"Dataset, got {type(data).__name__}.") from None
+    if one_shot:
+        raise PrunecError(f"peeao: {name} must be re-iterable (a list of batches, a DataLoader or "
+                          f"a Dataset); got a one-shot {type(data).__name__}, which the second "
+                          f"iteration would find empty.")
+    first = next(iter(data), None)
+    if first is None:
+        raise PrunecError(f"peeao: {name} is empty; pass (inputs, target) batches.")
+    # Dataset items are collated by a DataLoader, so their targets may be Python ints
+    tensors = first[:1] if isinstance(data, Dataset) else first
+    if not (isinstance(first, (tuple, list)) and len(first) == 2
+            and all(isinstance(t, torch.Tensor) for t in tensors)):
+        raise PrunecError(f"peeao: {name} items must be (inputs, target) pairs of tensors; the "
+                          f"first item is {type(first).__name__}"
+                          f"{'' if not isinstance(first, (tuple, list)) else f' of length {len(first)}'}.")
 
 
 def _iteration(parent, calibration, val_data, train, criterion, compensate, min_per_stage,

@@ -111,7 +111,9 @@ def test_stops_at_target_and_respects_stages(monkeypatch):
 
 @pytest.mark.slow
 def test_no_block_left_removes_half_the_filters(monkeypatch):
-    compiled = _run(monkeypatch, ckas=[1.0, 0.0] * 3 + [0.5], macs_reduction=0.9, max_iterations=4)
+    with pytest.warns(UserWarning, match=r"short of macs_reduction=0.9 \(max_iterations=4"):
+        compiled = _run(monkeypatch, ckas=[1.0, 0.0] * 3 + [0.5], macs_reduction=0.9,
+                        max_iterations=4)
     rows = compiled.report.iterations
     assert [r["choice"] for r in rows] == ["layer"] * 3 + ["neuron"]
     assert rows[-1]["cka_layer"] is None and rows[-1]["filters_removed"] is None
@@ -123,6 +125,19 @@ def test_argument_errors():
         peeao(model, example, train, val, macs_reduction=1.5)
     with pytest.raises(PrunecError, match="criterion"):
         peeao(model, example, train, val, macs_reduction=0.5, criterion="l1")
+    # val_data is checked before any capture: pairs, re-iterable, not empty
+    for bad, match in (([x for x, _ in val], "pairs of tensors; the first item is Tensor"),
+                       ((item for item in val), "re-iterable"), ([], "empty"),
+                       (3, "iterable of")):
+        with pytest.raises(PrunecError, match=match):
+            peeao(model, example, train, bad, macs_reduction=0.5)
+
+
+def test_model_without_residual_blocks_is_refused():
+    mlp = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    data = [(torch.randn(4, 8), torch.randint(0, 4, (4,)))]
+    with pytest.raises(PrunecError, match="Sequential has no removable residual block"):
+        peeao(mlp, torch.randn(2, 8), data, data, macs_reduction=0.5, progress=False)
 
 
 # ---------------------------------------------------------------------------- neuron score
