@@ -177,8 +177,19 @@ def _dataset(data: Any, name: str):
     if (isinstance(data, (tuple, list)) and len(data) == 2
             and all(isinstance(t, torch.Tensor) for t in data) and len(data[0]) == len(data[1])):
         return TensorDataset(*data)
+    from torch.utils.data import DataLoader
+
+    hint = ""
+    if isinstance(data, DataLoader):
+        hint = (f" Pass the loader's dataset ({name}=loader.dataset): ocspruner batches and "
+                f"shuffles itself (batch_size=..., sharded per rank under torchrun).")
+    elif isinstance(data, (tuple, list)) and data and all(
+            isinstance(b, (tuple, list)) and len(b) == 2 for b in data[:3]):
+        hint = (f" For a list of (inputs, labels) batches pass "
+                f"(torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])).")
     raise PrunecError(f"ocspruner: {name} must be a Dataset of (input, label) pairs or an "
-                      f"(inputs, labels) tuple of tensors of equal length.")
+                      f"(inputs, labels) tuple of tensors of equal length, got "
+                      f"{type(data).__name__}.{hint}")
 
 
 def _pruner_defaults(epochs, steps, monitor_start, last_search_epoch, macs_reduction) -> dict:

@@ -258,6 +258,12 @@ def test_ocspruner_loop_reports_and_returns_an_eval_model():
     assert all(torch.equal(v, original[k]) for k, v in model.state_dict().items())  # untouched
     with pytest.raises(PrunecError, match="epochs"):
         ocspruner(model, x[:4], (x, y), epochs=0, macs_reduction=0.4)
+    from torch.utils.data import DataLoader, TensorDataset
+    with pytest.raises(PrunecError, match=r"got DataLoader\. Pass the loader's dataset"):
+        ocspruner(model, x[:4], DataLoader(TensorDataset(x, y), batch_size=8), epochs=1,
+                  macs_reduction=0.4)
+    with pytest.raises(PrunecError, match="list of \\(inputs, labels\\) batches"):
+        ocspruner(model, x[:4], [(x[:8], y[:8]), (x[8:], y[8:])], epochs=1, macs_reduction=0.4)
 
 
 def _free_port() -> int:
