@@ -15,7 +15,7 @@ from prunec.ir.blocks import analyze_blocks
 from prunec.ir.capture import capture
 from prunec.ir.interpret import run_with_overrides
 from prunec.ir.similarity import linear_cka, penultimate_features
-from prunec.recipes.neuron_kl import inner_groups, neuron_kl_scores, select_units
+from prunec.recipes.neuron_kl import inner_groups, neuron_kl_exact, neuron_kl_scores, select_units
 from prunec.recipes.peeao import choose, peeao
 from prunec.zoo import ResNet1d
 from tests.captured import one_thread  # noqa: F401 (autouse fixture)
@@ -75,6 +75,19 @@ def test_kept_candidate_is_the_one_with_higher_cka(monkeypatch):
     assert len(analyze_blocks(compiled.program)) == 8
 
 
+def test_exact_neuron_scores_choose_the_filters_with_lowest_measured_kl(monkeypatch):
+    compiled = _run(monkeypatch, ckas=[0.1, 0.9], macs_reduction=0.01, max_iterations=1,
+                    neuron_scores="exact")
+    (row,) = compiled.report.iterations
+    assert row["choice"] == "neuron"
+    program = _capture(False)
+    groups = inner_groups(program)
+    model, example, train, _ = _setup()
+    expected = select_units(groups, neuron_kl_exact(program, groups, [x for x, _ in train]),
+                            row["filters_removed"])
+    assert expected.keep and compiled.plans[-1].keep == expected.keep
+
+
 def test_tie_keeps_the_layer(monkeypatch):
     compiled = _run(monkeypatch, ckas=[0.7, 0.7], macs_reduction=0.01, max_iterations=1)
     assert compiled.report.iterations[0]["choice"] == "layer"
@@ -125,6 +138,8 @@ def test_argument_errors():
         peeao(model, example, train, val, macs_reduction=1.5)
     with pytest.raises(PrunecError, match="criterion"):
         peeao(model, example, train, val, macs_reduction=0.5, criterion="l1")
+    with pytest.raises(PrunecError, match="neuron_scores must be one of"):
+        peeao(model, example, train, val, macs_reduction=0.5, neuron_scores="kl")
     # val_data is checked before any capture: pairs, re-iterable, not empty
     for bad, match in (([x for x, _ in val], "pairs of tensors; the first item is Tensor"),
                        ((item for item in val), "re-iterable"), ([], "empty"),
@@ -164,6 +179,32 @@ def test_neuron_score_is_the_second_order_kl():
         log_q = F.log_softmax(run_with_overrides(program, batch, {mv.node: shrink}).double(), -1)
         kl = float((log_q.exp() * (log_q - log_p)).sum(-1).mean())
         assert kl / eps ** 2 == pytest.approx(float(scores[key][unit]), rel=2e-2)
+
+
+def test_exact_neuron_score_is_the_kl_of_zeroing_the_unit():
+    model, example, train, val = _setup()
+    program = _capture(False)
+    groups = dict(list(inner_groups(program).items())[:2])
+    batches = [x for x, _ in train]
+    scores = neuron_kl_exact(program, groups, batches)
+    for key, (group, (mv,)) in groups.items():
+        for unit in (0, group.size - 1):
+            idx = group.indices(mv.slot, [unit])
+
+            def zero(v, idx=idx):
+                return v.index_fill(mv.axis, idx, 0.0)
+
+            kl = 0.0
+            for batch in batches:
+                log_p = F.log_softmax(run_with_overrides(program, batch, {}).double(), -1)
+                log_q = F.log_softmax(run_with_overrides(program, batch, {mv.node: zero}).double(), -1)
+                kl += float((log_q.exp() * (log_q - log_p)).sum())
+            assert float(scores[key][unit]) == pytest.approx(kl / 64, rel=1e-9, abs=1e-15)
+    # the second-order estimate ranks the units much as the measured KL does
+    approx = neuron_kl_scores(program, groups, batches)
+    for key in groups:
+        ranks = [torch.argsort(torch.argsort(s[key])).double() for s in (scores, approx)]
+        assert torch.corrcoef(torch.stack(ranks))[0, 1] > 0.9
 
 
 def test_select_units_global_sort_keeps_one_per_group():
