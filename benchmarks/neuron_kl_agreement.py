@@ -17,6 +17,7 @@ Usage: ``python benchmarks/neuron_kl_agreement.py [--samples 10000] [--epochs 10
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -100,8 +101,12 @@ def markdown(r: dict) -> str:
     for row in r["removal"]:
         lines.append(f"| {row['count']} | {row['overlap']} / {row['count']} | "
                      f"{row['kl_fisher']:.4g} | {row['kl_exact']:.4g} |")
-    lines += ["", "Note: scoring each filter alone ignores interactions, for both scorers; the "
-              "set columns measure what the recipe actually removes.", "",
+    share = [row["overlap"] / row["count"] for row in r["removal"]]
+    ratio = [row["kl_fisher"] / row["kl_exact"] for row in r["removal"] if row["kl_exact"] > 0]
+    lines += ["", f"The two sets share {100 * min(share):.0f}-{100 * max(share):.0f} % of their "
+              f"filters; the KL of removing fisher's set is {min(ratio):.2f}-{max(ratio):.2f}x that "
+              f"of removing exact's. Scoring each filter alone ignores interactions, for both "
+              f"scorers; the set columns measure what the recipe actually removes.", "",
               "## Machine", "", *common.environment_lines(1), "",
               "Script: `benchmarks/neuron_kl_agreement.py`."]
     return "\n".join(lines) + "\n"
@@ -112,7 +117,13 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=10000)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--per-class", type=int, default=20)
+    parser.add_argument("--render", action="store_true",
+                        help="rewrite the Markdown from the committed JSON, run nothing")
     args = parser.parse_args()
+    if args.render:
+        results = json.loads((common.RESULTS / f"{NAME}.json").read_text())
+        (common.RESULTS / f"{NAME}.md").write_text(markdown(results))
+        return
     torch.set_num_threads(1)
     data = common.load_data(args.samples)
     torch.manual_seed(0)
