@@ -31,7 +31,7 @@ import mnist1d_common as common  # noqa: E402
 from prunec.ir.capture import capture  # noqa: E402
 from prunec.ir.interpret import run_with_overrides  # noqa: E402
 from prunec.recipes.neuron_kl import (inner_groups, neuron_kl_exact,  # noqa: E402
-                                      neuron_kl_scores, select_units)
+                                      neuron_kl_scores, select_units, zero_channels)
 from prunec.recipes.peeao import class_balanced  # noqa: E402
 from prunec.zoo import resnet56_1d  # noqa: E402
 
@@ -45,14 +45,6 @@ def ranks(x: torch.Tensor) -> torch.Tensor:
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.corrcoef(torch.stack([ranks(a), ranks(b)]))[0, 1])
-
-
-def zero_channels(hit: torch.Tensor, axis: int):
-    def zero(value: torch.Tensor) -> torch.Tensor:
-        shape = [1] * value.dim()
-        shape[axis] = -1
-        return value * (~hit).to(value.dtype).reshape(shape)
-    return zero
 
 
 @torch.no_grad()

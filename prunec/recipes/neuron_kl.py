@@ -44,7 +44,7 @@ from prunec.ir.program import Program
 from prunec.passes.prune_variance import MeasuredValue, measured_values
 from prunec.rewrite.plan import PruningPlan
 
-__all__ = ["inner_groups", "neuron_kl_scores", "neuron_kl_exact", "select_units", "EXACT_CLASSES"]
+__all__ = ["inner_groups", "neuron_kl_scores", "neuron_kl_exact", "select_units", "zero_channels", "EXACT_CLASSES"]
 
 EXACT_CLASSES = 32
 
@@ -105,7 +105,7 @@ def neuron_kl_exact(program: Program, groups: dict, calibration: Iterable[Any]) 
     for key, (group, values) in groups.items():
         scores = torch.zeros(group.size, dtype=torch.float64)
         for unit in range(group.size):
-            overrides = {mv.node: _zero_channels(torch.from_numpy(group.unit_index[mv.slot] == unit), mv.axis)
+            overrides = {mv.node: zero_channels(torch.from_numpy(group.unit_index[mv.slot] == unit), mv.axis)
                          for mv in values}
             with torch.no_grad():
                 for item, ref in zip(items, refs):
@@ -116,7 +116,10 @@ def neuron_kl_exact(program: Program, groups: dict, calibration: Iterable[Any]) 
     return out
 
 
-def _zero_channels(hit: torch.Tensor, axis: int):
+def zero_channels(hit: torch.Tensor, axis: int):
+    """An override (see :func:`prunec.ir.interpret.run_with_overrides`) zeroing the channels
+    where the boolean ``hit`` is true along ``axis``."""
+
     def zero(value: torch.Tensor) -> torch.Tensor:
         shape = [1] * value.dim()
         shape[axis] = -1
