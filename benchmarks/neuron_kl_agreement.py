@@ -31,7 +31,8 @@ import mnist1d_common as common  # noqa: E402
 from prunec.ir.capture import capture  # noqa: E402
 from prunec.ir.interpret import run_with_overrides  # noqa: E402
 from prunec.recipes.neuron_kl import (inner_groups, neuron_kl_exact,  # noqa: E402
-                                      neuron_kl_scores, select_units, zero_channels)
+                                      neuron_kl_scores, select_units)
+from prunec.rewrite.reference import reference_program  # noqa: E402
 from prunec.recipes.peeao import class_balanced  # noqa: E402
 from prunec.zoo import resnet56_1d  # noqa: E402
 
@@ -48,21 +49,15 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def removal_kl(program, groups, plan, calibration) -> float:
-    """Measured ``KL(q || p)`` (per row) of zeroing every unit the plan removes, at once."""
-    overrides = {}
-    for key, keep in plan.keep.items():
-        group, values = groups[key]
-        gone = torch.ones(group.size, dtype=torch.bool)
-        gone[torch.as_tensor(keep, dtype=torch.long)] = False
-        for mv in values:
-            owner = torch.from_numpy(group.unit_index[mv.slot])
-            hit = (owner >= 0) & gone[owner.clamp(min=0)]
-            overrides[mv.node] = zero_channels(hit, mv.axis)
+def removal_kl(program, plan, calibration) -> float:
+    """Measured ``KL(q || p)`` (per row) of removing every unit the plan removes, at once: the
+    program run as :func:`prunec.rewrite.reference.reference_program` defines the plan."""
+    reference, overrides, why_not = reference_program(program, plan)
+    assert reference is not None, why_not
     total = rows = 0
     for item in calibration:
         log_p = F.log_softmax(run_with_overrides(program, item, {}).double(), -1)
-        log_q = F.log_softmax(run_with_overrides(program, item, overrides).double(), -1)
+        log_q = F.log_softmax(run_with_overrides(reference, item, overrides).double(), -1)
         total += float((log_q.exp() * (log_q - log_p)).sum())
         rows += log_p.shape[0]
     return total / rows
@@ -141,8 +136,8 @@ def main() -> None:
         sets = {name: {(k, u) for k, (g, _) in groups.items() for u in range(g.size)
                        if k in p.keep and u not in p.keep[k]} for name, p in plans.items()}
         removal.append({"count": n, "overlap": len(sets["fisher"] & sets["exact"]),
-                        "kl_fisher": removal_kl(program, groups, plans["fisher"], calib),
-                        "kl_exact": removal_kl(program, groups, plans["exact"], calib)})
+                        "kl_fisher": removal_kl(program, plans["fisher"], calib),
+                        "kl_exact": removal_kl(program, plans["exact"], calib)})
     cat = lambda s: torch.cat([s[k] for k in groups])  # noqa: E731
     results = {"args": vars(args), "train": len(data["y_train"]), "test_acc": test_acc,
                "calibration_rows": sum(len(x) for x in calib), "groups": len(groups),

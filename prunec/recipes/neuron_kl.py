@@ -44,7 +44,7 @@ from prunec.ir.program import Program
 from prunec.passes.prune_variance import MeasuredValue, measured_values
 from prunec.rewrite.plan import PruningPlan
 
-__all__ = ["inner_groups", "neuron_kl_scores", "neuron_kl_exact", "select_units", "zero_channels", "EXACT_CLASSES"]
+__all__ = ["inner_groups", "neuron_kl_scores", "neuron_kl_exact", "select_units", "EXACT_CLASSES"]
 
 EXACT_CLASSES = 32
 
@@ -90,6 +90,7 @@ def neuron_kl_exact(program: Program, groups: dict, calibration: Iterable[Any]) 
     per-row KL averaged over rows, float64). Slower than :func:`neuron_kl_scores` by about
     the number of units over the number of classes."""
     from prunec.ir.interpret import run_with_overrides
+    from prunec.rewrite.reference import zeroer
     from prunec.train.finetune import logits_of
 
     items = list(calibration)
@@ -105,8 +106,7 @@ def neuron_kl_exact(program: Program, groups: dict, calibration: Iterable[Any]) 
     for key, (group, values) in groups.items():
         scores = torch.zeros(group.size, dtype=torch.float64)
         for unit in range(group.size):
-            overrides = {mv.node: zero_channels(torch.from_numpy(group.unit_index[mv.slot] == unit), mv.axis)
-                         for mv in values}
+            overrides = {mv.node: zeroer([(mv.axis, group.indices(mv.slot, [unit]))]) for mv in values}
             with torch.no_grad():
                 for item, ref in zip(items, refs):
                     z = logits_of(run_with_overrides(program, item, overrides)).double()
@@ -114,17 +114,6 @@ def neuron_kl_exact(program: Program, groups: dict, calibration: Iterable[Any]) 
                     scores[unit] += (log_q.exp() * (log_q - ref)).sum()
         out[key] = scores / rows
     return out
-
-
-def zero_channels(hit: torch.Tensor, axis: int):
-    """An override (see :func:`prunec.ir.interpret.run_with_overrides`) zeroing the channels
-    where the boolean ``hit`` is true along ``axis``."""
-
-    def zero(value: torch.Tensor) -> torch.Tensor:
-        shape = [1] * value.dim()
-        shape[axis] = -1
-        return value * (~hit).to(value.dtype).reshape(shape)
-    return zero
 
 
 def _keeper(seen: dict, name: str):

@@ -22,7 +22,7 @@ from prunec.ir.program import Program
 from prunec.rewrite.drop import block_overrides
 from prunec.rewrite.plan import PruningPlan
 
-__all__ = ["reference_program", "UNCHECKABLE_TAGS"]
+__all__ = ["reference_program", "zeroer", "UNCHECKABLE_TAGS"]
 
 UNCHECKABLE_TAGS = frozenset({"norm", "mixing"})
 """Group tags under which removing units is not the same as zeroing them."""
@@ -55,14 +55,17 @@ def reference_program(before: Program, plan: PruningPlan
         for slot in group.params:
             if not slot.param.endswith("running_var"):  # gamma = beta = 0 zeroes the channel
                 zeroed.setdefault(slot.param, []).append((slot.axis, group.indices(slot, dropped)))
-    overrides = {n.name: _zeroer(zeroed[n.target]) for n in before.graph.nodes
+    overrides = {n.name: zeroer(zeroed[n.target]) for n in before.graph.nodes
                  if n.op == "get_attr" and n.target in zeroed}
     overrides.update({c.value: _mean_replacer(analysis, plan, c) for c in plan.compensations})
     overrides.update(block_overrides(before, plan))  # dropped branches: mean or zero
     return before.clone(share_tensors=True), overrides, ""
 
 
-def _zeroer(cuts: list[tuple[int, torch.Tensor]]) -> Callable:
+def zeroer(cuts: list[tuple[int, torch.Tensor]]) -> Callable:
+    """An override (see :func:`prunec.ir.interpret.run_with_overrides`) that zeroes, for each
+    ``(axis, index)`` of ``cuts``, the entries ``index`` along ``axis``."""
+
     def zero(value: torch.Tensor) -> torch.Tensor:
         for axis, index in cuts:
             value = value.index_fill(axis, index.to(value.device), 0.0)
