@@ -175,7 +175,7 @@ def _layer_candidate(parent: Candidate, calibration, criterion: str, compensate:
 
 
 def _neuron_candidate(parent: Candidate, calibration, count: int | None,
-                      neuron_scores: str = "fisher") -> Candidate | None:
+                      neuron_scores: str) -> Candidate | None:
     groups = inner_groups(parent.program)
     if not groups:
         return None
@@ -256,11 +256,10 @@ def peeao(model: torch.nn.Module, example_inputs: Any, train_data: Any, val_data
     iterations: list[dict] = []
     from prunec.progress import bar
 
-    stop = f"max_iterations={max_iterations} reached"
+    stop = f"max_iterations={max_iterations} reached"  # why a run ends short of the target
     with bar(total=max_iterations, desc="PEEAO", unit="iter", progress=progress) as pbar:
         for it in range(max_iterations):
             if 1 - count_macs(parent.program) / macs0 >= macs_reduction - 1e-12:
-                stop = None
                 break
             row, parent = _iteration(parent, calibration, val_data, train, criterion, compensate,
                                      min_per_stage, finetune_epochs, final_epochs, it, macs0,
@@ -277,7 +276,7 @@ def peeao(model: torch.nn.Module, example_inputs: Any, train_data: Any, val_data
             pbar.set_postfix(cut=f"{100 * row['macs_reduction']:.1f}%", choice=row["choice"],
                              acc=f"{row['val_accuracy']:.3f}")
     reached = 1 - count_macs(parent.program) / macs0
-    if stop is not None and reached < macs_reduction - 1e-12:
+    if reached < macs_reduction - 1e-12:
         warnings.warn(f"peeao: stopped at {100 * reached:.1f}% of the MACs removed, short of "
                       f"macs_reduction={macs_reduction} ({stop}).", stacklevel=2)
     report.finish(parent.program)
@@ -324,7 +323,7 @@ def _check_pairs(data: Any, name: str) -> None:
 
 
 def _iteration(parent, calibration, val_data, train, criterion, compensate, min_per_stage,
-               finetune_epochs, final_epochs, it, macs0, neuron_scores="fisher"):
+               finetune_epochs, final_epochs, it, macs0, neuron_scores):
     """One PEEAO step; returns ``(row, new parent)`` or ``(None, parent)`` when stuck."""
     layer = _layer_candidate(parent, calibration, criterion, compensate, min_per_stage)
     count = layer[1] if layer is not None else None
