@@ -336,15 +336,8 @@ def run_seed(data: dict, e: int, f: int, example: torch.Tensor, seed: int) -> tu
     results["params_dense"] = count_params(dense_prog)
     results["dense"] = {"history": dense["history"], "val_acc": dense["history"][-1]["val_acc"],
                         "test_acc": test(dense_prog.gm), "train_seconds": dense["train_seconds"]}
-    results["ocspruner"] = {
-        "history": ocs["history"], "val_acc": ocs["history"][-1]["val_acc"],
-        "test_acc": test(ocs["compiled"].module), "train_seconds": ocs["train_seconds"],
-        "stable_epoch": rep.stable_epoch, "forced": rep.forced, "jaccard": rep.jaccard,
-        "reduction": 1 - rep.macs_after / rep.macs_before, "params": rep.params_after}
-    results["prune_at_init"] = {"history": init["history"], "val_acc": init["history"][-1]["val_acc"],
-                                "macs": init["macs"],
-                                "test_acc": test(init["program"].gm), "reduction": init["reduction"],
-                                "train_seconds": init["train_seconds"]}
+    results["ocspruner"] = ocs_results(ocs, test)
+    results["prune_at_init"] = init_results(init, test)
     results["dense_prune_finetune"] = {
         **{k: v for k, v in dpf.items() if k != "program"},
         "val_acc": dpf["history"][-1]["val_acc"], "test_acc": test(dpf["program"].gm)}
@@ -365,21 +358,36 @@ def run_seed(data: dict, e: int, f: int, example: torch.Tensor, seed: int) -> tu
     return results, {"dense_model": dense["model"], "compiled": ocs["compiled"]}
 
 
+def ocs_results(ocs: dict, test) -> dict:
+    """The JSON record of :func:`run_ocspruner`'s run (``test``: accuracy on the test split)."""
+    rep = ocs["compiled"].report
+    return {"history": ocs["history"], "val_acc": ocs["history"][-1]["val_acc"],
+            "test_acc": test(ocs["compiled"].module), "train_seconds": ocs["train_seconds"],
+            "stable_epoch": rep.stable_epoch, "forced": rep.forced, "jaccard": rep.jaccard,
+            "reduction": 1 - rep.macs_after / rep.macs_before, "params": rep.params_after}
+
+
+def init_results(init: dict, test) -> dict:
+    """The JSON record of :func:`run_prune_at_init`'s run."""
+    return {"history": init["history"], "val_acc": init["history"][-1]["val_acc"],
+            "macs": init["macs"], "test_acc": test(init["program"].gm),
+            "reduction": init["reduction"], "train_seconds": init["train_seconds"]}
+
+
+PAIR_KEYS = ("test_acc", "val_acc", "stable_epoch", "reduction")
+
+
 def run_pair(data: dict, e: int, example: torch.Tensor, seed: int) -> dict:
     """OCSPruner and pruning at epoch 0 only, from initialisation ``seed``: the comparison the
-    seed spread leaves open, made over more seeds at about half the cost of :func:`run_seed`."""
+    seed spread leaves open, made over more seeds at about half the cost of :func:`run_seed`
+    (the records keep :data:`PAIR_KEYS`)."""
     test = lambda fn: common.evaluate(fn, data["x_test"], data["y_test"])  # noqa: E731
-    ocs = run_ocspruner(data, e, example, seed)
-    rep = ocs["compiled"].report
-    init = run_prune_at_init(data, e, example, seed)
-    print(f"[seed {seed}] ocspruner stable {rep.stable_epoch}; prune@0 done", flush=True)
+    ocs = ocs_results(run_ocspruner(data, e, example, seed), test)
+    init = init_results(run_prune_at_init(data, e, example, seed), test)
+    print(f"[seed {seed}] ocspruner stable {ocs['stable_epoch']}; prune@0 done", flush=True)
     return {"seed": seed, "epochs": e,
-            "ocspruner": {"test_acc": test(ocs["compiled"].module),
-                          "val_acc": ocs["history"][-1]["val_acc"], "stable_epoch": rep.stable_epoch,
-                          "reduction": 1 - rep.macs_after / rep.macs_before},
-            "prune_at_init": {"test_acc": test(init["program"].gm),
-                              "val_acc": init["history"][-1]["val_acc"],
-                              "reduction": init["reduction"]}}
+            "ocspruner": {k: ocs[k] for k in PAIR_KEYS},
+            "prune_at_init": {k: init[k] for k in PAIR_KEYS if k in init}}
 
 
 def pairs_section(results: dict, pairs: list[dict]) -> list[str]:
