@@ -29,7 +29,7 @@ class CompiledModel:
     """The result of :func:`compile`: the pruned program and its lowered artifact.
 
     Attributes:
-        program: The pruned Program (graph, parameters, lineage in ``program.plans``).
+        program: The pruned Program (graph, parameters, lineage in ``program.lineage``).
         report: Costs before/after and one entry per pass.
         backend: The backend name; ``backend_options`` its options.
 

@@ -2,8 +2,9 @@
 
 Every artifact saves to a file that reloads without the model's Python code, and carries
 prunec's metadata (``prunec.json``): the prunec version, the backend, the flat input/output
-interface (:class:`~prunec.backends.base.IOSpec`) and the plans applied (the program's
-lineage, as JSON), so a saved model says what was done to it.
+interface (:class:`~prunec.backends.base.IOSpec`) and the program's lineage: ``plans`` (each
+step's plan as JSON, in order) and ``lineage`` (each step's pass name, config and the shapes
+it changed), so a saved model says what was done to it.
 
 | backend | file | metadata |
 |---|---|---|
@@ -38,7 +39,10 @@ def metadata_for(program: "Program", backend: str, io: Any = None) -> dict:
 
     return {"prunec_version": __version__, "backend": backend,
             "io": io.to_json() if io is not None else None,
-            "plans": [plan.to_json() for plan in program.plans]}
+            "plans": [step.plan.to_json() for step in program.lineage],
+            "lineage": [{"name": step.name, "config": step.config,
+                         "changed": {k: list(v) for k, v in step.changed.items()}}
+                        for step in program.lineage]}
 
 
 def add_zip_metadata(path: Path, metadata: dict) -> None:

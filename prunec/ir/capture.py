@@ -189,7 +189,7 @@ def capture(
                                      name=type(model).__name__)
     _check_dtypes(gm, type(model).__name__)
     notes += _clone_written_inputs(gm)
-    program = Program(gm, args, kwargs, training=train)
+    program = Program(gm, args, kwargs, training=train, capture_options={"dynamic": dynamic})
     program.capture_notes = notes
     return program
 

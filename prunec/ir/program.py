@@ -7,6 +7,32 @@ nodes under their fully qualified names, and every node annotated with ``meta["v
 
 Only the helpers in this file mutate a Program, and each mutation bumps ``version`` so that
 cached analyses (see :meth:`Program.analysis`) are never read stale.
+
+**Lineage.** ``Program.lineage`` is the one record of what was done to a program: a list of
+:class:`Step`, in the order applied, appended only by :meth:`Program.record` (which
+:func:`prunec.rewrite.apply_plan` calls for every plan it carries out). Each step holds
+
+* ``name``: the pass class that made it (``"MagnitudePruning"``), or ``"replay"`` for a plan
+  replayed without a pass (``prunec.compile(..., plans=...)``, a resumed OCSPruner state);
+* ``config``: the pass's identity (``pass.config()``: ``{"pass": name, option: value}``),
+  ``{}`` for a replay; a pass whose config is already in the lineage is a no-op;
+* ``plan``: the :class:`~prunec.rewrite.plan.PruningPlan`, which names things only by what
+  survives a fresh capture, a saved file and a module tree:
+
+  - channel groups by ``"<parameter>:<axis>"`` (``"layer1.0.conv1.weight:0"``: the group
+    whose units are axis 0 of that parameter), in ``plan.keep`` with the kept unit indices;
+  - residual blocks by module path (``"layer2.1"``), in ``plan.blocks``
+    (:class:`~prunec.rewrite.plan.BlockDrop`);
+  - mean compensations by the consumer's weight parameter and its input axis
+    (``MeanCompensation(consumer="layer1.0.conv2.weight", axis=1, mean=...)``): the removed
+    input channels of that layer are replaced by ``mean`` and folded into its bias;
+
+* ``changed``: ``{tensor name: shape after}`` for every parameter or buffer the step sliced;
+* ``stats``: the pass's typed statistics (:class:`~prunec.passes.base.PassStats`) or ``None``.
+
+``program.plans`` and ``program.history`` are read-only views of it (the plans, the pass
+configs). :func:`prunec.rewrite.recapture` replays the lineage on a fresh capture of the
+model (in eval or train mode), so training, saving and write-backs need nothing else.
 """
 from __future__ import annotations
 
@@ -17,7 +43,26 @@ from typing import Any, Callable
 import torch
 import torch.fx as fx
 
-__all__ = ["Program", "param_nodes", "node_module_path"]
+__all__ = ["Program", "Step", "param_nodes", "node_module_path"]
+
+
+@dataclass
+class Step:
+    """One entry of :attr:`Program.lineage` (see the module docstring for the names).
+
+    Attributes:
+        name: The pass class that applied the plan, or ``"replay"``.
+        config: The pass's ``config()`` (``{}`` for a replay); idempotence compares it.
+        plan: The :class:`~prunec.rewrite.plan.PruningPlan` carried out.
+        changed: ``{tensor name: shape after}`` of every parameter or buffer sliced.
+        stats: The pass's typed statistics, when a pass made the step.
+    """
+
+    name: str
+    config: dict
+    plan: Any
+    changed: dict = field(default_factory=dict)
+    stats: Any = None
 
 
 @dataclass
@@ -30,11 +75,13 @@ class Program:
         example_kwargs: Keyword example inputs used for capture.
         training: Whether the program was captured in train mode.
         version: Bumped by every mutation; analyses are cached per version.
-        plans: The lineage: every :class:`~prunec.rewrite.plan.PruningPlan` applied to this
-            program, in order. Replaying them on a fresh capture of the same model (in eval
-            or train mode) rebuilds this program's structure; saving and training read them.
+        lineage: The steps applied to this program, in order (:class:`Step`; see the
+            module docstring). Replaying them on a fresh capture of the same model (in eval
+            or train mode, :func:`prunec.rewrite.recapture`) rebuilds this program's
+            structure; saving, training and the report read them.
         origin: Group key -> size at first sight (pruning ratios count against it).
-        history: Configurations of the passes applied (a pass seen again is a no-op).
+        capture_options: The capture's options other than the inputs (``dynamic``), so a
+            recapture traces the model the same way.
         capture_notes: What capture had to give up, in words for the report (axes made
             static after a failed dynamic attempt, inputs the forward writes in place).
         donated: The caller gave up the captured model's weights (``compile(...,
@@ -49,11 +96,26 @@ class Program:
     training: bool = False
     version: int = 0
     origin: dict = field(default_factory=dict)
-    history: list = field(default_factory=list)
-    plans: list = field(default_factory=list)
+    lineage: list = field(default_factory=list)
     capture_notes: list = field(default_factory=list)
     donated: bool = False
+    capture_options: dict = field(default_factory=dict)
     _cache: dict = field(default_factory=dict, repr=False)
+
+    # ------------------------------------------------------------------ lineage views
+    @property
+    def plans(self) -> list:
+        """The plans of the lineage, in order (a copy: record steps with :meth:`record`)."""
+        return [step.plan for step in self.lineage]
+
+    @property
+    def history(self) -> list[dict]:
+        """The configs of the passes in the lineage, in order (replays have none)."""
+        return [step.config for step in self.lineage if step.config]
+
+    def record(self, step: Step) -> None:
+        """Append ``step`` to the lineage (called by :func:`prunec.rewrite.apply_plan`)."""
+        self.lineage.append(step)
 
     # ------------------------------------------------------------------ analyses
     def analysis(self, name: str, fn: Callable[["Program"], Any]) -> Any:
@@ -98,8 +160,8 @@ class Program:
                     memo[id(value)] = value
         gm = copy.deepcopy(self.gm, memo)
         return Program(gm, self.example_args, dict(self.example_kwargs), self.training,
-                       self.version, dict(self.origin), list(self.history), list(self.plans),
-                       list(self.capture_notes))
+                       self.version, dict(self.origin), list(self.lineage),
+                       list(self.capture_notes), capture_options=dict(self.capture_options))
 
     # ------------------------------------------------------------------ mutating
     def set_tensor(self, target: str, value: torch.Tensor) -> None:

@@ -36,7 +36,7 @@ class PassResult:
         program: The program after the pass (passes rewrite in place and return it; a pass
             may also return another Program, which the next pass then receives).
         modified: Whether the program changed. Honest: ``False`` means nothing was rewritten.
-        plan: The plan the pass applied, if it pruned (also appended to ``program.plans``).
+        plan: The plan the pass applied, if it pruned (also recorded in ``program.lineage``).
         stats: What the pass did, for the report (counts, seconds...).
     """
 
@@ -234,8 +234,7 @@ class PruningPass:
         if not plan:
             return PassResult(program, False, stats={**stats, "pruned_groups": 0, "units_removed": 0})
         self.compensate(program, groups, plan, ctx)
-        apply_plan(program, plan)
-        program.history.append(self.config())
+        apply_plan(program, plan, config=self.config())
         removed = sum(g.size - len(plan.keep[g.key]) for g in groups if g.key in plan.keep)
         return PassResult(program, True, plan, {**stats, "pruned_groups": len(plan.keep),
                                                 "units_removed": removed})

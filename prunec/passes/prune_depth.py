@@ -20,7 +20,7 @@ Criteria, over calibration items, with ``x`` the block input and ``y = x + f(x)`
 Blocks are scored independently, once, on the program as it is; the ``k`` lowest go.
 
 Targets count against the program as captured, as channel ratios do: ``num_blocks`` is the
-total number of blocks dropped so far (lineage ``program.plans``) plus by this pass, and
+total number of blocks dropped so far (``program.lineage``) plus by this pass, and
 ``ratio`` the fraction of all blocks that were removable at capture. A pass whose target is
 already reached changes nothing (``modified=False``).
 """
@@ -48,7 +48,7 @@ CRITERIA = ("kl", "cosine", "angular", "magnitude")
 
 def dropped_blocks(program: Program) -> int:
     """Blocks dropped so far, from the program's lineage."""
-    return sum(len(getattr(plan, "blocks", ()) or ()) for plan in getattr(program, "plans", ()))
+    return sum(len(step.plan.blocks) for step in program.lineage)
 
 
 class DepthPruning:
@@ -135,8 +135,7 @@ class DepthPruning:
         if self.compensate:
             plan.blocks = [BlockDrop(b.key, m) for b, m in zip(chosen, self.means(program, chosen))]
         macs = sum(b.macs for b in chosen)
-        apply_plan(program, plan)
-        program.history.append(self.config())
+        apply_plan(program, plan, config=self.config())
         return PassResult(program, True, plan, {**stats, "dropped": len(chosen),
                                                 "dropped_keys": [b.key for b in chosen],
                                                 "macs_removed": macs,

@@ -44,7 +44,7 @@ from prunec.ir.calibration import ChannelStats, MaskSpec, collect_statistics
 from prunec.ir.channels import ChannelGroup, Slot
 from prunec.ir.program import Program
 from prunec.passes.base import PassContext, PruningPass
-from prunec.rewrite.compensation import fold_axis
+from prunec.rewrite.compensation import compensations_for, fold_axis
 from prunec.rewrite.plan import MeanCompensation, PruningPlan
 
 __all__ = ["VarianceBasedPruning", "MeasuredValue", "measured_values", "unit_variances"]
@@ -176,18 +176,20 @@ class VarianceBasedPruning(PruningPass):
         return {g.key: unit_variances(g, measured[g.key], stats) for g in groups}
 
     def compensate(self, program, groups, plan: PruningPlan, ctx: PassContext) -> None:
-        """One :class:`MeanCompensation` per measured value of every pruned group."""
+        """One :class:`MeanCompensation` per consumer of every measured value of every
+        pruned group (keyed by the consumer's weight, so it replays on any capture)."""
         if not self.fold_means:
             return
         measured = self._measured(program, groups)
         stats = self._statistics(program, groups)
+        nodes = {n.name: n for n in program.graph.nodes}
         seen: set = set()
         for key in plan.keep:
             for mv in measured[key]:
                 if (mv.node, mv.axis) not in seen:
                     seen.add((mv.node, mv.axis))
-                    plan.compensations.append(
-                        MeanCompensation(mv.node, mv.axis, stats[mv.node].mean.clone()))
+                    plan.compensations += compensations_for(
+                        nodes[mv.node], stats[mv.node].mean.clone(), program)
 
     # -- analyses (cached per program version) --------------------------------------------
     def _measured(self, program: Program, groups: list[ChannelGroup]) -> dict[str, list]:

@@ -117,7 +117,6 @@ class OneCyclePruner:
         self.jaccard: list[float] = []      # one per monitored epoch
         self.stable_epoch: int | None = None
         self.forced = False
-        self.plans: list[PruningPlan] = []
         self._replaced: set[int] = set()   # ids of parameters the pruning replaced
         self._targets = None               # cached shrink slices
         self.select()                      # fails now when the target is out of reach
@@ -128,9 +127,14 @@ class OneCyclePruner:
         return {"pass": "OCSPruner", **self.options}
 
     @property
+    def plans(self) -> list[PruningPlan]:
+        """The plans applied to :attr:`program` (a view of its lineage)."""
+        return self.program.plans
+
+    @property
     def pruned(self) -> bool:
         """Whether the physical pruning has happened."""
-        return bool(self.plans)
+        return bool(self.program.lineage)
 
     @property
     def macs(self) -> int:
@@ -223,11 +227,10 @@ class OneCyclePruner:
             self._check_optimizer(optimizer)
         plan = self.selection.plan(self._sizes)
         old = {id(p) for p in self.module.parameters()}
-        slices = apply_plan(self.program, plan)
+        slices = apply_plan(self.program, plan, config=self.config())
         if optimizer is not None:
             slice_optimizer_state(optimizer, slices)
         self._replaced |= old - {id(p) for p in self.module.parameters()}
-        self.plans.append(plan)
         self.stable_epoch = self.epoch
         self._targets = None
         return plan
@@ -270,8 +273,7 @@ class OneCyclePruner:
         self.jaccard = list(state["jaccard"])
         self.forced = bool(state["forced"])
         for text in state["plans"]:
-            apply_plan(self.program, PruningPlan.from_json(text))
-            self.plans.append(PruningPlan.from_json(text))
+            apply_plan(self.program, PruningPlan.from_json(text), config=self.config())
         self.epoch, self.stable_epoch = int(state["epoch"]), state["stable_epoch"]
 
     # ------------------------------------------------------------------ internals

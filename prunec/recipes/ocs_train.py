@@ -37,11 +37,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from prunec.errors import PrunecError
-from prunec.ir.capture import capture
 from prunec.ir.program import Program
 from prunec.recipes.ocs_pruner import OneCyclePruner
 from prunec.report import Report
-from prunec.rewrite import apply_plan
+from prunec.rewrite import recapture
 from prunec.train import assign_state
 
 __all__ = ["ocspruner", "OCSReport", "MILESTONES"]
@@ -321,10 +320,7 @@ def eval_program(model: nn.Module, pruner: OneCyclePruner) -> Program:
     """An eval-mode capture of ``model`` with ``pruner``'s plans replayed (its weights are the
     capture's: call :func:`prunec.train.assign_state` or ``functional_call`` for the trained
     ones)."""
-    program = capture(model, pruner.program.example_args, pruner.program.example_kwargs)
-    for plan in pruner.plans:
-        apply_plan(program, plan)
-    return program
+    return recapture(model, pruner.program)
 
 
 def _compiled(model: nn.Module, pruner: OneCyclePruner, report: OCSReport, device,

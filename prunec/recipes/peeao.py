@@ -41,7 +41,7 @@ from prunec.ir.program import Program
 from prunec.ir.similarity import linear_cka, penultimate_features
 from prunec.passes.prune_depth import CRITERIA, DepthPruning, dropped_blocks
 from prunec.recipes.neuron_kl import inner_groups, neuron_kl_exact, neuron_kl_scores, select_units
-from prunec.rewrite import apply_plan
+from prunec.rewrite import apply_plan, recapture
 from prunec.rewrite.plan import PruningPlan
 
 __all__ = ["peeao", "Candidate", "filters_removed", "choose", "class_balanced"]
@@ -247,7 +247,7 @@ def peeao(model: torch.nn.Module, example_inputs: Any, train_data: Any, val_data
                           f"prunable channels inside one; PEEAO prunes residual networks "
                           f"(see prunec.analyze(model, example_inputs) for what is prunable; "
                           f"use prunec.compile with a width pass for other models).")
-    parent = Candidate(program, capture(model, args, train=True))
+    parent = Candidate(program, recapture(model, program, train=True))
     calibration = list(calibration) if calibration is not None else class_balanced(train_data, per_class)
     from prunec.report import Report
 

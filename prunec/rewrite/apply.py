@@ -23,13 +23,14 @@ from prunec.errors import PlanError
 from prunec.ir.channels import ChannelAnalysis, analyze_channels, static_shape
 from prunec.ir.program import Program
 from prunec.ir.rules import rule_for
-from prunec.rewrite.compensation import fold_mean
+from prunec.ir.program import Step
+from prunec.rewrite.compensation import convert_value_compensation, fold_mean
 from prunec.rewrite.drop import drop_blocks
 from prunec.rewrite.fold import fold_constants
-from prunec.rewrite.plan import MeanCompensation, PruningPlan
+from prunec.rewrite.plan import MeanCompensation, PruningPlan, ValueCompensation
 
-__all__ = ["PruningPlan", "MeanCompensation", "apply_plan", "estimate_macs", "RewriteContext",
-           "Slices"]
+__all__ = ["PruningPlan", "MeanCompensation", "apply_plan", "convert_plan", "estimate_macs",
+           "RewriteContext", "Slices", "element_keep"]
 
 aten = torch.ops.aten
 
@@ -96,25 +97,38 @@ class Slices(dict):
         self.replaced: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
-def apply_plan(program: Program, plan: PruningPlan) -> Slices:
+def apply_plan(program: Program, plan: PruningPlan, *, config: dict | None = None,
+               stats=None) -> Slices:
     """Rewrite ``program`` in place so that only the planned units remain.
 
-    The plan is appended to ``program.plans`` (the lineage that replay and saving read).
+    A plan that changes the program is recorded as one :class:`~prunec.ir.program.Step` of
+    ``program.lineage`` (what replay, saving, idempotence and the report read); a plan
+    whose compensations are keyed the old way (graph values) is converted first (see
+    :func:`convert_plan`) and recorded converted.
+
+    Args:
+        program: Rewritten in place.
+        plan: What to remove.
+        config: The identity of the pass that made the plan (``pass_.config()``, with its
+            ``"pass"`` name); ``None`` records a ``"replay"`` step.
+        stats: The pass's statistics, kept in the step (recapture copies them).
 
     Returns:
         The :class:`Slices` map of every tensor sliced, with the kept indices per axis.
 
     Raises:
-        PlanError: the plan names groups this program does not have, or unprunable ones.
+        PlanError: the plan names groups, blocks or consumers this program does not have, or
+            unprunable groups.
     """
+    plan = convert_plan(program, plan)
     if plan.blocks:  # residual branches first (prunec.rewrite.drop); their groups then go
         drop_blocks(program, plan.blocks)
     analysis = analyze_channels(program)
-    elem_keep = _element_keep(analysis, plan)
+    elem_keep = element_keep(analysis, plan)
     slices = Slices()
     if elem_keep.all():
         if plan.blocks:
-            program.plans.append(plan)
+            _record(program, plan, config, stats, slices)
         return slices
     expected = {key: int(elem_keep[off:off + analysis.shapes[key[0]][key[1]]].sum())
                 for key, off in analysis.offsets.items()}
@@ -131,8 +145,31 @@ def apply_plan(program: Program, plan: PruningPlan) -> Slices:
     program.finalize(sizes=None if added_nodes or ctx.propagate else expected)
     if added_nodes:
         fold_constants(program)
-    program.plans.append(plan)
+    _record(program, plan, config, stats, slices)
     return slices
+
+
+def _record(program: Program, plan: PruningPlan, config: dict | None, stats, slices: Slices) -> None:
+    config = dict(config or {})
+    changed = {name: tuple(new.shape) for name, (_old, new) in slices.replaced.items()}
+    program.record(Step(config.get("pass", "replay"), config, plan, changed, stats))
+
+
+def convert_plan(program: Program, plan: PruningPlan) -> PruningPlan:
+    """``plan`` with every old, value-keyed compensation (:class:`ValueCompensation`, from a
+    file an older prunec saved) converted to consumer-keyed ones on ``program`` (an eval-mode
+    capture of the model the plan was made for); ``plan`` itself when there is none.
+
+    Raises:
+        PlanError: a value ``program`` does not have, with how to convert the plan.
+    """
+    if not plan.needs_conversion():
+        return plan
+    comps: list = []
+    for comp in plan.compensations:
+        comps += convert_value_compensation(program, comp) if isinstance(comp, ValueCompensation) \
+            else [comp]
+    return PruningPlan(dict(plan.keep), comps, list(plan.blocks))
 
 
 def estimate_macs(program: Program, plan: PruningPlan) -> int:
@@ -144,7 +181,7 @@ def estimate_macs(program: Program, plan: PruningPlan) -> int:
     from prunec.ir.cost import concrete_shapes, node_macs
 
     analysis = analyze_channels(program)
-    keep = _element_keep(analysis, plan)
+    keep = element_keep(analysis, plan)
     shapes = concrete_shapes(program)
     offsets = analysis.offsets
 
@@ -171,7 +208,14 @@ def _kept_size(analysis: ChannelAnalysis, keep: np.ndarray, name: str, ax: int, 
     return size // full * int(keep[start:start + full].sum())
 
 
-def _element_keep(analysis: ChannelAnalysis, plan: PruningPlan) -> np.ndarray:
+def element_keep(analysis: ChannelAnalysis, plan: PruningPlan) -> np.ndarray:
+    """Per analysed element (see :class:`~prunec.ir.channels.ChannelAnalysis` offsets),
+    whether ``plan`` keeps it.
+
+    Raises:
+        PlanError: a group the program does not have, an unprunable group, or kept units
+            that are not a non-empty subset of the group's units.
+    """
     groups = analysis.by_key()
     comp_keep = np.ones(int(analysis.component.max()) + 1, dtype=bool)
     for key, units in plan.keep.items():

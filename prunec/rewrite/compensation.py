@@ -14,6 +14,11 @@ For a value ``x`` whose pruned channels ``P`` are replaced by their calibration 
   it costs ``1 / C_in`` of the consumer's own convolution.
 
 All arithmetic is done in float64 from the original, unsliced weights.
+
+A compensation is keyed by its consumer: the weight parameter of the layer that reads the
+removed channels, and that weight's input axis (1 for ``linear`` and ``conv``). The graph
+value it replaces is the layer's input, found on whatever capture the plan is applied to
+(eval or train mode, where extra nodes such as an active dropout may sit in between).
 """
 from __future__ import annotations
 
@@ -25,25 +30,100 @@ from prunec.errors import PlanError
 from prunec.ir.channels import static_shape
 from prunec.ir.rules.conv import conv_arg, conv_groups
 
-__all__ = ["fold_mean", "fold_axis"]
+__all__ = ["fold_mean", "fold_axis", "consumer_node", "compensations_for", "convert_value_compensation",
+           "WEIGHT_INPUT_AXIS"]
+
+WEIGHT_INPUT_AXIS = 1
+"""The axis of a linear or convolution weight that reads the input channels."""
 
 aten = torch.ops.aten
 _CONVS = (aten.conv1d, aten.conv2d, aten.conv3d)
 
 
 def fold_mean(ctx, comp) -> bool:
-    """Fold one :class:`MeanCompensation`; returns whether graph nodes were added."""
-    node = next((n for n in ctx.program.graph.nodes if n.name == comp.value), None)
-    if node is None:
-        raise PlanError(f"compensation names value '{comp.value}', which is not in the graph.")
-    if not ctx.changed(node, comp.axis):
+    """Fold one :class:`~prunec.rewrite.plan.MeanCompensation` into its consumer; returns
+    whether graph nodes were added."""
+    user = consumer_node(ctx.program.graph, comp.consumer, comp.axis)
+    node = user.args[0]
+    axis = fold_axis(user, node)
+    if not ctx.changed(node, axis):
         return False
-    pruned = torch.from_numpy(np.nonzero(~ctx._mask(node, comp.axis))[0])
+    pruned = torch.from_numpy(np.nonzero(~ctx._mask(node, axis))[0])
     mu = comp.mean.to(torch.float64)[pruned]
-    added = False
-    for user in list(node.users):
-        added |= _fold_into(ctx, user, node, pruned, mu)
-    return added
+    return _fold_into(ctx, user, node, pruned, mu)
+
+
+def consumer_node(graph: fx.Graph, weight: str, axis: int) -> fx.Node:
+    """The one linear or convolution call that reads parameter ``weight`` and can take a
+    mean fold on its input channels (``axis`` of the weight).
+
+    Raises:
+        PlanError: no such call, a weight read by more than one call (a layer called twice:
+            which input the means belong to is ambiguous), or another axis.
+    """
+    if axis != WEIGHT_INPUT_AXIS:
+        raise PlanError(f"compensation of '{weight}' names axis {axis}; means fold only on a "
+                        f"weight's input axis ({WEIGHT_INPUT_AXIS}).")
+    users = [n for n in graph.nodes if n.op == "call_function" and len(n.args) > 1
+             and isinstance(n.args[1], fx.Node) and n.args[1].op == "get_attr"
+             and n.args[1].target == weight]
+    if len(users) != 1 or not isinstance(users[0].args[0], fx.Node) \
+            or fold_axis(users[0], users[0].args[0]) is None:
+        found = "no layer" if not users else f"{len(users)} calls" if len(users) > 1 else \
+            f"'{users[0].name}' ({users[0].target}), which takes no mean fold"
+        raise PlanError(f"compensation names consumer weight '{weight}', but the graph has "
+                        f"{found} reading it as a linear or ungrouped convolution weight; "
+                        f"plans replay only on a capture of the model they were made for.")
+    return users[0]
+
+
+def compensations_for(value: fx.Node, mean: torch.Tensor, program) -> list:
+    """One :class:`~prunec.rewrite.plan.MeanCompensation` per consumer of ``value``, each
+    with the full per-channel ``mean``.
+
+    Raises:
+        PlanError: a consumer that cannot take a fold (only linear and ungrouped convolution
+            layers with a parameter weight can).
+    """
+    from prunec.rewrite.plan import MeanCompensation
+
+    comps = []
+    for user in value.users:
+        if fold_axis(user, value) is None:
+            raise PlanError(
+                f"cannot fold the means of '{value.name}' into its consumer '{user.name}' "
+                f"({user.target}): only linear and ungrouped convolution consumers take a "
+                f"fold. Use compensate=False or target groups whose consumers are linear.")
+        weight = user.args[1].target
+        if sum(1 for n in program.graph.nodes if n.op == "call_function" and len(n.args) > 1
+               and getattr(n.args[1], "target", None) == weight) > 1:
+            raise PlanError(f"cannot fold the means of '{value.name}' into '{weight}': that "
+                            f"layer is called more than once. Use compensate=False.")
+        comps.append(MeanCompensation(weight, WEIGHT_INPUT_AXIS, mean))
+    return comps
+
+
+def convert_value_compensation(program, comp) -> list:
+    """The :class:`~prunec.rewrite.plan.MeanCompensation` list that an old, value-keyed
+    :class:`~prunec.rewrite.plan.ValueCompensation` means on ``program``.
+
+    Raises:
+        PlanError: the value is not in this program's graph, with how to convert the plan.
+    """
+    node = next((n for n in program.graph.nodes if n.name == comp.value), None)
+    if node is None or fold_axis_of(node) is None:
+        raise PlanError(
+            f"this plan was saved by an older prunec: its compensation names the graph value "
+            f"'{comp.value}', which this program does not have (or cannot fold). Convert it on "
+            f"an eval-mode capture of the model it was made for: "
+            f"plan = prunec.rewrite.convert_plan(prunec.ir.capture.capture(model, x), plan); "
+            f"then save plan.to_json().")
+    return compensations_for(node, comp.mean, program)
+
+
+def fold_axis_of(value: fx.Node) -> int | None:
+    """The channel axis the consumers of ``value`` fold on (the first that takes a fold)."""
+    return next((a for a in (fold_axis(u, value) for u in value.users) if a is not None), None)
 
 
 def fold_axis(consumer: fx.Node, value: fx.Node) -> int | None:
@@ -67,12 +147,6 @@ def fold_axis(consumer: fx.Node, value: fx.Node) -> int | None:
 
 
 def _fold_into(ctx, user: fx.Node, value: fx.Node, pruned, mu) -> bool:
-    axis = fold_axis(user, value)
-    if axis is None:
-        raise PlanError(
-            f"cannot fold the means of '{value.name}' into its consumer '{user.name}' "
-            f"({user.target}): only linear and ungrouped convolution consumers take a fold. "
-            f"Use compensate=False or target groups whose consumers are linear.")
     weight = ctx.program.get_tensor(user.args[1].target).detach().double()
     if user.target.overloadpacket is aten.linear:
         _add_to_bias(ctx, user, weight[:, pruned] @ mu)

@@ -5,26 +5,65 @@ the residual blocks to drop (:class:`BlockDrop`, by block key), plus compensatio
 activations of what was removed). It prints, saves to JSON and replays on a fresh capture of
 the same model: ``apply_plan(program, plan)`` (:mod:`prunec.rewrite.apply`) is the only code
 that carries it out.
+
+Every name in a plan survives a fresh capture (eval or train mode), a saved file and the
+user's module tree:
+
+* a channel group is ``"<parameter>:<axis>"`` (the key of :class:`~prunec.ir.channels.ChannelGroup`);
+* a block is its module path (:mod:`prunec.ir.blocks`);
+* a compensation is ``(consumer weight parameter, axis)``: the layer whose removed *input*
+  channels (``axis`` of its weight, 1 for linear and convolution) are replaced by means.
+
+Plans saved before compensations were keyed this way name a graph value instead
+(``{"value": "relu_1", ...}``); :meth:`PruningPlan.from_json` keeps such entries as
+:class:`ValueCompensation`, which :func:`~prunec.rewrite.apply.apply_plan` converts on the
+program it is applied to (the capture the plan was made on, in eval mode), or refuses with a
+:class:`~prunec.errors.PlanError` that says how to convert them.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
-from prunec.ir.channels import ChannelAnalysis
+from prunec.errors import PlanError
 
-__all__ = ["PruningPlan", "MeanCompensation", "BlockDrop"]
+if TYPE_CHECKING:
+    from prunec.ir.channels import ChannelAnalysis
+
+__all__ = ["PruningPlan", "MeanCompensation", "BlockDrop", "ValueCompensation"]
 
 
 @dataclass
 class MeanCompensation:
-    """Replace the pruned channels of ``value`` (along ``axis``) by the constants ``mean``."""
+    """Replace the removed input channels of a layer by the constants ``mean``.
+
+    Attributes:
+        consumer: Fully qualified name of the consuming layer's weight
+            (``"blocks.0.mlp.fc2.weight"``).
+        axis: The weight's axis that reads the channels (1 for ``linear`` and ``conv``).
+        mean: One entry per channel of the original (unpruned) axis, float64.
+    """
+
+    consumer: str
+    axis: int
+    mean: torch.Tensor
+
+
+@dataclass
+class ValueCompensation:
+    """A compensation from a plan saved by an older prunec: keyed by the graph value
+    ``value`` (an fx node name of the eval-mode capture) and its channel ``axis``.
+
+    :meth:`to_mean_compensations` converts it on that capture (one
+    :class:`MeanCompensation` per consumer of the value).
+    """
 
     value: str
     axis: int
-    mean: torch.Tensor  # one entry per channel of the original axis
+    mean: torch.Tensor
 
 
 @dataclass
@@ -45,13 +84,13 @@ class PruningPlan:
     """Kept units per group key, dropped blocks, compensations. Plain data: print, save, replay."""
 
     keep: dict[str, list[int]] = field(default_factory=dict)
-    compensations: list[MeanCompensation] = field(default_factory=list)
+    compensations: list = field(default_factory=list)  # MeanCompensation (ValueCompensation: old files)
     blocks: list[BlockDrop] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.keep) or bool(self.blocks)
 
-    def summary(self, analysis: ChannelAnalysis | None = None) -> str:
+    def summary(self, analysis: "ChannelAnalysis | None" = None) -> str:
         groups = analysis.by_key() if analysis is not None else {}
         lines = [f"{k}: keep {len(v)}/{groups[k].size}" if k in groups else f"{k}: keep {len(v)}"
                  for k, v in self.keep.items()]
@@ -63,18 +102,43 @@ class PruningPlan:
         return self.summary() or "(empty plan)"
 
     def to_json(self) -> str:
-        comps = [{"value": c.value, "axis": c.axis, "mean": c.mean.double().tolist()}
-                 for c in self.compensations]
+        comps = [_comp_json(c) for c in self.compensations]
         blocks = [{"key": b.key, "mean": None if b.mean is None else b.mean.double().tolist()}
                   for b in self.blocks]
         return json.dumps({"keep": self.keep, "compensations": comps, "blocks": blocks})
 
     @classmethod
     def from_json(cls, text: str) -> "PruningPlan":
-        data = json.loads(text)
-        comps = [MeanCompensation(c["value"], c["axis"], torch.tensor(c["mean"], dtype=torch.float64))
-                 for c in data.get("compensations", [])]
-        blocks = [BlockDrop(b["key"], None if b.get("mean") is None
-                            else torch.tensor(b["mean"], dtype=torch.float64))
-                  for b in data.get("blocks", [])]
-        return cls({k: list(v) for k, v in data["keep"].items()}, comps, blocks)
+        """The plan :meth:`to_json` wrote (or an older prunec: see the module docstring).
+
+        Raises:
+            PlanError: the text is not a saved plan.
+        """
+        try:
+            data = json.loads(text)
+            comps = [_comp_from(c) for c in data.get("compensations", [])]
+            blocks = [BlockDrop(b["key"], None if b.get("mean") is None
+                                else torch.tensor(b["mean"], dtype=torch.float64))
+                      for b in data.get("blocks", [])]
+            return cls({k: list(v) for k, v in data["keep"].items()}, comps, blocks)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise PlanError(f"not a saved PruningPlan ({type(exc).__name__}: {exc}); pass the "
+                            f"text of plan.to_json().") from exc
+
+    def needs_conversion(self) -> bool:
+        """Whether compensations are still keyed by graph values (a plan from an older file)."""
+        return any(isinstance(c, ValueCompensation) for c in self.compensations)
+
+
+def _comp_json(comp) -> dict:
+    mean = comp.mean.double().tolist()
+    if isinstance(comp, ValueCompensation):
+        return {"value": comp.value, "axis": comp.axis, "mean": mean}
+    return {"consumer": comp.consumer, "axis": comp.axis, "mean": mean}
+
+
+def _comp_from(entry: dict):
+    mean = torch.tensor(entry["mean"], dtype=torch.float64)
+    if "consumer" in entry:
+        return MeanCompensation(entry["consumer"], int(entry["axis"]), mean)
+    return ValueCompensation(entry["value"], int(entry["axis"]), mean)

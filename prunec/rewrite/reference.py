@@ -19,10 +19,12 @@ import torch
 
 from prunec.ir.channels import ChannelAnalysis, analyze_channels
 from prunec.ir.program import Program
+from prunec.rewrite.apply import convert_plan, element_keep
+from prunec.rewrite.compensation import consumer_node, fold_axis
 from prunec.rewrite.drop import block_overrides
-from prunec.rewrite.plan import PruningPlan
+from prunec.rewrite.plan import MeanCompensation, PruningPlan
 
-__all__ = ["reference_program", "zeroer", "UNCHECKABLE_TAGS"]
+__all__ = ["reference_program", "zeroer", "compensated_values", "UNCHECKABLE_TAGS"]
 
 UNCHECKABLE_TAGS = frozenset({"norm", "mixing"})
 """Group tags under which removing units is not the same as zeroing them."""
@@ -39,9 +41,11 @@ def reference_program(before: Program, plan: PruningPlan
     while the run needs it. When no reference is defined, ``reference`` is ``None`` and
     ``why_not`` says why.
     """
+    plan = convert_plan(before, plan)
     analysis = analyze_channels(before)
     groups = analysis.by_key()
-    compensated = {(c.value, c.axis) for c in plan.compensations}
+    values = compensated_values(before, plan)
+    compensated = {(name, axis) for name, (axis, _comp) in values.items()}
     zeroed: dict[str, list[tuple[int, torch.Tensor]]] = {}
     for key, kept in plan.keep.items():
         group = groups[key]
@@ -57,7 +61,8 @@ def reference_program(before: Program, plan: PruningPlan
                 zeroed.setdefault(slot.param, []).append((slot.axis, group.indices(slot, dropped)))
     overrides = {n.name: zeroer(zeroed[n.target]) for n in before.graph.nodes
                  if n.op == "get_attr" and n.target in zeroed}
-    overrides.update({c.value: _mean_replacer(analysis, plan, c) for c in plan.compensations})
+    overrides.update({name: _mean_replacer(analysis, plan, name, axis, comp.mean)
+                      for name, (axis, comp) in values.items()})
     overrides.update(block_overrides(before, plan))  # dropped branches: mean or zero
     return before.clone(share_tensors=True), overrides, ""
 
@@ -74,13 +79,22 @@ def zeroer(cuts: list[tuple[int, torch.Tensor]]) -> Callable:
     return zero
 
 
-def _mean_replacer(analysis: ChannelAnalysis, plan: PruningPlan, comp) -> Callable:
-    from prunec.rewrite.apply import _element_keep
+def compensated_values(program: Program, plan: PruningPlan
+                       ) -> dict[str, tuple[int, MeanCompensation]]:
+    """``{value node name: (channel axis, compensation)}``: the graph values whose removed
+    channels ``plan``'s compensations replace by means (the inputs of their consumers)."""
+    values = {}
+    for comp in plan.compensations:
+        user = consumer_node(program.graph, comp.consumer, comp.axis)
+        values[user.args[0].name] = (fold_axis(user, user.args[0]), comp)
+    return values
 
-    start = analysis.offsets[(comp.value, comp.axis)]
-    size = analysis.shapes[comp.value][comp.axis]
-    pruned = torch.from_numpy(~_element_keep(analysis, plan)[start:start + size].astype(bool))
-    mean, axis = comp.mean, comp.axis
+
+def _mean_replacer(analysis: ChannelAnalysis, plan: PruningPlan, name: str, axis: int,
+                   mean: torch.Tensor) -> Callable:
+    start = analysis.offsets[(name, axis)]
+    size = analysis.shapes[name][axis]
+    pruned = torch.from_numpy(~element_keep(analysis, plan)[start:start + size].astype(bool))
 
     def replace(value: torch.Tensor) -> torch.Tensor:
         shape = [1] * value.dim()

@@ -15,7 +15,7 @@ model (stochastic depth ...) was resolved to its eval side at capture; ``.train(
 raises. Patching the graph (``torch.ao.quantization.move_exported_model_to_train``) can
 only swap the dropout and batch-norm patterns it knows and cannot bring back a branch that
 capture removed. So the student trains as a *train-mode capture* of the original model on
-which the program's plans (``program.plans``, its lineage) are replayed: it has the pruned
+which the program's lineage (``program.lineage``) is replayed: it has the pruned
 shapes and the model's exact training behaviour. Its parameters and buffers are loaded from
 the program before training (same fully qualified names, including biases created by mean
 folding) and assigned back after it (new tensor objects, nothing written in place), so the
@@ -33,7 +33,6 @@ rank ends with the same weights.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 from typing import Any, Callable, Iterable, Mapping
 
@@ -42,16 +41,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from prunec.errors import InvalidArgumentError, PrunecError
-from prunec.ir.capture import capture
 from prunec.ir.interpret import split_inputs
 from prunec.ir.program import Program
 from prunec.progress import bar as progress_bar
-from prunec.rewrite import MeanCompensation, PruningPlan, apply_plan
+from prunec.rewrite import recapture
 
 __all__ = ["finetune", "train_program", "assign_state", "distillation_loss", "logits_of"]
-
-aten = torch.ops.aten
-_CONSUMERS = (aten.linear, aten.conv1d, aten.conv2d, aten.conv3d)
 
 
 # ---------------------------------------------------------------------------- train program
@@ -71,9 +66,9 @@ def train_program(target: Any, original: nn.Module | None) -> Program:
     current weights.
 
     ``target`` is a Program or a CompiledModel. A program captured in eval mode is rebuilt:
-    ``original`` is captured with ``train=True`` and the example inputs of the program, every
-    plan of ``program.plans`` is replayed in order, then the program's parameters and buffers
-    are loaded into it by name. A train-mode program is used as it is, its tensors replaced
+    ``original`` is captured with ``train=True`` and the example inputs of the program, the
+    program's lineage is replayed (:func:`prunec.rewrite.recapture`), then the program's
+    parameters and buffers are loaded into it by name. A train-mode program is used as it is, its tensors replaced
     by copies (training writes in place; the copies keep the caller's tensors untouched).
 
     Raises:
@@ -87,33 +82,9 @@ def train_program(target: Any, original: nn.Module | None) -> Program:
     if original is None:
         raise PrunecError("training an eval-mode program needs the unpruned model "
                           "(original= or teacher=) to capture the pruned structure in train mode.")
-    student = capture(original, program.example_args, program.example_kwargs, train=True)
-    for plan in program.plans:
-        apply_plan(student, _translate(plan, program, student))
+    student = recapture(original, program, train=True)
     assign_state(program.gm, student, clone=True)
     return student
-
-
-def _translate(plan: PruningPlan, source: Program, target: Program) -> PruningPlan:
-    """The plan with each compensation's value renamed to the node of ``target`` that feeds
-    the same consumer weights (train mode may insert nodes, e.g. active dropout)."""
-    comps = [MeanCompensation(_counterpart(c.value, source, target), c.axis, c.mean)
-             for c in plan.compensations]
-    return dataclasses.replace(plan, compensations=comps)
-
-
-def _consumer_weights(node: torch.fx.Node) -> set:
-    return {u.args[1].target for u in node.users
-            if getattr(u.target, "overloadpacket", None) in _CONSUMERS and u.args[0] is node}
-
-
-def _counterpart(name: str, source: Program, target: Program) -> str:
-    node = next((n for n in source.graph.nodes if n.name == name), None)
-    weights = _consumer_weights(node) if node is not None else set()
-    found = {u.args[0].name for u in target.graph.nodes
-             if getattr(u.target, "overloadpacket", None) in _CONSUMERS
-             and len(u.args) > 1 and getattr(u.args[1], "target", None) in weights}
-    return found.pop() if len(found) == 1 else name
 
 
 def assign_state(source: nn.Module, target: Program, *, clone: bool = False) -> None:
@@ -134,7 +105,7 @@ def assign_state(source: nn.Module, target: Program, *, clone: bool = False) -> 
             raise PrunecError(
                 f"'{name}' is {tuple(tensor.shape)} in the pruned program but {got} in the "
                 f"train-mode replay; every pass that changes structure must record its "
-                f"plan in program.plans.")
+                f"plan in program.lineage (through prunec.rewrite.apply_plan).")
         value = tensor.detach().clone() if clone else tensor.detach()
         target.set_tensor(name, value.to(dst[name].device))
 

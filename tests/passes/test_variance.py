@@ -247,7 +247,9 @@ def test_structure_after_pruning():
     fc2 = next(n for n in program.graph.nodes if n.op == "call_function" and len(n.args) > 1
                and getattr(n.args[1], "target", None) == "1.fc2.weight")
     assert fc2.args[2].target == "1.fc2.prunec_bias"
-    assert len({c.value for c in plan.compensations}) == len(plan.compensations) == 2
+    # Compensations are keyed by the consumer's weight and its input axis.
+    assert sorted((c.consumer, c.axis) for c in plan.compensations) == [
+        ("0.fc2.weight", 1), ("1.fc2.weight", 1)]
 
 
 def test_second_run_is_not_modified():

@@ -1,0 +1,75 @@
+"""Program: the lineage and its views, cloning, and the mutation helpers."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from prunec.ir.capture import capture
+from prunec.ir.program import Program, Step
+from prunec.rewrite import PruningPlan, apply_plan
+from tests.rewrite.models import mlp, tokens
+
+
+def _program() -> Program:
+    return capture(mlp(), tokens(0))
+
+
+def test_plans_and_history_are_views_of_the_lineage():
+    program = _program()
+    plan_a, plan_b = PruningPlan({"x": [0]}), PruningPlan({"y": [1]})
+    program.record(Step("MagnitudePruning", {"pass": "MagnitudePruning", "ratio": 0.5}, plan_a))
+    program.record(Step("replay", {}, plan_b))
+    assert program.plans == [plan_a, plan_b]
+    assert program.history == [{"pass": "MagnitudePruning", "ratio": 0.5}]  # replays have no config
+    program.plans.append(plan_a)  # a copy: the lineage is appended only by record()
+    assert len(program.lineage) == 2
+
+
+def test_apply_plan_records_one_step_with_what_it_changed():
+    program = _program()
+    apply_plan(program, PruningPlan({"0.fc1.weight:0": list(range(8))}), config={"pass": "P", "k": 1})
+    (step,) = program.lineage
+    assert (step.name, step.config) == ("P", {"pass": "P", "k": 1})
+    assert step.changed == {"0.fc1.weight": (8, 16), "0.fc1.bias": (8,), "0.fc2.weight": (16, 8)}
+    apply_plan(program, PruningPlan({"1.fc1.weight:0": list(range(16))}))
+    assert program.lineage[-1].name == "replay" and program.lineage[-1].config == {}
+
+
+def test_a_plan_that_changes_nothing_is_not_recorded():
+    program = _program()
+    apply_plan(program, PruningPlan({"0.fc1.weight:0": list(range(32))}))
+    assert program.lineage == []
+
+
+def test_clone_copies_the_lineage_and_capture_options():
+    program = _program()
+    apply_plan(program, PruningPlan({"0.fc1.weight:0": list(range(8))}))
+    clone = program.clone()
+    assert clone.lineage == program.lineage and clone.capture_options == {"dynamic": True}
+    apply_plan(clone, PruningPlan({"1.fc1.weight:0": list(range(8))}))
+    assert len(program.lineage) == 1 and len(clone.lineage) == 2
+
+
+def test_mutations_bump_the_version_and_keep_tensor_kinds():
+    program = _program()
+    version = program.version
+    weight = program.get_tensor("0.fc1.weight")
+    program.set_tensor("0.fc1.weight", weight[:4] * 1)
+    new = program.get_tensor("0.fc1.weight")
+    assert isinstance(new, torch.nn.Parameter) and new.shape == (4, 16)
+    assert program.version > version
+    program.add_tensor("0.fc1.extra", torch.ones(2), parameter=False)
+    assert "0.fc1.extra" in dict(program.gm.named_buffers())
+    program.remove_tensor("0.fc1.extra")
+    assert "0.fc1.extra" not in dict(program.gm.named_buffers())
+    with pytest.raises(ValueError, match="still read"):
+        program.remove_tensor("0.fc1.bias")
+
+
+def test_analyses_are_cached_per_version():
+    program = _program()
+    calls = []
+    program.analysis("n", lambda p: calls.append(1) or len(calls))
+    assert program.analysis("n", lambda p: calls.append(1) or len(calls)) == 1
+    program.bump()
+    assert program.analysis("n", lambda p: calls.append(1) or len(calls)) == 2

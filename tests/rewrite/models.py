@@ -1,0 +1,31 @@
+"""Tiny models shared by the rewrite room's tests."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+
+class Mlp(nn.Module):
+    """``x + fc2(drop(gelu(fc1(x))))``: in train mode the dropout sits between the activation
+    that a compensation measures and the layer it folds into."""
+
+    def __init__(self, width: int = 16, hidden: int = 32, p: float = 0.0, fc2_bias: bool = True):
+        super().__init__()
+        self.fc1, self.act, self.drop = nn.Linear(width, hidden), nn.GELU(), nn.Dropout(p)
+        self.fc2 = nn.Linear(hidden, width, bias=fc2_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc2(self.drop(self.act(self.fc1(x))))
+
+
+def mlp(p: float = 0.0) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(Mlp(p=p), Mlp(p=p, fc2_bias=False)).eval()
+
+
+def tokens(seed: int, batch: int = 4) -> torch.Tensor:
+    return torch.randn(batch, 6, 16, generator=torch.Generator().manual_seed(seed))
+
+
+def calibration() -> list[torch.Tensor]:
+    return [tokens(s) for s in range(1, 4)]

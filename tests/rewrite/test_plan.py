@@ -1,0 +1,89 @@
+"""PruningPlan: plain data that saves, loads (old files too) and names only stable things."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from prunec.errors import PlanError
+from prunec.ir.capture import capture
+from prunec.passes import VarianceBasedPruning
+from prunec.rewrite import (BlockDrop, MeanCompensation, PruningPlan, ValueCompensation, apply_plan,
+                            convert_plan)
+from prunec.rewrite.compensation import consumer_node
+from tests.helpers import max_diff
+from tests.rewrite.models import calibration, mlp, tokens
+
+
+def _vbp_plan():
+    program = capture(mlp(), tokens(0))
+    return VarianceBasedPruning(0.5, calibration())(program).plan
+
+
+def test_json_round_trip_keeps_every_field():
+    plan = PruningPlan({"a.weight:0": [0, 2]},
+                       [MeanCompensation("b.weight", 1, torch.tensor([0.5, 1.5, -2.0]))],
+                       [BlockDrop("layer1.0", torch.tensor([1.0])), BlockDrop("layer1.1")])
+    again = PruningPlan.from_json(plan.to_json())
+    assert again.keep == plan.keep
+    (comp,) = again.compensations
+    assert (comp.consumer, comp.axis) == ("b.weight", 1) and comp.mean.dtype == torch.float64
+    assert torch.equal(comp.mean, plan.compensations[0].mean.double())
+    assert [b.key for b in again.blocks] == ["layer1.0", "layer1.1"]
+    assert again.blocks[0].mean.tolist() == [1.0] and again.blocks[1].mean is None
+    assert not again.needs_conversion()
+
+
+def test_summary_and_truthiness():
+    assert not PruningPlan() and str(PruningPlan()) == "(empty plan)"
+    plan = PruningPlan({"g.weight:0": [0, 1]}, blocks=[BlockDrop("b", torch.zeros(1))])
+    assert plan and str(plan) == "g.weight:0: keep 2\ndrop block b (mean compensated)"
+
+
+def test_compensations_name_consumer_weights_not_graph_values():
+    plan = _vbp_plan()
+    assert plan.compensations
+    assert {(c.consumer, c.axis) for c in plan.compensations} <= {("0.fc2.weight", 1),
+                                                                   ("1.fc2.weight", 1)}
+    assert "value" not in plan.to_json()
+
+
+def _old_json(plan: PruningPlan, program) -> str:
+    """The plan as an older prunec saved it: compensations keyed by graph value."""
+    data = json.loads(plan.to_json())
+    for entry in data["compensations"]:
+        user = consumer_node(program.graph, entry.pop("consumer"), 1)
+        entry["value"], entry["axis"] = user.args[0].name, user.args[0].meta["val"].dim() - 1
+    return json.dumps(data)
+
+
+def test_old_value_keyed_plan_converts_on_its_capture_and_equals_the_new_one():
+    plan = _vbp_plan()
+    program = capture(mlp(), tokens(0))
+    old = PruningPlan.from_json(_old_json(plan, program))
+    assert old.needs_conversion()
+    assert all(isinstance(c, ValueCompensation) for c in old.compensations)
+    converted = convert_plan(program, old)
+    assert [(c.consumer, c.axis) for c in converted.compensations] == \
+        [(c.consumer, c.axis) for c in plan.compensations]
+    new = capture(mlp(), tokens(0))
+    apply_plan(new, plan)
+    apply_plan(program, old)
+    assert max_diff(program.run(tokens(7)), new.run(tokens(7))) == 0.0
+    # The lineage records the converted plan, so a replay needs no graph names.
+    assert not program.lineage[-1].plan.needs_conversion()
+
+
+def test_old_plan_on_another_graph_says_how_to_convert():
+    old = PruningPlan.from_json(json.dumps({"keep": {"0.fc1.weight:0": [0, 1, 2, 3, 4, 5, 6, 7]},
+                                            "compensations": [{"value": "no_such_node", "axis": 2,
+                                                               "mean": [0.0] * 32}]}))
+    with pytest.raises(PlanError, match="older prunec.*convert_plan"):
+        apply_plan(capture(mlp(), tokens(0)), old)
+
+
+@pytest.mark.parametrize("text", ["not json", "[]", '{"keep": 3}', '{"blocks": []}'])
+def test_not_a_plan_is_a_plan_error(text):
+    with pytest.raises(PlanError, match="plan.to_json"):
+        PruningPlan.from_json(text)
