@@ -161,7 +161,9 @@ class IOSpec:
         names = [_identifier(n.name) for n in placeholders]
         if len(names) != len(leaves):
             names = [f"input_{i}" for i in range(len(leaves))]
-        with torch.no_grad():
+        from prunec.ir.interpret import scratch_state
+
+        with torch.no_grad(), scratch_state(program.gm):
             out = program.gm(*program.example_args, **program.example_kwargs)
         out_leaves = pytree.tree_flatten_with_path(out)[0]
         return cls(
@@ -385,12 +387,14 @@ def verify_artifact(program: "Program", artifact: Any, io: IOSpec, *, atol: floa
                     rtol: float, backend: str) -> float:
     """Parity of ``artifact`` against the program on random example-shaped inputs
     (plus batch + 1 when the batch is dynamic); returns the largest error seen."""
+    from prunec.ir.interpret import scratch_state
+
     batches = [None] + ([_example_batch(program, io) + 1] if any(io.batch_inputs) else [])
     worst = 0.0
     for seed, batch in enumerate(batches):
         args, kwargs = sample_inputs(io, program.example_args, program.example_kwargs,
                                      batch=batch, seed=seed)
-        with torch.no_grad():
+        with torch.no_grad(), scratch_state(program.gm):
             ref = program.gm(*args, **kwargs)
         worst = max(worst, check_parity(ref, artifact(*args, **kwargs), atol=atol, rtol=rtol,
                                         backend=backend, names=io.output_names))

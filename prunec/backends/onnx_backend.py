@@ -38,6 +38,7 @@ import torch
 
 from prunec.backends.base import Artifact, IOSpec, require, sample_inputs, verify_artifact
 from prunec.errors import PrunecError
+from prunec.ir.interpret import scratch_state
 
 if TYPE_CHECKING:
     import onnx
@@ -108,7 +109,7 @@ def export_onnx(program: "Program", *, opset: int = DEFAULT_OPSET, dynamic_batch
         for shape, x in zip(io.input_shapes, tensors):
             if shape:
                 shape[0] = int(x.shape[0])
-    with torch.no_grad():
+    with torch.no_grad(), scratch_state(program.gm):
         ref = io.output_tensors(program.gm(*program.example_args, **program.example_kwargs))
     flat = _FlatModule(copy.deepcopy(program.gm), io, [o.dtype for o in ref], half=fp16)
     specs = tuple({ax: torch.export.Dim.AUTO for ax, d in enumerate(shape) if d is None} or None

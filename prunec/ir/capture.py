@@ -42,6 +42,7 @@ import torch.fx as fx
 import torch.utils._pytree as pytree
 
 from prunec.errors import CaptureError
+from prunec.ir.interpret import is_written
 from prunec.ir.program import BATCH_SYMBOLS, Program, refresh_meta, rehint
 
 __all__ = ["capture", "auto_dynamic_shapes", "share_weights_copy", "clone_inputs"]
@@ -294,7 +295,7 @@ def _clone_written_inputs(gm: fx.GraphModule) -> list[str]:
     (directly or through a view), so running the program never changes its inputs."""
     notes = []
     for ph in [n for n in gm.graph.nodes if n.op == "placeholder"]:
-        if not _is_written(ph):
+        if not is_written(ph):
             continue
         with gm.graph.inserting_after(_last_placeholder(gm)):
             copy_node = gm.graph.call_function(aten.clone.default, (ph,))
@@ -311,31 +312,6 @@ def _clone_written_inputs(gm: fx.GraphModule) -> list[str]:
 
 def _last_placeholder(gm: fx.GraphModule) -> fx.Node:
     return [n for n in gm.graph.nodes if n.op == "placeholder"][-1]
-
-
-def _is_written(placeholder: fx.Node) -> bool:
-    """Whether a mutable op writes into ``placeholder`` or into a view of it."""
-    stack, seen = [placeholder], set()
-    while stack:
-        node = stack.pop()
-        for user in node.users:
-            schema = getattr(user.target, "_schema", None)
-            if user.op != "call_function" or schema is None or user in seen:
-                continue
-            seen.add(user)
-            if any(_writes(schema, i, arg, node) for i, arg in enumerate(user.args)):
-                return True
-            returns = schema.returns
-            if returns and returns[0].alias_info is not None:  # a view: follow it
-                stack.append(user)
-    return False
-
-
-def _writes(schema: Any, index: int, arg: Any, node: fx.Node) -> bool:
-    if arg is not node or index >= len(schema.arguments):
-        return False
-    alias = schema.arguments[index].alias_info
-    return alias is not None and alias.is_write
 
 
 # ---------------------------------------------------------------------------- dtypes

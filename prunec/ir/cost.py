@@ -36,6 +36,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 import torch.fx as fx
 
+from prunec.ir.interpret import scratch_state
 from prunec.ir.program import Program
 
 __all__ = [
@@ -221,7 +222,7 @@ def _recorded_shapes(program: Program) -> dict[fx.Node, Shape]:
     flat = fx_pytree.tree_flatten_spec(inputs, spec) if spec is not None \
         else pytree.tree_leaves(inputs)
     recorder = _ShapeRecorder(program.gm)
-    with torch.no_grad():
+    with torch.no_grad(), scratch_state(program.gm):
         recorder.run(*flat)
     return recorder.shapes
 

@@ -22,6 +22,12 @@ Cases handled:
   against the captured constraints) runs like any other node; the module's forward
   pre-hooks do not, because the interpreter bypasses ``__call__``.
 
+- State the forward writes (a step counter ``self.steps += 1``, a cache, batch-norm running
+  statistics in train mode) is not advanced by prunec's own runs: :meth:`ProgramInterpreter.call`
+  runs inside :func:`scratch_state`, which gives the graph copies of the tensors it writes
+  and puts the originals back afterwards. The compiled model therefore starts from the
+  caller's values, however many analysis, calibration or verification runs compile made.
+
 Everything runs under ``torch.no_grad()`` unless ``grad=True``.
 """
 from __future__ import annotations
@@ -48,6 +54,9 @@ __all__ = [
     "describe_node",
     "record_values",
     "run_with_overrides",
+    "is_written",
+    "written_attributes",
+    "scratch_state",
 ]
 
 Override = Callable[[Any], Any]
@@ -178,6 +187,94 @@ def describe_node(node: fx.Node) -> str:
     return f"node {node.name!r} ({op}{' in ' + where if where else ''})"
 
 
+# ---------------------------------------------------------------------------- written state
+# Ops whose schema does not mark the arguments they write: batch norm in training updates
+# its running mean and variance (positions 3 and 4) inside a composite kernel.
+_UNDECLARED_WRITES = {
+    "batch_norm": (3, 4), "native_batch_norm": (3, 4), "_native_batch_norm_legit": (3, 4),
+    "_batch_norm_impl_index": (3, 4), "cudnn_batch_norm": (3, 4), "miopen_batch_norm": (3, 4),
+    "instance_norm": (3, 4),
+}
+
+
+def is_written(source: fx.Node) -> bool:
+    """Whether a mutable op writes into ``source`` (a placeholder or a ``get_attr`` tensor)
+    or into a view of it (``aten.add_``, ``aten.copy_`` after ``aten.select``...)."""
+    stack, seen = [source], set()
+    while stack:
+        node = stack.pop()
+        for user in node.users:
+            schema = getattr(user.target, "_schema", None)
+            if user.op != "call_function" or schema is None or user in seen:
+                continue
+            seen.add(user)
+            if any(_writes(schema, i, arg, node) for i, arg in enumerate(user.args)):
+                return True
+            packet = getattr(getattr(user.target, "overloadpacket", None), "__name__", "")
+            if any(i < len(user.args) and user.args[i] is node
+                   for i in _UNDECLARED_WRITES.get(packet, ())):
+                return True
+            returns = schema.returns
+            if returns and returns[0].alias_info is not None:  # a view: follow it
+                stack.append(user)
+    return False
+
+
+def _writes(schema: Any, index: int, arg: Any, node: fx.Node) -> bool:
+    if arg is not node or index >= len(schema.arguments):
+        return False
+    alias = schema.arguments[index].alias_info
+    return alias is not None and alias.is_write
+
+
+def written_attributes(gm: fx.GraphModule) -> list[str]:
+    """The ``get_attr`` targets (buffers, parameters, constants) the forward writes into."""
+    if not _writes_state(gm):
+        return []
+    return list(dict.fromkeys(n.target for n in gm.graph.nodes
+                              if n.op == "get_attr" and is_written(n)))
+
+
+@contextlib.contextmanager
+def scratch_state(gm: fx.GraphModule, targets: Iterable[str] | None = None):
+    """Run ``gm`` on copies of the tensors its forward writes, then restore the originals.
+
+    Inside the block every written attribute (``targets``, default
+    :func:`written_attributes`) is replaced by a detached clone of the same kind (buffer,
+    parameter with its ``requires_grad``, plain attribute); on exit the original tensor
+    objects are put back untouched. Runs that only observe the program (calibration,
+    verification, shape recording, a backend's example run) go through this, so a forward
+    that updates its own state (``steps += 1``) leaves that state where the caller had it.
+    Training does not: its updates (batch-norm statistics) are the point.
+    """
+    saved = []
+    try:
+        for target in (written_attributes(gm) if targets is None else targets):
+            mod_path, _, attr = target.rpartition(".")
+            mod = gm.get_submodule(mod_path) if mod_path else gm
+            old = getattr(mod, attr)
+            if not isinstance(old, torch.Tensor):
+                continue
+            new = old.detach().clone()
+            if isinstance(old, torch.nn.Parameter):
+                new = torch.nn.Parameter(new, requires_grad=old.requires_grad)
+            _put(mod, attr, new)
+            saved.append((mod, attr, old))
+        yield gm
+    finally:
+        for mod, attr, old in reversed(saved):
+            _put(mod, attr, old)
+
+
+def _put(mod: torch.nn.Module, attr: str, value: torch.Tensor) -> None:
+    if attr in mod._parameters:
+        mod._parameters[attr] = value
+    elif attr in mod._buffers:
+        mod._buffers[attr] = value
+    else:
+        setattr(mod, attr, value)
+
+
 def _has_mutation(gm: fx.GraphModule) -> bool:
     """Whether any op writes into one of its inputs (``aten.relu_``, ``aten.add_`` ...)."""
     for node in gm.graph.nodes:
@@ -185,6 +282,14 @@ def _has_mutation(gm: fx.GraphModule) -> bool:
         if schema is not None and schema.is_mutable:
             return True
     return False
+
+
+def _writes_state(gm: fx.GraphModule) -> bool:
+    """Whether any op may write into a tensor: a mutable schema or a batch norm's
+    running statistics."""
+    return _has_mutation(gm) or any(
+        getattr(getattr(n.target, "overloadpacket", None), "__name__", "") in _UNDECLARED_WRITES
+        for n in gm.graph.nodes if n.op == "call_function")
 
 
 # ---------------------------------------------------------------------------- interpreter
@@ -210,6 +315,7 @@ class ProgramInterpreter(fx.Interpreter):
         self.program = program
         self.nodes = {n.name: n for n in program.graph.nodes}
         self.mutating = _has_mutation(program.gm)
+        self.written = written_attributes(program.gm)
         self.overrides: dict[str, Override] = dict(overrides or {})
         self.observers: dict[str, Observer] = dict(observers or {})
         resolve_nodes(program, list(self.overrides) + list(self.observers))
@@ -217,7 +323,8 @@ class ProgramInterpreter(fx.Interpreter):
     def call(self, args: tuple, kwargs: dict | None = None) -> Any:
         """Run like ``program.gm(*args, **kwargs)`` and return the structured outputs."""
         flat = flatten_inputs(self.program, tuple(args), dict(kwargs or {}))
-        out = self.run(*flat, enable_io_processing=False)
+        with scratch_state(self.program.gm, self.written):
+            out = self.run(*flat, enable_io_processing=False)
         return unflatten_outputs(self.program, out)
 
     def call_item(self, item: Any) -> Any:

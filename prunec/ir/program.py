@@ -259,8 +259,11 @@ def refresh_meta(gm: fx.GraphModule) -> None:
         rehint(gm, symbols, None, nodes=phs)
     # The in/out pytree codegen is bypassed: propagate over the flat placeholders.
     interp = FakeTensorProp(gm, mode=fake_mode)
-    try:
-        interp.propagate_dont_convert_inputs(*[n.meta.get("val") for n in phs])
+    from prunec.ir.interpret import scratch_state
+
+    try:  # fake propagation runs in-place ops on the real buffers: give it copies
+        with scratch_state(gm):
+            interp.propagate_dont_convert_inputs(*[n.meta.get("val") for n in phs])
     finally:
         if symbols:
             rehint(gm, symbols, 1)

@@ -142,9 +142,12 @@ def accuracy(program: Program, data: Iterable) -> float:
     """Top-1 accuracy of ``program`` on ``(inputs, target)`` batches."""
     from prunec.train.finetune import logits_of
 
+    from prunec.ir.interpret import scratch_state
+
     correct = total = 0
     for x, y in _batches(data):
-        pred = logits_of(program.run(x)).argmax(-1)
+        with scratch_state(program.gm):  # evaluation leaves the state the forward writes
+            pred = logits_of(program.run(x)).argmax(-1)
         correct += int((pred == y).sum())
         total += int(y.numel())
     return correct / max(total, 1)

@@ -82,13 +82,20 @@ def drop_blocks(program: Program, drops) -> list[str]:
     """
     resolved = _resolve(program, drops)
     nodes = {n.name: n for n in program.graph.nodes}
+    # A block's skip may be the add of a block dropped before it (consecutive blocks of a
+    # stage: the skip of layer 1 is layer 0's add): read it through what replaced that add.
+    replaced: dict[fx.Node, fx.Node] = {}
     for block, drop in resolved:
-        replacement = nodes[block.skip]
+        skip = nodes[block.skip]
+        while skip in replaced:
+            skip = replaced[skip]
+        replacement = skip
         if drop.mean is not None:
             shape = _check_mean(program, block, drop.mean)
-            replacement = _add_mean(program, block, nodes, drop.mean.reshape(shape))
+            replacement = _add_mean(program, block, nodes, skip, drop.mean.reshape(shape))
         add = nodes[block.add]
         add.replace_all_uses_with(replacement)
+        replaced[add] = replacement
         for name in (block.add, *reversed(block.nodes)):
             program.graph.erase_node(nodes[name])
     program.graph.eliminate_dead_code()
@@ -102,9 +109,10 @@ def drop_blocks(program: Program, drops) -> list[str]:
     return removed
 
 
-def _add_mean(program: Program, block: Block, nodes: dict, mean: torch.Tensor) -> fx.Node:
+def _add_mean(program: Program, block: Block, nodes: dict, skip: fx.Node,
+              mean: torch.Tensor) -> fx.Node:
     """Insert ``skip + mean`` (in place when the add wrote into the skip) before the add."""
-    add, skip = nodes[block.add], nodes[block.skip]
+    add = nodes[block.add]
     target = _free_name(program, block.module, "prunec_block_mean")
     dtype = nodes[block.output].meta["val"].dtype
     program.add_tensor(target, mean.to(dtype), parameter=False)

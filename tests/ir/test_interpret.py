@@ -231,3 +231,28 @@ def test_override_must_keep_shape_and_dtype(mlp, bad):
     gelu = node_by_target(program, "aten.gelu.default")
     with pytest.raises(CalibrationError, match="override of node 'gelu'"):
         run_with_overrides(program, torch.randn(1, 3, 8), {gelu: bad})
+
+
+def test_runs_leave_written_buffers_as_they_were():
+    """A train-mode program updates batch-norm statistics in its forward: recording values
+    or running with overrides works on copies, and the program's buffers keep their values
+    (the same tensor objects)."""
+    from prunec.ir.interpret import scratch_state, written_attributes
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
+    program = capture(model, torch.randn(2, 3, 8, 8), train=True)
+    written = written_attributes(program.gm)
+    assert {"1.running_mean", "1.running_var", "1.num_batches_tracked"} <= set(written)
+    before = {t: program.get_tensor(t) for t in written}
+    values = {t: v.clone() for t, v in before.items()}
+    x = torch.randn(2, 3, 8, 8) + 3.0
+    record_values(program, x, ["relu"])
+    run_with_overrides(program, x, {})
+    with scratch_state(program.gm):
+        program.gm(x)
+        assert float(program.get_tensor("1.num_batches_tracked")) == 1.0  # the copy moved
+    for target, tensor in before.items():
+        assert program.get_tensor(target) is tensor
+        torch.testing.assert_close(tensor, values[target], rtol=0, atol=0)
+    program.gm(x)  # a plain call (training) still updates them
+    assert float(program.get_tensor("1.num_batches_tracked")) == 1.0

@@ -277,3 +277,27 @@ def test_mask_excludes_padding_from_the_mean():
     assert torch.allclose(drop.mean, outs[0][keep].double().mean(0), atol=1e-6)
     assert not torch.allclose(drop.mean, outs[0].reshape(-1, outs[0].shape[-1]).double().mean(0),
                               atol=1e-6)
+
+
+@pytest.mark.parametrize("compensate", [True, False])
+def test_consecutive_layer_scaled_blocks_behind_a_permute(compensate):
+    """Hugging Face ConvNeXt: ``x + permute(gamma * mlp(...))``, and a stage's second block
+    takes the first block's add as its skip. Dropping both (every block here) reads that skip
+    through what replaced the first add; the result equals the original with each branch
+    replaced by its mean (or zero)."""
+    from transformers import ConvNextConfig, ConvNextModel
+
+    torch.manual_seed(0)
+    config = ConvNextConfig(num_channels=3, hidden_sizes=[8, 16], depths=[2, 2], num_stages=2,
+                            image_size=16, layer_scale_init_value=0.5)
+    model = ConvNextModel(config).eval()
+    data = _batches(2, (2, 3, 16, 16))
+    original = capture(model, (data[0],))
+    program = original.clone()
+    result = DepthPruning(4, calibration=data, compensate=compensate)(program)
+    assert len(result.plan.blocks) == 4
+    assert [b.mean is not None for b in result.plan.blocks] == [compensate] * 4
+    assert not any(n.target is torch.ops.aten.mul.Tensor for n in program.graph.nodes
+                   if n.op == "call_function")  # every layer-scale multiply is gone
+    for item in data:
+        assert max_diff(_run(program, item), _reference(original, result.plan, item)) < 1e-5

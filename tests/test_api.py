@@ -1,0 +1,63 @@
+"""Tests for prunec.compile as a new user meets it: state the forward writes, the package's
+public attributes, and documented options."""
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+
+import prunec
+
+
+class StepCounter(nn.Module):
+    """``y = fc2(relu(fc1(x))) / steps`` where every call first does ``steps += 1``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(4, 16)
+        self.fc2 = nn.Linear(16, 2)
+        self.register_buffer("steps", torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.steps += 1
+        return self.fc2(torch.relu(self.fc1(x))) / self.steps
+
+
+@pytest.mark.parametrize("make_pass", [
+    lambda: prunec.passes.MagnitudePruning(0.0, round_to=1),
+    lambda: prunec.passes.VarianceBasedPruning(0.0, [torch.randn(5, 4)], round_to=1),
+], ids=["magnitude", "variance"])
+def test_compiled_model_starts_from_the_callers_buffer_values(make_pass):
+    torch.manual_seed(0)
+    model, x = StepCounter().eval(), torch.randn(3, 4)
+    twin = copy.deepcopy(model)  # called alongside the compiled model, from the same state
+    compiled = prunec.compile(model, x, [make_pass()])
+    assert float(model.steps) == 0.0  # the caller's model is untouched
+    for _ in range(3):  # the counter advances in step: 1, 2, 3 in both
+        torch.testing.assert_close(compiled(x), twin(x), rtol=0, atol=0)
+    assert float(model.steps) == 0.0
+
+
+def test_verification_and_pruning_run_on_copies_of_written_buffers():
+    torch.manual_seed(0)
+    model, x = StepCounter().eval(), torch.randn(3, 4)
+    compiled = prunec.compile(model, x, [prunec.passes.MagnitudePruning(0.5, round_to=1)])
+    entry = compiled.report.passes[-1]
+    assert entry["units_removed"] == 8 and entry["verified"].startswith("zeroing equivalence")
+    assert float(compiled.program.gm.steps) == 0.0
+    compiled(x)
+    assert float(compiled.program.gm.steps) == 1.0  # the deployed model still counts
+
+
+def test_recipes_are_reachable_from_the_package():
+    """``import prunec`` alone gives ``prunec.recipes`` (a fresh interpreter: in this one
+    another test may have imported the subpackage already)."""
+    code = ("import prunec; print(prunec.recipes.ocspruner.__name__, prunec.recipes.peeao"
+            ".__name__, 'recipes' in prunec.__all__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.split() == ["ocspruner", "peeao", "True"]
