@@ -49,7 +49,11 @@ class CompiledModel:
 
     @property
     def module(self) -> torch.nn.Module:
-        """The pruned graph module, called exactly like the original model (eval mode)."""
+        """The pruned model: with ``backend="module"`` a pruned copy of the caller's module
+        (same class, its own forward; see :mod:`prunec.backends.module`), otherwise the
+        pruned graph module, called exactly like the original model (eval mode)."""
+        if self.backend == "module":
+            return self.artifact.module
         return self.program.gm
 
     @property
@@ -145,6 +149,8 @@ def compile(  # noqa: A001 - the public name the design asks for
     for pass_, result in zip(manager.passes, manager.results):
         report.add_pass(pass_, result)
     options = dict(backend_options or {})
+    if backend == "module":  # the write-back needs the model the program was captured from
+        options.setdefault("model", model)
     artifact = _lower(program, backend, options)
     report.finish(program, seconds=time.perf_counter() - start)
     return CompiledModel(program, report, backend, options, artifact)

@@ -69,6 +69,10 @@ def load_artifact(path: str | Path) -> Any:
         PrunecError: the path does not exist or holds no artifact prunec can read.
     """
     path = Path(path)
+    if path.is_dir() and (path / METADATA_NAME).is_file():  # backend="module" saves a directory
+        from prunec.backends.module import ModuleArtifact
+
+        return ModuleArtifact.load(path)
     if not path.is_file():
         raise PrunecError(f"prunec.load: no file at '{path}'.")
     if zipfile.is_zipfile(path):

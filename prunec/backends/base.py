@@ -44,6 +44,7 @@ BACKENDS: dict[str, str] = {
     "onnxruntime": "prunec.backends.onnxruntime_backend:lower_onnxruntime",
     "tensorrt": "prunec.backends.tensorrt_backend:lower_tensorrt",
     "inductor": "prunec.backends.inductor_backend:lower_inductor",
+    "module": "prunec.backends.module:lower_module",
 }
 """Backend name -> ``"module:function"`` of its lowering (resolved lazily)."""
 

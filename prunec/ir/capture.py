@@ -371,6 +371,15 @@ def _capture_error(name: str, work: torch.nn.Module, exc: BaseException,
 
 def _remedy(exc: BaseException) -> str:
     text = str(exc)
+    found = re.search(r"Found <class '([\w.]+)'> in output", text)
+    if found:  # an output pytree export cannot flatten, e.g. a KV cache
+        cls = found.group(1).rsplit(".", 1)[-1]
+        hint = (" A Hugging Face model returns its KV cache when use_cache is on: pass "
+                "example_kwargs={'use_cache': False} (or set model.config.use_cache = False)."
+                if "Cache" in cls else "")
+        return (f"The forward returns a {cls}, which torch.export cannot flatten into "
+                f"tensors.{hint} Otherwise return tensors, tuples, lists or dicts of them, "
+                f"or register {cls} with torch.utils._pytree.register_pytree_node.")
     if re.search(r"scalar type|dtype|to have one of the following|expected .*(Long|Float)",
                  text, re.IGNORECASE):
         return ("Check the example inputs' dtypes: token ids must be integer (torch.long), "

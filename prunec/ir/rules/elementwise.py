@@ -64,10 +64,40 @@ def couple_elementwise(ctx, node) -> None:
         full += _is_activation(x) and len(shape) == len(out_shape)
     if full >= 2:
         tag = "residual" if packet in _RESIDUAL else "gate" if packet in _GATE else None
+        if tag == "residual" and _pointwise_of_one_value(operands):
+            tag = None  # x + 0.044715 x^3 (gelu_new): one value's pointwise function
         if tag:
             for ax, size in enumerate(out_shape):
                 if size is not None and size > 1:
                     ctx.tag(node, ax, tag)
+
+
+_POINTWISE = frozenset(UNARY + BINARY)
+
+
+def _elementwise_roots(x, limit: int = 16) -> set:
+    """The nodes reached from ``x`` by walking back through elementwise ops only."""
+    roots, stack, seen = set(), [x], 0
+    while stack and seen < limit:
+        node = stack.pop()
+        seen += 1
+        packet = getattr(node.target, "overloadpacket", node.target)
+        if node.op == "call_function" and packet in _POINTWISE:
+            stack.extend(a for a in node.all_input_nodes if a.op != "get_attr")
+        else:
+            roots.add(node)
+    return roots | set(stack)
+
+
+def _pointwise_of_one_value(operands) -> bool:
+    """Whether the activation operands are elementwise functions of a common value: an add
+    inside an activation (``gelu_new``'s ``x + 0.044715 x^3``), not a residual, whose branch
+    holds a linear or convolution between the skip and the add."""
+    acts = [x for x in operands if _is_activation(x)]
+    if len(acts) < 2:
+        return False
+    first = _elementwise_roots(acts[0])
+    return all(first & _elementwise_roots(x) for x in acts[1:])
 
 
 def _is_activation(x) -> bool:

@@ -1,0 +1,151 @@
+"""Hugging Face write-back: the config describes the pruned weights; generate() with the
+KV cache, save_pretrained / from_pretrained round trips; clear errors for what a config
+cannot describe."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import prunec
+from prunec.backends.hf import load_pretrained
+from prunec.errors import PlanError
+from prunec.passes import MagnitudePruning, VarianceBasedPruning
+from prunec.rewrite import PruningPlan
+from tests.helpers import max_diff, state_equal
+
+transformers = pytest.importorskip("transformers")
+
+VOCAB = 64
+
+
+def _llama(layers: int = 2):
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        use_cache=False)
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+def _qwen2():
+    torch.manual_seed(0)
+    config = transformers.Qwen2Config(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        use_cache=False)
+    return transformers.Qwen2ForCausalLM(config).eval()
+
+
+def _ids(batch: int = 2, length: int = 10, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def _compile(model, passes=(), **kw):
+    return prunec.compile(model, (_ids(),), passes, backend="module", **kw)
+
+
+def _generates_with_cache(model) -> None:
+    prompt = _ids(1, 4, seed=1)
+    with torch.no_grad():
+        cached = model.generate(prompt, max_new_tokens=6, do_sample=False, use_cache=True,
+                                pad_token_id=0)
+        plain = model.generate(prompt, max_new_tokens=6, do_sample=False, use_cache=False,
+                               pad_token_id=0)
+    assert cached.shape == (1, 10)
+    assert torch.equal(cached, plain)  # the cache (sized from the config) changes nothing
+
+
+def _round_trip(compiled, tmp_path) -> torch.nn.Module:
+    out = compiled.save(tmp_path / "pruned")
+    reloaded = type(compiled.module).from_pretrained(out)
+    assert isinstance(load_pretrained(out), type(compiled.module))
+    assert type(prunec.load(out).module) is type(compiled.module)
+    with torch.no_grad():
+        assert torch.equal(reloaded(_ids()).logits, compiled.module(_ids()).logits)
+    return reloaded
+
+
+def test_llama_gqa_heads_hidden_and_mlp_local(tmp_path):
+    model = _llama()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    compiled = _compile(model, [MagnitudePruning(0.5, scope="local")])
+    pruned = compiled.module
+    assert type(pruned) is type(model)
+    assert state_equal(model.state_dict(), before) and model.config.hidden_size == 32
+    config = pruned.config
+    assert (config.intermediate_size, config.num_attention_heads, config.num_key_value_heads,
+            config.hidden_size, config.head_dim) == (24, 2, 1, 16, 8)
+    assert pruned.model.layers[1].self_attn.num_key_value_groups == 2
+    with torch.no_grad():
+        assert max_diff(pruned(_ids()), compiled.program.gm(_ids())) < 1e-5
+    _generates_with_cache(pruned)
+    _round_trip(compiled, tmp_path)
+
+
+def test_vbp_turns_on_mlp_bias_with_zero_biases_elsewhere(tmp_path):
+    model = _llama()
+    calib = [_ids(seed=s) for s in range(2)]
+    compiled = _compile(model, [VarianceBasedPruning(0.5, calib, targets="mlp", scope="local")])
+    pruned = compiled.module
+    assert pruned.config.mlp_bias is True and model.config.mlp_bias is False
+    mlp = pruned.model.layers[0].mlp
+    assert torch.count_nonzero(mlp.down_proj.bias) > 0
+    assert torch.count_nonzero(mlp.gate_proj.bias) == torch.count_nonzero(mlp.up_proj.bias) == 0
+    _generates_with_cache(pruned)
+    _round_trip(compiled, tmp_path)
+
+
+def test_uneven_widths_are_an_error_naming_the_field_and_scope_local():
+    model = _llama()
+    keys = [f"model.layers.{i}.mlp.gate_proj.weight:0" for i in range(2)]
+    plan = PruningPlan({keys[0]: list(range(16)), keys[1]: list(range(32))})
+    with pytest.raises(PlanError, match="intermediate_size.*scope='local'"):
+        prunec.compile(model, (_ids(),), plans=[plan], backend="module")
+
+
+def test_qwen2_compensation_has_no_bias_field_and_heads_keep_head_dim(tmp_path):
+    calib = [_ids(seed=s) for s in range(2)]
+    with pytest.raises(PlanError, match="mlp_bias.*compensate=False"):
+        _compile(_qwen2(), [VarianceBasedPruning(0.5, calib, targets="mlp", scope="local")])
+    compiled = _compile(_qwen2(), [MagnitudePruning(0.5, scope="local")])
+    assert compiled.module.config.head_dim == 8  # Qwen2 reads it through getattr
+    _generates_with_cache(compiled.module)
+    reloaded = _round_trip(compiled, tmp_path)
+    assert reloaded.model.layers[0].self_attn.head_dim == 8
+
+
+def test_gpt2_mlp_is_a_candidate_and_conv1d_writes_back(tmp_path):
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4,
+                                     n_positions=64, use_cache=False, bos_token_id=0,
+                                     eos_token_id=0)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    compiled = _compile(model, [MagnitudePruning(0.5, targets="mlp", scope="local")])
+    pruned = compiled.module
+    assert pruned.config.n_inner == 64 and pruned.transformer.h[0].mlp.c_fc.nf == 64
+    _generates_with_cache(pruned)
+    _round_trip(compiled, tmp_path)
+    with pytest.raises(PlanError, match="hidden_size / num_attention_heads"):
+        _compile(model, [MagnitudePruning(0.5, scope="local")])
+
+
+def test_bert_mlp_round_trip(tmp_path):
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=4, intermediate_size=48,
+                                     max_position_embeddings=64)
+    model = transformers.BertModel(config).eval()
+    compiled = _compile(model, [MagnitudePruning(0.5, targets="mlp", scope="local")])
+    assert compiled.module.config.intermediate_size == 24
+    out = compiled.save(tmp_path / "bert")
+    reloaded = transformers.BertModel.from_pretrained(out)
+    with torch.no_grad():
+        assert torch.equal(reloaded(_ids()).last_hidden_state,
+                           compiled.module(_ids()).last_hidden_state)
+
+
+def test_capturing_a_kv_cache_output_says_use_cache_false():
+    model = _llama()
+    model.config.use_cache = True
+    with pytest.raises(prunec.errors.CaptureError, match="DynamicCache.*use_cache.*False"):
+        prunec.compile(model, (_ids(),))
