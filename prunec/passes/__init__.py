@@ -2,11 +2,12 @@
 from prunec.passes.base import Pass, PassContext, PassResult, PruningPass
 from prunec.rewrite import MeanCompensation, PruningPlan, apply_plan
 from prunec.passes.prune_depth import DepthPruning
+from prunec.passes.prune_heads import HeadPruning
 from prunec.passes.prune_magnitude import MagnitudePruning
 from prunec.passes.prune_random import RandomPruning
 from prunec.passes.prune_variance import VarianceBasedPruning
 
 __all__ = [
     "Pass", "PassContext", "PassResult", "PruningPass", "PruningPlan", "MeanCompensation",
-    "apply_plan", "DepthPruning", "MagnitudePruning", "RandomPruning", "VarianceBasedPruning",
+    "apply_plan", "DepthPruning", "HeadPruning", "MagnitudePruning", "RandomPruning", "VarianceBasedPruning",
 ]

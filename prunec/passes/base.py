@@ -221,11 +221,15 @@ class PruningPass:
     def compensate(self, program, groups, plan: PruningPlan, ctx: PassContext) -> None:
         """Add compensations to ``plan`` (mean folding); none by default."""
 
+    def candidates(self, analysis: ChannelAnalysis) -> list[ChannelGroup]:
+        """The groups this pass may prune (by default :func:`candidate_groups`)."""
+        return candidate_groups(analysis, self.targets)
+
     # -- fixed skeleton ----------------------------------------------------------------
     def __call__(self, program: Program, ctx: PassContext | None = None) -> PassResult:
         ctx = ctx or PassContext()
         analysis = analyze_channels(program)
-        groups = candidate_groups(analysis, self.targets)
+        groups = self.candidates(analysis)
         stats = {"targets": self.targets, "groups": len(groups),
                  "units_total": sum(g.size for g in groups)}
         if self.config() in program.history:  # its target is already reached

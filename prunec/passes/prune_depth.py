@@ -70,6 +70,9 @@ class DepthPruning:
             scores nor in the means.
         max_batches: Use at most this many calibration items.
         progress: Show progress bars while scoring.
+        unit: ``"block"`` (default): residual branches; ``"layer"``: whole layers, every
+            block under one module path together (a decoder layer's attention and MLP;
+            :mod:`prunec.passes.prune_layers`), ``num_blocks`` / ``ratio`` then count layers.
 
     Raises:
         PrunecError: both or neither of ``num_blocks`` and ``ratio``, an unknown criterion,
@@ -82,7 +85,10 @@ class DepthPruning:
     def __init__(self, num_blocks: int | None = None, *, ratio: float | None = None,
                  calibration: Iterable[Any] | None = None, criterion: str = "cosine",
                  compensate: bool = True, protect_first: bool = False, min_per_stage: int = 0,
-                 mask: MaskSpec = None, max_batches: int | None = None, progress: bool = False):
+                 mask: MaskSpec = None, max_batches: int | None = None, progress: bool = False,
+                 unit: str = "block"):
+        if unit not in ("block", "layer"):
+            raise PrunecError(f"DepthPruning: unit must be 'block' or 'layer', got {unit!r}.")
         if (num_blocks is None) == (ratio is None):
             raise PrunecError("DepthPruning: pass exactly one of num_blocks (blocks to remove) "
                               "and ratio (fraction of the removable blocks).")
@@ -102,6 +108,7 @@ class DepthPruning:
         self.compensate = bool(compensate)
         self.protect_first, self.min_per_stage = bool(protect_first), int(min_per_stage)
         self.mask, self.max_batches, self.progress = mask, max_batches, bool(progress)
+        self.unit = unit
 
     @property
     def guarantee(self) -> str:
@@ -114,6 +121,10 @@ class DepthPruning:
 
     # ------------------------------------------------------------------------ run
     def __call__(self, program: Program, ctx: PassContext | None = None) -> PassResult:
+        if self.unit == "layer":
+            from prunec.passes.prune_layers import run_layer_depth
+
+            return run_layer_depth(self, program)
         analysis = analyze_blocks(program)
         done = dropped_blocks(program)
         target = self.num_blocks if self.num_blocks is not None else \

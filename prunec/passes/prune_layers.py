@@ -1,0 +1,133 @@
+"""Layer depth pruning: ``DepthPruning(n, unit="layer")`` removes whole layers.
+
+A transformer decoder layer holds two residual blocks (:mod:`prunec.ir.blocks`): attention
+``h = x + attn(norm1(x))`` and MLP ``y = h + mlp(norm2(h))``. ShortGPT and Minitron's depth
+pruning remove whole layers, which is what a Hugging Face config (``num_hidden_layers``) and
+the ``module`` backend (a member of the layer list removed) can describe. A **layer** is the
+set of blocks keyed under one module path (``model.layers.3/...``; a block whose key has no
+``/`` is a layer of its own); it is a candidate when all its blocks are removable.
+
+Scores (higher = keep), with ``x`` the input of the layer's first block and ``y`` the output
+of its last (the residual stream before and after the layer):
+
+- ``"cosine"`` (ShortGPT's Block Influence): ``1 - cos(x, y)`` per position, averaged;
+- ``"angular"`` (Gromov et al.): ``arccos(cos(x, y)) / pi``, averaged;
+- ``"kl"``: ``KL(q || p)`` between the outputs with and without all the layer's branches
+  (each branch output zeroed);
+- ``"magnitude"``: the sum of the layer's blocks' branch scales.
+
+Dropping a layer drops each of its blocks (with its mean under ``compensate=True``) in one
+plan, so replay, verification (``"mean"`` / ``"zeroing"``) and the report are those of
+:class:`~prunec.passes.prune_depth.DepthPruning` for blocks.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from prunec.ir.blocks import Block, analyze_blocks
+from prunec.ir.interpret import ProgramInterpreter
+from prunec.ir.program import Program
+from prunec.passes.base import PassResult
+from prunec.rewrite import apply_plan
+from prunec.rewrite.plan import BlockDrop, PruningPlan
+
+__all__ = ["Layer", "layers_of", "dropped_layers", "run_layer_depth"]
+
+
+@dataclass(frozen=True)
+class Layer:
+    """Blocks under one module path, in graph order."""
+
+    path: str
+    blocks: tuple[Block, ...]
+
+    @property
+    def removable(self) -> bool:
+        return all(b.removable for b in self.blocks)
+
+
+def layer_path(key: str) -> str:
+    """``model.layers.3`` for block key ``model.layers.3/post_attention_layernorm+mlp``."""
+    return key.split("/")[0].split("#")[0]
+
+
+def layers_of(program: Program) -> list[Layer]:
+    """The program's layers, in graph order."""
+    order = {n.name: i for i, n in enumerate(program.graph.nodes)}
+    by_path: dict[str, list[Block]] = {}
+    for block in analyze_blocks(program).blocks:
+        by_path.setdefault(layer_path(block.key), []).append(block)
+    layers = [Layer(p, tuple(sorted(bs, key=lambda b: order[b.add]))) for p, bs in by_path.items()]
+    return sorted(layers, key=lambda l: order[l.blocks[0].add])
+
+
+def dropped_layers(program: Program) -> int:
+    """Layers dropped so far, from the lineage (distinct module paths of dropped blocks)."""
+    return len({layer_path(drop.key) for plan in getattr(program, "plans", ())
+                for drop in (getattr(plan, "blocks", ()) or ())})
+
+
+def run_layer_depth(pass_, program: Program) -> PassResult:
+    """The body of ``DepthPruning.__call__`` for ``unit="layer"``."""
+    from prunec.errors import PrunecError
+
+    layers = layers_of(program)
+    candidates = [l for l in layers if l.removable]
+    if pass_.protect_first and candidates and candidates[0] is layers[0]:
+        candidates = candidates[1:]
+    done = dropped_layers(program)
+    target = pass_.num_blocks if pass_.num_blocks is not None else \
+        round(pass_.ratio * (len([l for l in layers if l.removable]) + done))
+    stats = {"unit": "layer", "layers": len(layers), "candidates": len(candidates),
+             "dropped_before": done}
+    if target - done <= 0 or not candidates:
+        return PassResult(program, False, stats={**stats, "dropped": 0})
+    if pass_.criterion != "magnitude" and program.training:
+        raise PrunecError("DepthPruning scores layers in eval mode, but this program was "
+                          "captured with train=True; capture with train=False.")
+    scores = layer_scores(program, candidates, pass_)
+    chosen = sorted(candidates, key=lambda l: (scores[l.path], l.path))[:target - done]
+    blocks = [b for layer in chosen for b in layer.blocks]
+    means = pass_.means(program, blocks) if pass_.compensate else [None] * len(blocks)
+    plan = PruningPlan(blocks=[BlockDrop(b.key, m) for b, m in zip(blocks, means)])
+    apply_plan(program, plan, config=pass_.config())
+    return PassResult(program, True, plan, {
+        **stats, "dropped": len(chosen), "dropped_layers": [l.path for l in chosen],
+        "dropped_keys": [b.key for b in blocks], "macs_removed": sum(b.macs for b in blocks),
+        "scores": {k: float(v) for k, v in scores.items()}})
+
+
+def layer_scores(program: Program, layers: list[Layer], pass_) -> dict[str, float]:
+    """Importance of every layer (higher = keep) under ``pass_.criterion``."""
+    from prunec.passes.prune_depth import _branch_scale, _items, _similarity_scores
+
+    if pass_.criterion == "magnitude":
+        return {l.path: sum(_branch_scale(program, b) for b in l.blocks) for l in layers}
+    items = _items(pass_.calibration, pass_.max_batches)
+    if pass_.criterion == "kl":
+        return _kl_layer_scores(program, layers, items)
+    # A layer as one span: its first block's input against its last block's output.
+    spans = [dataclasses.replace(l.blocks[0], key=l.path, add=l.blocks[-1].add) for l in layers]
+    return _similarity_scores(program, spans, items, pass_.criterion, pass_.mask)
+
+
+def _kl_layer_scores(program: Program, layers: list[Layer], items: list) -> dict[str, float]:
+    from prunec.passes.prune_depth import _log_softmax
+    from prunec.train.finetune import logits_of
+
+    interp = ProgramInterpreter(program)
+    sums = {l.path: 0.0 for l in layers}
+    rows = 0
+    with torch.no_grad():
+        for item in items:
+            interp.overrides = {}
+            log_p = _log_softmax(logits_of(interp.call_item(item)))
+            rows += log_p.shape[0]
+            for layer in layers:
+                interp.overrides = {b.output: torch.zeros_like for b in layer.blocks}
+                log_q = _log_softmax(logits_of(interp.call_item(item)))
+                sums[layer.path] += float((log_q.exp() * (log_q - log_p)).sum())
+    return {k: v / max(rows, 1) for k, v in sums.items()}
