@@ -1,6 +1,12 @@
 """prunec: a structured-pruning compiler for PyTorch models."""
 from setuptools import find_packages, setup
 
+# ONNX input (prunec.frontends.onnx) converts files with onnx2torch, pinned here and installed
+# WITHOUT its dependencies: `pip install --no-deps onnx2torch==1.5.15` (README, .ci/run). It is
+# deliberately not in the extras: its requirements pull torchvision, a newer torch and
+# gigabytes of CUDA wheels (`pip install --dry-run onnx2torch==1.5.15` shows them).
+ONNX2TORCH = "onnx2torch==1.5.15"
+
 setup(
     name="prunec",
     version="0.1.0",

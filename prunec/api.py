@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import torch
 
+from prunec.frontends.onnx import SOURCE_KEY, is_onnx_model, onnx_source
 from prunec.ir.capture import capture
 from prunec.ir.channels import ChannelAnalysis, analyze_channels
 from prunec.ir.program import Program
@@ -132,6 +133,10 @@ def compile(  # noqa: A001 - the public name the design asks for
             a rewrite that fails verification, or a backend that is not available.
     """
     start = time.perf_counter()
+    source = None
+    if is_onnx_model(model):  # ONNX in, ONNX out: passes run on a stand-in of the file
+        source, model, example_inputs, dynamic = _onnx_stand_in(model, example_inputs, backend,
+                                                                 train)
     # Every argument is checked before capture, the expensive part (DESIGN contract 9).
     example_inputs, example_kwargs, passes, backend_options = check_compile(
         model, example_inputs, passes, example_kwargs=example_kwargs, backend=backend,
@@ -139,7 +144,9 @@ def compile(  # noqa: A001 - the public name the design asks for
         instruments=instruments, plans=plans, donate=donate)
     program = capture(model, example_inputs, example_kwargs, train=train, dynamic=dynamic)
     program.donated = donate
-    report = Report.start(program, model=model, backend=backend)
+    if source is not None:
+        program.gm.meta[SOURCE_KEY] = source
+    report = Report.start(program, model=source.name if source else model, backend=backend)
     for plan in plans:
         apply_plan(program, plan)
         report.passes.append({"pass": "replay", "modified": True, "plan_groups": len(plan.keep)})
@@ -159,7 +166,27 @@ def compile(  # noqa: A001 - the public name the design asks for
 def _lower(program: Program, backend: str, options: dict):
     from prunec.backends import lower
 
+    if onnx_source(program) is not None:  # the plan written back into the user's file
+        from prunec.backends.onnx_original import lower_original
+
+        return lower_original(program, backend, **options)
     return lower(program, backend, **options)
+
+
+def _onnx_stand_in(model: Any, example_inputs: Any, backend: str, train: bool) -> tuple:
+    """``(source, stand-in module, its example args, dynamic=False)`` for an ONNX model."""
+    from prunec.backends.onnx_original import ORIGINAL_BACKENDS
+    from prunec.errors import InvalidArgumentError
+    from prunec.frontends.onnx import open_onnx
+
+    if backend not in ORIGINAL_BACKENDS:
+        raise InvalidArgumentError(f"backend {backend!r} cannot take an ONNX model; use one "
+                                   f"of {list(ORIGINAL_BACKENDS)}.")
+    if train:
+        raise InvalidArgumentError("train=True needs an nn.Module; an ONNX file is pruned "
+                                   "in eval mode.")
+    source = open_onnx(model, example_inputs)
+    return source, source.module, source.example_args, False
 
 
 def load(path: str | Path) -> Any:
@@ -177,11 +204,18 @@ def load(path: str | Path) -> Any:
 
 def analyze(model: torch.nn.Module, example_inputs: Any, example_kwargs: dict | None = None,
             **capture_options) -> ChannelAnalysis:
-    """The channel groups of ``model``; ``print()`` it for a table. Its ``blocks`` attribute
+    """The channel groups of ``model`` (an ``nn.Module``, or an ``.onnx`` path / ``ModelProto``
+    with ``example_inputs`` by graph-input name); ``print()`` it for a table. Its ``blocks`` attribute
     lists the residual blocks (:class:`~prunec.ir.blocks.BlockAnalysis`: which branches can
     be removed whole, their MACs, or why not): ``print(analysis.blocks)``."""
     from prunec.ir.blocks import analyze_blocks
 
+    if is_onnx_model(model):  # the stand-in of the file, at the example shapes
+        from prunec.frontends.onnx import open_onnx
+
+        source = open_onnx(model, example_inputs)
+        model, example_inputs, example_kwargs = source.module, source.example_args, None
+        capture_options = {"dynamic": False}
     program = capture(model, example_inputs, example_kwargs, **capture_options)
     analysis = analyze_channels(program)
     analysis.blocks = analyze_blocks(program)

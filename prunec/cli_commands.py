@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,8 @@ def _check_options(args: argparse.Namespace) -> tuple[Any, Any]:
 
 def load_setup(args: argparse.Namespace) -> Setup:
     """Check the options, then build the model, its inputs and its data."""
+    if str(args.model).lower().endswith(".onnx"):  # ONNX in, ONNX out
+        return _onnx_setup(args)
     factory, data_fn = _check_options(args)
     if factory is None:
         setup = _builtin_setup()
@@ -81,6 +84,31 @@ def load_setup(args: argparse.Namespace) -> Setup:
         setup.calibration = calibration_items(batches)
         setup.train_data = batches
     return setup
+
+
+def _onnx_setup(args: argparse.Namespace) -> Setup:
+    """An ``.onnx`` file with ``--input NAME:DTYPE:SHAPE`` per graph input (feeds by name:
+    integers are ones, floats random); the backend defaults to onnxruntime."""
+    from prunec.frontends.onnx import graph_inputs, load_model
+
+    if args.data:
+        raise CliError("--data is not supported with an .onnx model yet; variance statistics "
+                       "come from the --input examples")
+    if getattr(args, "backend", "torch") == "torch":
+        args.backend = "onnxruntime"
+    model, _, _ = load_model(args.model)
+    names = [i.name for i in graph_inputs(model)]
+    specs = list(args.inputs or [])
+    if len(specs) == 1 and specs[0].name is None and len(names) == 1:
+        specs[0] = dataclasses.replace(specs[0], name=names[0])
+    given = [s.name for s in specs]
+    if sorted(n for n in given if n) != sorted(names) or None in given:
+        raise CliError(f"{args.model} has graph inputs {names}: give --input NAME:DTYPE:SHAPE "
+                       f"for each (e.g. --input {names[0] if names else 'x'}:int64:1x128)")
+    generator = torch.Generator().manual_seed(0)
+    feeds = {s.name: s.make(generator) for s in specs}
+    args.inputs = specs
+    return Setup(args.model, args.model, feeds, {}, Path(args.model).name)
 
 
 def _builtin_setup() -> Setup:

@@ -53,3 +53,10 @@ def test_replay_plan():
     out = run_example("replay_plan")
     assert out["macs"][0] == out["macs"][1]
     assert out["difference"] < 1e-4  # the same pruned model, fp32 on another backend
+
+
+def test_onnx_in_onnx_out():
+    out = run_example("onnx_in_onnx_out")
+    assert out["same_names"] and out["shape"] == (3, 40, 32)  # other batch and length
+    assert out["macs_ratio"] > 1.3
+    assert out["cosine"] > 0.9

@@ -108,6 +108,10 @@ def _load_onnx(path: Path) -> Any:
     model = onnx.load(str(path))
     backend = next((p.value for p in model.metadata_props if p.key == "prunec.backend"),
                    "onnxruntime")
+    if backend == "onnx-original":  # a user's own graph, pruned (prunec.frontends.onnx)
+        from prunec.backends.onnx_original import OriginalOnnxArtifact
+
+        return OriginalOnnxArtifact.load(path)
     if backend == "onnx":
         from prunec.backends.onnx_backend import OnnxArtifact
 

@@ -1,0 +1,440 @@
+"""The ``onnx-original`` lowering: the plan written back into the user's own ONNX graph.
+
+A program captured from an ONNX file (:mod:`prunec.frontends.onnx`) is a stand-in. Lowering
+it to ``onnx`` or ``onnxruntime`` does not export the stand-in: it edits a copy of the
+original graph, so the user gets their file back, smaller, with the same graph inputs and
+outputs (names, element types, ``dim_param`` names), opset imports, node names and producer
+metadata, plus ``prunec.*`` metadata.
+
+1. **Tensors.** Every stand-in tensor the passes changed (sliced weights, biases holding
+   folded means ``b' = b + W[:, P] @ mu[P]``) is written into the node input it came from
+   (:class:`~prunec.frontends.onnx.Use`: transposed back for MatMul weights and Gemm without
+   ``transB``, divided by Gemm's ``alpha`` / ``beta``). An initializer read by several nodes
+   (exporters share equal tensors) is copied on write: each changed reader gets its own.
+   A bias created by mean folding becomes Gemm's ``C``, Conv's ``B``, or a new ``Add`` after
+   a MatMul.
+2. **Shape constants** (:mod:`prunec.backends.onnx_shapes`): every Reshape / Expand whose
+   output changed size in the stand-in gets its shape input patched at those positions -
+   a constant directly, or the constant piece of a computed ``Concat`` shape.
+3. **Check and verify** (:mod:`prunec.backends.onnx_verify`): the pruned file passes
+   ``onnx.checker.check_model(full_check=True)``; ONNX Runtime runs it against the pruned
+   program at the example, and against the original with the removed units zeroed (or
+   mean-compensated) at the example and at another batch size and sequence length. A
+   mismatch is a :class:`~prunec.errors.VerificationError` naming the output.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from prunec.backends.base import Artifact
+from prunec.errors import InvalidArgumentError, PrunecError, UnsupportedOpError
+from prunec.frontends.onnx import check_feeds, onnx_source
+
+if TYPE_CHECKING:
+    import onnx
+
+    from prunec.frontends.onnx import OnnxSource
+    from prunec.ir.program import Program
+
+__all__ = ["OriginalOnnxArtifact", "lower_original", "write_back", "GraphEditor",
+           "ORIGINAL_BACKENDS"]
+
+ORIGINAL_BACKENDS = ("onnx", "onnxruntime", "tensorrt")
+"""Backends a program from an ONNX file lowers to (all from the written-back file)."""
+
+EXTERNAL_LIMIT = 2**31 - 2**24  # protobuf's 2 GB limit, with room for the graph itself
+
+
+class GraphEditor:
+    """Edits of a model copy by node key (first output) with copy-on-write initializers."""
+
+    def __init__(self, model: "onnx.ModelProto") -> None:
+        self.model = model
+        self.nodes = {n.output[0]: n for n in model.graph.node if n.output}
+        self.inits = {t.name: t for t in model.graph.initializer}
+        self.used_before = self._used()
+        self._count = 0
+
+    def _used(self) -> set[str]:
+        used = {i for n in self.model.graph.node for i in n.input}
+        return used | {o.name for o in self.model.graph.output}
+
+    def readers(self, name: str) -> int:
+        outputs = sum(o.name == name for o in self.model.graph.output)
+        return outputs + sum(list(n.input).count(name) for n in self.model.graph.node)
+
+    def fresh(self, base: str) -> str:
+        names = set(self.inits) | {o for n in self.model.graph.node for o in n.output}
+        while True:
+            self._count += 1
+            name = f"{base}__prunec{self._count}"
+            if name not in names:
+                return name
+
+    def value(self, name: str) -> np.ndarray | None:
+        from onnx import numpy_helper
+
+        tensor = self.inits.get(name)
+        return None if tensor is None else numpy_helper.to_array(tensor)
+
+    def set_input(self, key: str, index: int, value: np.ndarray) -> None:
+        """Make input ``index`` of node ``key`` the constant ``value``: in place when the
+        initializer has no other reader, else in a new initializer (copy on write)."""
+        from onnx import numpy_helper
+
+        node = self.nodes[key]
+        name = node.input[index] if index < len(node.input) else ""
+        via = self.nodes.get(name)
+        if via is not None and via.op_type == "Identity" and self.readers(name) == 1 \
+                and via.input[0] in self.inits:  # keep the exporter's Identity node
+            self.set_input(name, 0, value)
+            return
+        old = self.inits.get(name)
+        if old is not None:
+            value = value.astype(numpy_helper.to_array(old).dtype, copy=False)
+        if old is not None and self.readers(name) == 1:
+            old.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(value), name))
+            return
+        new = self.fresh(name or f"{node.name or key}_input{index}")
+        tensor = numpy_helper.from_array(np.ascontiguousarray(value), new)
+        self.model.graph.initializer.append(tensor)
+        self.inits[new] = self.model.graph.initializer[-1]
+        while len(node.input) <= index:
+            node.input.append("")
+        node.input[index] = new
+
+    def insert_after(self, key: str, op: str, other: str, name: str) -> str:
+        """``y = op(x, other)`` after node ``key``'s first output ``x``; readers of ``x``
+        (and a graph output named ``x``) then read ``y``."""
+        from onnx import helper
+
+        source = self.nodes[key]
+        x = source.output[0]
+        is_output = any(o.name == x for o in self.model.graph.output)
+        inner = self.fresh(x) if is_output else x
+        result = x if is_output else self.fresh(x)
+        if is_output:
+            source.output[0] = inner
+            for node in self.model.graph.node:
+                if node is not source:
+                    node.input[:] = [inner if i == x else i for i in node.input]
+        else:
+            for node in self.model.graph.node:
+                node.input[:] = [result if i == x else i for i in node.input]
+        new = helper.make_node(op, [inner, other], [result], name=name)
+        nodes = list(self.model.graph.node)
+        at = next(i for i, n in enumerate(nodes) if n is source or (n.output and n.output[0] == inner))
+        nodes.insert(at + 1, new)
+        del self.model.graph.node[:]
+        self.model.graph.node.extend(nodes)
+        self.nodes = {n.output[0]: n for n in self.model.graph.node if n.output}
+        return result
+
+    def drop_dead(self) -> None:
+        """Remove nodes and initializers that the edits left unread (those unread before
+        the edits stay, as the user had them)."""
+        while True:
+            used = self._used()
+            dead = {tuple(n.output) for n in self.model.graph.node
+                    if all(o not in used and o in self.used_before for o in n.output if o)}
+            if not dead:
+                break
+            keep = [n for n in self.model.graph.node if tuple(n.output) not in dead]
+            del self.model.graph.node[:]
+            self.model.graph.node.extend(keep)
+        used = self._used()
+        keep_inits = [t for t in self.model.graph.initializer
+                      if t.name in used or t.name not in self.used_before]
+        if len(keep_inits) != len(self.model.graph.initializer):
+            del self.model.graph.initializer[:]
+            self.model.graph.initializer.extend(keep_inits)
+        self.inits = {t.name: t for t in self.model.graph.initializer}
+        self.nodes = {n.output[0]: n for n in self.model.graph.node if n.output}
+
+
+# ---------------------------------------------------------------------------- write-back
+def write_back(source: "OnnxSource", program: "Program") -> "onnx.ModelProto":
+    """A copy of the original model carrying ``program``'s changes (module docstring)."""
+    import onnx
+
+    from prunec.backends.onnx_shapes import patch_shapes
+
+    model = onnx.ModelProto()
+    model.CopyFrom(source.model)
+    editor = GraphEditor(model)
+    if any(plan.blocks for plan in program.plans):
+        raise UnsupportedOpError("Dropping residual blocks (DepthPruning) is not written back "
+                                 "into ONNX files yet; prune channels, or start from the "
+                                 "nn.Module.")
+    _check_no_new_ops(program)
+    original = dict(source.module.named_parameters())
+    original.update(dict(source.module.named_buffers()))
+    done: set[str] = set()
+    for node in program.graph.nodes:
+        if node.op != "get_attr" or node.target in done:
+            continue
+        done.add(node.target)
+        _write_tensor(editor, source, program, node, original.get(node.target))
+    patch_shapes(editor, source, program)
+    editor.drop_dead()
+    model = _refresh_value_info(model)
+    _stamp(model, program)
+    return model
+
+
+def _refresh_value_info(model: "onnx.ModelProto") -> "onnx.ModelProto":
+    """Exporters annotate intermediate values with shapes that pruning made stale: re-infer
+    them, keeping annotations only for the values the file annotated."""
+    from onnx.shape_inference import infer_shapes
+
+    annotated = [v.name for v in model.graph.value_info]
+    if not annotated:
+        return model
+    del model.graph.value_info[:]
+    try:
+        inferred = infer_shapes(model)
+    except Exception:  # inference cannot run: leave the values unannotated (still valid)
+        return model
+    kept = {v.name: v for v in inferred.graph.value_info}
+    model.graph.value_info.extend([kept[n] for n in annotated if n in kept])
+    return model
+
+
+def _check_no_new_ops(program: "Program") -> None:
+    import operator
+
+    for node in program.graph.nodes:
+        if node.op == "call_function" and not node.meta.get("nn_module_stack") \
+                and node.target is not operator.getitem:
+            raise UnsupportedOpError(
+                f"The pruned program computes '{node.name}' ({node.target}), which has no node "
+                f"in the ONNX file (mean folding into a zero-padded convolution adds one): "
+                f"it cannot be written back. Use compensate=False.")
+
+
+def _write_tensor(editor: GraphEditor, source: "OnnxSource", program: "Program",
+                  node: torch.fx.Node, old: torch.Tensor | None) -> None:
+    new = program.get_tensor(node.target).detach()
+    if old is not None and new.shape == old.shape and torch.equal(new, old.detach()):
+        return
+    use = source.uses.get(node.target)
+    if use is not None:
+        editor.set_input(use.node, use.input, use.to_onnx(new.cpu().numpy()))
+        return
+    if old is None:
+        _add_bias(editor, source, node, new.cpu().numpy())
+        return
+    raise UnsupportedOpError(
+        f"The pruned program changed tensor '{node.target}', which comes from no initializer "
+        f"of the ONNX file (a constant folded at the example shapes): it cannot be written "
+        f"back.")
+
+
+def _add_bias(editor: GraphEditor, source: "OnnxSource", attr: torch.fx.Node,
+              bias: np.ndarray) -> None:
+    from prunec.ir.program import node_module_path
+
+    users = list(attr.users)
+    key = source.modules.get(node_module_path(users[0])) if users else None
+    if key is None:
+        raise UnsupportedOpError(f"New tensor '{attr.target}' has no consumer in the ONNX "
+                                 f"file; it cannot be written back.")
+    fused = source.fused.get(key)
+    if fused is not None:  # a MatMul without bias: y = MatMul(x, W) + b
+        matmul = fused[0]
+        name = editor.fresh(f"{matmul}_prunec_bias")
+        from onnx import numpy_helper
+
+        editor.model.graph.initializer.append(numpy_helper.from_array(bias, name))
+        editor.inits[name] = editor.model.graph.initializer[-1]
+        base = editor.nodes[matmul].name or matmul
+        editor.insert_after(matmul, "Add", name, f"{base}/prunec_bias")
+        return
+    node = editor.nodes[key]
+    index = {"Gemm": 2, "Conv": 2}.get(node.op_type)
+    if index is None:
+        raise UnsupportedOpError(f"Node {node.name!r} ({node.op_type}) cannot take a bias.")
+    editor.set_input(key, index, bias)
+
+
+def _stamp(model: "onnx.ModelProto", program: "Program") -> None:
+    import prunec
+
+    meta = {"prunec.version": getattr(prunec, "__version__", "unknown"),
+            "prunec.backend": "onnx-original",
+            "prunec.plans": json.dumps([json.loads(p.to_json()) for p in program.plans])}
+    for key, value in meta.items():
+        entry = next((p for p in model.metadata_props if p.key == key), None)
+        if entry is None:
+            entry = model.metadata_props.add()
+            entry.key = key
+        entry.value = value
+
+
+# ---------------------------------------------------------------------------- artifact
+class OriginalOnnxArtifact(Artifact):
+    """The user's ONNX model, pruned, in an ONNX Runtime session.
+
+    Call it with feeds as the original took them (a dict by graph-input name or a tuple in
+    order; numpy or torch, any batch size and sequence length the original took); it returns
+    ``{output name: array}`` (torch tensors when the inputs were torch tensors).
+    """
+
+    name = "onnx-original"
+    verified = ""
+    """What verification showed (:func:`~prunec.backends.onnx_verify.verify_file`)."""
+
+    def __init__(self, model: "onnx.ModelProto", *, external: bool = False,
+                 intra_op_threads: int = 0, inter_op_threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        self.model, self.external = model, external
+        options = ort.SessionOptions()
+        if intra_op_threads:
+            options.intra_op_num_threads = intra_op_threads
+        if inter_op_threads:
+            options.inter_op_num_threads = inter_op_threads
+        self.session = ort.InferenceSession(_serialize(model), options,
+                                            providers=["CPUExecutionProvider"])
+        self.output_names = [o.name for o in model.graph.output]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        inputs = args[0] if len(args) == 1 and not kwargs else (dict(kwargs) if kwargs else args)
+        feeds = _flexible_feeds(self.model, inputs)
+        outs = self.session.run(None, feeds)
+        as_torch = any(isinstance(v, torch.Tensor) for v in
+                       (inputs.values() if isinstance(inputs, dict) else
+                        inputs if isinstance(inputs, (tuple, list)) else [inputs]))
+        return {n: torch.from_numpy(o) if as_torch else o for n, o in zip(self.output_names, outs)}
+
+    def save(self, path: str | Path) -> Path:
+        """Write the pruned model to ``path`` atomically; weights go to ``<name>.data``
+        beside it when the original kept them external or the model is over 2 GB."""
+        return save_model(self.model, path, external=self.external)
+
+    @classmethod
+    def load(cls, path: str | Path, **options: Any) -> "OriginalOnnxArtifact":
+        from prunec.frontends.onnx import load_model
+
+        model, _, external = load_model(path)
+        return cls(model, external=external, **options)
+
+
+def _serialize(model: "onnx.ModelProto") -> bytes:
+    if model.ByteSize() < EXTERNAL_LIMIT:
+        return model.SerializeToString()
+    raise PrunecError("The model is over 2 GB: save it and load the file instead.")
+
+
+def _flexible_feeds(model: "onnx.ModelProto", inputs: Any) -> dict[str, np.ndarray]:
+    """Feeds checked for names, element types and ranks (dynamic dims take any size)."""
+    return check_feeds(model, inputs, what="inputs")
+
+
+def save_model(model: "onnx.ModelProto", path: str | Path, *, external: bool) -> Path:
+    """Atomic save: everything goes to a temporary directory beside ``path`` first, then is
+    moved into place, so a failure never leaves a partial file."""
+    import onnx
+
+    path = Path(path)
+    external = external or model.ByteSize() >= EXTERNAL_LIMIT
+    data_name = path.name + ".data"
+    with tempfile.TemporaryDirectory(dir=path.parent or ".", prefix=".prunec-") as tmp:
+        staged = Path(tmp) / path.name
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        if external:
+            onnx.save_model(copy, str(staged), save_as_external_data=True,
+                            all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
+        else:
+            onnx.save_model(copy, str(staged))
+        for produced in sorted(Path(tmp).iterdir(), key=lambda p: p.name == path.name):
+            with open(produced, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(produced, path.parent / produced.name)  # the .onnx last
+    return path
+
+
+# ---------------------------------------------------------------------------- lowering
+def lower_original(program: "Program", backend: str = "onnxruntime", *, check: bool = True,
+                   intra_op_threads: int = 0, inter_op_threads: int = 0,
+                   **options: Any) -> Any:
+    """Write ``program``'s plans back into its source ONNX file and serve it.
+
+    Args:
+        program: A program whose stand-in came from an ONNX file.
+        backend: ``onnx``, ``onnxruntime`` (both: ONNX Runtime on the written-back file) or
+            ``tensorrt`` (an engine built from the written-back file).
+        check: Verify the file (see the module docstring).
+        intra_op_threads: ONNX Runtime threads inside an op (0: its default).
+        inter_op_threads: Threads across ops (0: its default).
+        **options: For ``tensorrt``: ``fp16``, ``max_batch_size``, ``workspace_gb``.
+
+    Raises:
+        InvalidArgumentError: a backend or option that does not apply to an ONNX file.
+        UnsupportedOpError: a change the ONNX graph cannot describe.
+        VerificationError: the written-back file does not compute what it must.
+        BackendUnavailable: ``tensorrt`` without TensorRT or a CUDA device.
+    """
+    source = onnx_source(program)
+    if backend not in ORIGINAL_BACKENDS:
+        raise InvalidArgumentError(
+            f"backend {backend!r} cannot take a model that came from an ONNX file; use one of "
+            f"{list(ORIGINAL_BACKENDS)}.")
+    allowed = {"fp16", "max_batch_size", "workspace_gb"} if backend == "tensorrt" else set()
+    if set(options) - allowed:
+        raise InvalidArgumentError(
+            f"backend {backend!r} for an ONNX file takes check, intra_op_threads and "
+            f"inter_op_threads{' and ' + ', '.join(sorted(allowed)) if allowed else ''}; got "
+            f"{sorted(set(options) - allowed)} (the file keeps its own opset and dtypes).")
+    if backend == "tensorrt":
+        from prunec.backends.tensorrt_backend import _tensorrt
+
+        _tensorrt()  # BackendUnavailable before any work when TensorRT or CUDA is missing
+    model = write_back(source, program)
+    verified = "not verified (check=False)"
+    if check:
+        from prunec.backends.onnx_verify import verify_file
+
+        verified = verify_file(source, model, program)
+    if backend == "tensorrt":
+        return _tensorrt_engine(source, model, program, **options)
+    artifact = OriginalOnnxArtifact(model, external=source.external,
+                                    intra_op_threads=intra_op_threads,
+                                    inter_op_threads=inter_op_threads)
+    artifact.verified = verified
+    return artifact
+
+
+def _tensorrt_engine(source: "OnnxSource", model: "onnx.ModelProto", program: "Program", *,
+                     fp16: bool = False, max_batch_size: int | None = None,
+                     workspace_gb: float = 4.0) -> Any:
+    """A TensorRT engine built from the written-back file (the batch axis dynamic, other
+    dynamic axes pinned to the example, as the ``tensorrt`` backend does)."""
+    from prunec.backends.base import IOSpec
+    from prunec.backends.tensorrt_backend import (
+        TensorRTArtifact, _tensorrt, build_plan, parse_version, precision_plan)
+    from prunec.backends.artifact import metadata_for
+
+    trt = _tensorrt()
+    io = IOSpec.from_program(program)
+    io.input_names = list(source.input_names)
+    dims = {i.name: i.type.tensor_type.shape.dim for i in model.graph.input}
+    io.batch_inputs = [bool(dims[n]) and not dims[n][0].HasField("dim_value")
+                       for n in io.input_names]
+    io.input_shapes = [[None if ax == 0 and b else int(s) for ax, s in enumerate(t.shape)]
+                       for t, b in zip(source.example_args, io.batch_inputs)]
+    examples = list(source.example_args)
+    batch = next((t.shape[0] for t, b in zip(examples, io.batch_inputs) if b), 1)
+    serialized = build_plan(model, io, examples,
+                            plan=precision_plan(parse_version(trt.__version__), fp16),
+                            max_batch=max_batch_size or max(32, 2 * batch),
+                            workspace_bytes=int(workspace_gb * 2**30))
+    return TensorRTArtifact(serialized, io, metadata_for(program, "tensorrt"))

@@ -1,0 +1,1 @@
+"""Other inputs than ``nn.Module``: ONNX files (:mod:`prunec.frontends.onnx`)."""

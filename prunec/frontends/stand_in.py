@@ -1,0 +1,159 @@
+"""onnx2torch conversion of the frozen working copy, and the stand-in -> ONNX name map.
+
+A stand-in tensor is either a buffer ``initializers.onnx_initializer_K`` (onnx2torch makes
+one per reader of an initializer: the ``K``-th tensor input it met) or a parameter of a
+converted module (``<module>.weight``: Conv, Gemm as ``nn.Linear``, LayerNormalization,
+BatchNormalization, prunec's fused ``Linear``). :data:`PARAMETER_INPUTS` says which node input
+each such parameter holds and how (transposed for Gemm without ``transB`` and for a MatMul
+weight, scaled by Gemm's ``alpha`` / ``beta``).
+"""
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from prunec.errors import BackendUnavailable, UnsupportedOpError
+from prunec.frontends.onnx import PIP_HINT, Use
+
+if TYPE_CHECKING:
+    import onnx
+
+    from prunec.frontends.onnx import OnnxSource
+
+__all__ = ["convert", "PARAMETER_INPUTS"]
+
+PARAMETER_INPUTS: dict[str, dict[str, int]] = {
+    "Conv": {"weight": 1, "bias": 2},
+    "ConvTranspose": {"weight": 1, "bias": 2},
+    "Gemm": {"weight": 1, "bias": 2},
+    "LayerNormalization": {"weight": 1, "bias": 2},
+    "BatchNormalization": {"weight": 1, "bias": 2, "running_mean": 3, "running_var": 4},
+    "InstanceNormalization": {"weight": 1, "bias": 2},
+    "Linear": {"weight": 1, "bias": 2},
+}
+"""ONNX op -> converted module's parameter -> the node input it holds."""
+
+
+def convert(work: "onnx.ModelProto", source: "OnnxSource"
+            ) -> tuple[torch.fx.GraphModule, dict[str, Use], dict[str, str]]:
+    """The stand-in module, its tensors' :class:`Use` map and module -> node key map."""
+    try:
+        from prunec.frontends.converters import import_onnx2torch
+
+        o2t = import_onnx2torch()
+    except ImportError as exc:
+        raise BackendUnavailable(f"ONNX input needs onnx2torch; install {PIP_HINT}.") from exc
+    _check_converters(work)
+    names = source.input_names
+    plain = all(re.fullmatch(r"[A-Za-z_]\w*", n) for n in names) and len(set(names)) == len(names)
+    try:
+        module = o2t.convert(work, save_input_names=plain, attach_onnx_mapping=True)
+    except Exception as exc:  # a converter failed on one node: find and name it
+        raise _conversion_error(work, exc) from exc
+    module.eval()
+    uses, modules = _map(module, work, source)
+    return module, uses, modules
+
+
+def _opsets(work: "onnx.ModelProto") -> dict[str, int]:
+    return {o.domain or "": o.version for o in work.opset_import}
+
+
+def _check_converters(work: "onnx.ModelProto") -> None:
+    from onnx2torch.node_converters import get_converter
+
+    opsets = _opsets(work)
+    for node in work.graph.node:
+        domain = node.domain if node.domain != "ai.onnx" else ""
+        try:
+            get_converter(domain=domain, operation_type=node.op_type,
+                          version=opsets.get(domain, 1))
+        except NotImplementedError:
+            raise UnsupportedOpError(
+                f"ONNX op {node.op_type!r} (domain {domain or 'ai.onnx'!r}, opset "
+                f"{opsets.get(domain, '?')}) at node {node.name or node.output[0]!r} has no "
+                f"converter to torch, so prunec cannot analyse this model. Export it with "
+                f"another opset or without that op, or add a converter in "
+                f"prunec/frontends/converters.py.") from None
+
+
+def _conversion_error(work: "onnx.ModelProto", exc: Exception) -> UnsupportedOpError:
+    from onnx2torch.node_converters import get_converter
+    from onnx2torch.onnx_graph import OnnxGraph
+
+    graph, opsets = OnnxGraph(work.graph), _opsets(work)
+    for node in graph.nodes.values():
+        try:
+            get_converter(domain=node.domain, operation_type=node.operation_type,
+                          version=opsets.get(node.domain, 1))(node, graph)
+        except Exception as inner:  # the converter's own message says what it lacks
+            return UnsupportedOpError(
+                f"ONNX node {node.name or node.output_values[0]!r} ({node.operation_type}, "
+                f"opset {opsets.get(node.domain, '?')}) cannot be converted to torch: "
+                f"{type(inner).__name__}: {inner}")
+    return UnsupportedOpError(f"onnx2torch could not convert the model: "
+                              f"{type(exc).__name__}: {exc}")
+
+
+def _map(module: torch.fx.GraphModule, work: "onnx.ModelProto", source: "OnnxSource"
+         ) -> tuple[dict[str, Use], dict[str, str]]:
+    original = {t.name for t in source.model.graph.initializer}
+    work_inits = {t.name for t in work.graph.initializer}
+    nodes = {n.output[0]: n for n in work.graph.node}
+    uses: dict[str, Use] = {}
+    modules: dict[str, str] = {}
+    for fx_node in module.graph.nodes:
+        if fx_node.op != "call_module":
+            continue
+        sub = module.get_submodule(fx_node.target)
+        mapping = getattr(sub, "onnx_mapping", None)
+        if mapping is None or not mapping.outputs:
+            continue
+        key = mapping.outputs[0]
+        node = nodes.get(key)
+        if node is None:
+            continue
+        modules[fx_node.target] = key
+        attrs = [a for a in list(fx_node.args) + list(fx_node.kwargs.values())
+                 if isinstance(a, torch.fx.Node) and a.op == "get_attr"]
+        consts = [n for n in mapping.inputs if n in work_inits]
+        for attr, name in zip(attrs, consts):
+            if name in original:
+                uses[attr.target] = _node_use(source, key, list(node.input).index(name))
+        _map_parameters(sub, fx_node.target, node, key, source, original, uses)
+    return uses, modules
+
+
+def _node_use(source: "OnnxSource", key: str, index: int) -> Use:
+    """A Use on the original graph: a fused Linear's inputs go back to MatMul / Add."""
+    fused = source.fused.get(key)
+    if fused is None:
+        return Use(key, index)
+    matmul, add, bias_at = fused
+    if index == 2:
+        return Use(add, bias_at)
+    return Use(matmul, index, transpose=index == 1)
+
+
+def _map_parameters(sub: torch.nn.Module, name: str, node: Any, key: str,
+                    source: "OnnxSource", original: set, uses: dict[str, Use]) -> None:
+    table = PARAMETER_INPUTS.get(node.op_type)
+    if table is None:
+        return
+    attrs = {a.name: a for a in node.attribute}
+    for attr, index in table.items():
+        if getattr(sub, attr, None) is None or index >= len(node.input) \
+                or node.input[index] not in original:
+            continue
+        if node.op_type == "Linear":
+            uses[f"{name}.{attr}"] = _node_use(source, key, index)
+        elif node.op_type == "Gemm":
+            trans_b = attrs["transB"].i if "transB" in attrs else 0
+            alpha = attrs["alpha"].f if "alpha" in attrs else 1.0
+            beta = attrs["beta"].f if "beta" in attrs else 1.0
+            uses[f"{name}.{attr}"] = Use(key, index, transpose=(index == 1 and not trans_b),
+                                         scale=alpha if index == 1 else beta)
+        else:
+            uses[f"{name}.{attr}"] = Use(key, index)

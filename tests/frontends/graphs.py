@@ -1,0 +1,140 @@
+"""ONNX graphs built with ``onnx.helper`` for the frontend tests (tiny, seeded, dynamic batch)."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17
+
+
+def _init(name: str, shape: tuple, rng: np.random.Generator, scale: float = 0.5) -> onnx.TensorProto:
+    return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
+
+
+def _model(nodes, inputs, outputs, inits, name: str, opset: int = OPSET) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, name, inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                              producer_name="graph-builder", producer_version="1.2")
+    model.ir_version = 8
+    helper.set_model_props(model, {"author": "tests"})
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def mlp(bias: bool = True, hidden: int = 16, seed: int = 0) -> onnx.ModelProto:
+    """``x[N, 8] -> MatMul -> (Add) -> Relu -> MatMul -> Add -> y[N, 4]``."""
+    rng = np.random.default_rng(seed)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h0"], name="fc1/MatMul")]
+    inits = [_init("w1", (8, hidden), rng), _init("w2", (hidden, 4), rng), _init("b2", (4,), rng)]
+    first = "h0"
+    if bias:
+        nodes.append(helper.make_node("Add", ["h0", "b1"], ["h1"], name="fc1/Add"))
+        inits.append(_init("b1", (hidden,), rng))
+        first = "h1"
+    nodes += [helper.make_node("Relu", [first], ["h"], name="act"),
+              helper.make_node("MatMul", ["h", "w2"], ["o0"], name="fc2/MatMul"),
+              helper.make_node("Add", ["o0", "b2"], ["y"], name="fc2/Add")]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+    return _model(nodes, [x], [y], inits, "mlp")
+
+
+def gemm(trans_b: bool, seed: int = 0) -> onnx.ModelProto:
+    """``Gemm -> Relu -> Gemm`` with weights stored ``[out, in]`` (transB=1) or ``[in, out]``."""
+    rng = np.random.default_rng(seed)
+    w1 = (16, 8) if trans_b else (8, 16)
+    w2 = (4, 16) if trans_b else (16, 4)
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h0"], name="g1", transB=int(trans_b)),
+             helper.make_node("Relu", ["h0"], ["h"], name="act"),
+             helper.make_node("Gemm", ["h", "w2", "b2"], ["y"], name="g2", transB=int(trans_b),
+                              alpha=0.5)]
+    inits = [_init("w1", w1, rng), _init("b1", (16,), rng), _init("w2", w2, rng),
+             _init("b2", (4,), rng)]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
+    return _model(nodes, [x], [y], inits, "gemm")
+
+
+def conv_bn_residual(seed: int = 0) -> onnx.ModelProto:
+    """``x -> Conv3x3 -> BN -> Relu -> Conv1x1 (no bias) -> + x -> Relu -> GAP -> Gemm``."""
+    rng = np.random.default_rng(seed)
+    nodes = [
+        helper.make_node("Conv", ["x", "c1w", "c1b"], ["c1"], name="block/conv1", pads=[1] * 4,
+                         kernel_shape=[3, 3]),
+        helper.make_node("BatchNormalization", ["c1", "bn_s", "bn_b", "bn_m", "bn_v"], ["n1"],
+                         name="block/bn1"),
+        helper.make_node("Relu", ["n1"], ["r1"], name="block/relu1"),
+        helper.make_node("Conv", ["r1", "c2w"], ["c2"], name="block/conv2", kernel_shape=[1, 1]),
+        helper.make_node("Add", ["c2", "x"], ["s"], name="block/add"),
+        helper.make_node("Relu", ["s"], ["r2"], name="relu2"),
+        helper.make_node("GlobalAveragePool", ["r2"], ["p"], name="pool"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "fcw", "fcb"], ["y"], name="fc", transB=1),
+    ]
+    inits = [_init("c1w", (16, 4, 3, 3), rng), _init("c1b", (16,), rng),
+             _init("bn_s", (16,), rng), _init("bn_b", (16,), rng), _init("bn_m", (16,), rng),
+             numpy_helper.from_array(rng.uniform(0.5, 1.5, 16).astype(np.float32), "bn_v"),
+             _init("c2w", (4, 16, 1, 1), rng), _init("fcw", (3, 4), rng), _init("fcb", (3,), rng)]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])
+    return _model(nodes, [x], [y], inits, "convnet")
+
+
+def shared_bias(seed: int = 0) -> onnx.ModelProto:
+    """Two parallel MLP branches reading ONE zero bias (as exporters deduplicate it) and one
+    Reshape shape constant: ``y = fc_a2(relu(fc_a(x) + z)) + fc_b2(relu(fc_b(x) + z))``."""
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], [numpy_helper.from_array(np.zeros(16, np.float32), "zero_bias"),
+                        numpy_helper.from_array(np.array([0, 4, 4], np.int64), "shape")]
+    outs = []
+    for branch in "ab":
+        w = rng.standard_normal((8, 16)).astype(np.float32)
+        w[:, : 8 if branch == "a" else 0] *= 0.01  # the branches lose different units
+        w[:, 8:] *= 0.01 if branch == "b" else 1.0
+        inits += [numpy_helper.from_array(w, f"w_{branch}"), _init(f"w_{branch}2", (16, 16), rng)]
+        nodes += [helper.make_node("MatMul", ["x", f"w_{branch}"], [f"m_{branch}"], name=f"{branch}/fc"),
+                  helper.make_node("Add", [f"m_{branch}", "zero_bias"], [f"a_{branch}"], name=f"{branch}/add"),
+                  helper.make_node("Relu", [f"a_{branch}"], [f"r_{branch}"], name=f"{branch}/relu"),
+                  helper.make_node("MatMul", [f"r_{branch}", f"w_{branch}2"], [f"o_{branch}"], name=f"{branch}/fc2"),
+                  helper.make_node("Reshape", [f"o_{branch}", "shape"], [f"y_{branch}"], name=f"{branch}/reshape")]
+        outs.append(f"y_{branch}")
+    nodes.append(helper.make_node("Add", outs, ["y"], name="sum"))
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 4])
+    return _model(nodes, [x], [y], inits, "shared")
+
+
+def heads(seed: int = 0) -> onnx.ModelProto:
+    """Self-attention over ``x[N, S, 16]`` with 4 heads of 4 whose Reshape shapes are
+    computed from the input's shape (``Concat(Shape(x)[0:2], [4, 4])``), as exporters write."""
+    rng = np.random.default_rng(seed)
+    h = helper.make_node
+    nodes = [h("Shape", ["x"], ["xs"], name="shape"),
+             h("Slice", ["xs", "zero1", "two1"], ["bs"], name="bs"),
+             h("Concat", ["bs", "heads_dims"], ["split_shape"], name="split_shape", axis=0),
+             h("Concat", ["bs", "merged"], ["merge_shape"], name="merge_shape", axis=0)]
+    inits = [numpy_helper.from_array(np.array([0], np.int64), "zero1"),
+             numpy_helper.from_array(np.array([2], np.int64), "two1"),
+             numpy_helper.from_array(np.array([4, 4], np.int64), "heads_dims"),
+             numpy_helper.from_array(np.array([16], np.int64), "merged"),
+             numpy_helper.from_array(np.array(0.5, np.float32), "scale")]
+    for name in "qkv":
+        inits += [_init(f"w{name}", (16, 16), rng), _init(f"b{name}", (16,), rng)]
+        nodes += [h("MatMul", ["x", f"w{name}"], [f"{name}0"], name=f"{name}/MatMul"),
+                  h("Add", [f"{name}0", f"b{name}"], [f"{name}1"], name=f"{name}/Add"),
+                  h("Reshape", [f"{name}1", "split_shape"], [f"{name}2"], name=f"{name}/Reshape"),
+                  h("Transpose", [f"{name}2"], [f"{name}3"], name=f"{name}/Transpose",
+                    perm=[0, 2, 3, 1] if name == "k" else [0, 2, 1, 3])]
+    inits += [_init("wo", (16, 16), rng), _init("bo", (16,), rng)]
+    nodes += [h("MatMul", ["q3", "k3"], ["s0"], name="scores"),
+              h("Mul", ["s0", "scale"], ["s1"], name="scale_mul"),
+              h("Softmax", ["s1"], ["p"], name="softmax", axis=-1),
+              h("MatMul", ["p", "v3"], ["c0"], name="context"),
+              h("Transpose", ["c0"], ["c1"], name="merge/Transpose", perm=[0, 2, 1, 3]),
+              h("Reshape", ["c1", "merge_shape"], ["c2"], name="merge/Reshape"),
+              h("MatMul", ["c2", "wo"], ["o0"], name="out/MatMul"),
+              h("Add", ["o0", "bo"], ["y"], name="out/Add")]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", 16])
+    return _model(nodes, [x], [y], inits, "attention")
