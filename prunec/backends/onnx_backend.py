@@ -8,16 +8,18 @@ Lowering, step by step:
 2. The wrapper is re-exported with ``torch.export`` (non-strict) and handed to
    ``torch.onnx.export(..., dynamo=True)``. Every input axis that the program keeps dynamic
    (batch, sequence length, image size) stays dynamic in the ONNX graph (``Dim.AUTO`` on
-   exactly those axes); the batch axis is named ``batch``. ``dynamic_batch=False`` fixes the
-   batch at the example's size.
+   exactly those axes); the axes are named from the inputs (``batch``, ``sequence``,
+   ``height``, ``width``, else ``<input>_dim<k>``; see :func:`axis_names`).
+   ``dynamic_batch=False`` fixes the batch at the example's size.
 3. ``fp16``: the module's floating parameters and buffers are cast to half, so are the
    ``float32`` dtype constants of the graph (a ``mask.to(h.dtype)`` recorded at capture),
    and the wrapper casts floating inputs to half and floating outputs back to their torch
    dtype: the ONNX graph computes in half but keeps the model's fp32 interface. Upcasts a
    model makes on purpose (softmax in fp32) become fp16 as well.
-4. onnx-graphsurgeon ``fold_constants().cleanup().toposort()``, the batch dimension is
-   named ``batch``, ``onnx.checker.check_model`` runs, and the :class:`IOSpec` is stored
-   in the model's metadata (key ``prunec.io``) so a saved file is self-describing.
+4. onnxscript's optimizer folds constants, onnx-graphsurgeon ``cleanup().toposort()``,
+   the dynamic dimensions are named, ``onnx.checker.check_model`` runs, and the
+   :class:`IOSpec` is stored in the model's metadata (key ``prunec.io``) so a saved file
+   is self-describing.
 5. Parity: the artifact and the program run on random inputs shaped like the examples
    (and, with a dynamic batch, on batch + 1). Each output must satisfy
    ``max|ref - out| <= atol + rtol * max|ref|`` with :data:`TOLERANCES` (fp32: 1e-4/1e-4,
@@ -47,7 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "OnnxArtifact", "lower_onnx", "export_onnx", "optimize_onnx",
-    "DEFAULT_OPSET", "TOLERANCES", "IO_METADATA_KEY", "stamp",
+    "DEFAULT_OPSET", "TOLERANCES", "IO_METADATA_KEY", "stamp", "axis_names",
 ]
 
 DEFAULT_OPSET = 18
@@ -134,19 +136,25 @@ def export_onnx(program: "Program", *, opset: int = DEFAULT_OPSET, dynamic_batch
 
 def optimize_onnx(model: "onnx.ModelProto", batch_inputs: list[str] | None = None
                   ) -> "onnx.ModelProto":
-    """Fold constants, drop dead nodes, sort topologically, name the batch axis, check.
+    """Fold constants, drop dead nodes, sort topologically, name the dynamic axes, check.
+
+    Constants are folded by onnxscript's optimizer, not onnx-graphsurgeon's
+    ``fold_constants``: graphsurgeon 0.6.1 folds ``Shape(x, start=a, end=b)`` of a static
+    ``x`` into the *whole* shape of ``x`` (a ``Reshape`` fed by it then gets the wrong
+    target). graphsurgeon still removes dead nodes and sorts.
 
     Args:
         model: The exported model.
-        batch_inputs: Inputs whose axis 0 is the dynamic batch: its symbol is renamed
-            ``batch`` everywhere in the graph.
+        batch_inputs: Inputs whose axis 0 is the dynamic batch (named ``batch``); the other
+            dynamic axes are named by :func:`axis_names`.
     """
     onnx = require("onnx", backend="onnx", pip=PIP_HINT)
     gs = require("onnx_graphsurgeon", backend="onnx", pip=PIP_HINT)
+    optimizer = require("onnxscript", backend="onnx", pip=PIP_HINT).optimizer
     metadata = {p.key: p.value for p in model.metadata_props}
-    graph = gs.import_onnx(model)
-    graph.fold_constants().cleanup().toposort()
-    _rename_batch_symbol(graph, batch_inputs or [])
+    graph = gs.import_onnx(optimizer.optimize(model))
+    graph.cleanup().toposort()
+    _rename_symbols(graph, axis_names(graph.inputs, batch_inputs or []))
     optimized = gs.export_onnx(graph)
     for key, value in metadata.items():
         _set_metadata(optimized, key, value)
@@ -154,18 +162,58 @@ def optimize_onnx(model: "onnx.ModelProto", batch_inputs: list[str] | None = Non
     return optimized
 
 
-def _rename_batch_symbol(graph: Any, batch_inputs: list[str]) -> None:
+# Names of the dynamic axes of an input, by its rank, after the batch axis 0: token ids and
+# masks [B, N], token features [B, N, D], images [B, C, H, W], volumes [B, C, D, H, W].
+_AXIS_NAMES = {2: {1: "sequence"}, 3: {1: "sequence"}, 4: {2: "height", 3: "width"},
+               5: {2: "depth", 3: "height", 4: "width"}}
+
+
+def axis_names(inputs: list, batch_inputs: list[str]) -> dict[str, str]:
+    """``{symbol: name}`` for the dynamic axes of the graph inputs.
+
+    Axis 0 of a batch input is ``batch``; otherwise an axis gets the conventional name for
+    its position and the input's rank (:data:`_AXIS_NAMES`: ``sequence``, ``height``,
+    ``width``, ``depth``), and ``<input>_dim<k>`` where there is none. A symbol shared by
+    several inputs (ids and mask of one sequence) keeps the first name it got; a name
+    already taken by another symbol is prefixed with the input's name
+    (``decoder_input_ids_sequence``).
+
+    Args:
+        inputs: Graph inputs with ``name`` and ``shape`` (onnx-graphsurgeon variables);
+            symbolic dimensions are strings.
+        batch_inputs: Names of the inputs whose axis 0 is the batch.
+    """
+    names: dict[str, str] = {}
+    for tensor in inputs:
+        shape = list(tensor.shape or [])
+        for axis, dim in enumerate(shape):
+            if not isinstance(dim, str) or dim in names:
+                continue
+            if axis == 0 and tensor.name in batch_inputs:
+                name = BATCH_DIM
+            else:
+                name = _AXIS_NAMES.get(len(shape), {}).get(axis, f"{tensor.name}_dim{axis}")
+            if name in names.values():
+                name = f"{tensor.name}_{name}" if name != BATCH_DIM else f"{tensor.name}_dim0"
+            names[dim] = name
+    return names
+
+
+def _rename_symbols(graph: Any, names: dict[str, str]) -> None:
+    """Rename symbols in every shape of the graph, inside expressions too
+    (``((s43 - 1)//2) + 1`` becomes ``((width - 1)//2) + 1``)."""
+    import re
+
     import onnx_graphsurgeon as gs
 
-    inputs = {t.name: t for t in graph.inputs}
-    symbols = {inputs[n].shape[0] for n in batch_inputs
-               if n in inputs and inputs[n].shape and isinstance(inputs[n].shape[0], str)}
-    if not symbols:
+    if not names:
         return
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, names)) + r")\b")
     for tensor in graph.tensors().values():
         shape = tensor.shape if isinstance(tensor, gs.Variable) else None
         if shape:
-            tensor.shape = [BATCH_DIM if d in symbols else d for d in shape]
+            tensor.shape = [pattern.sub(lambda m: names[m.group(1)], d) if isinstance(d, str)
+                            else d for d in shape]
 
 
 def stamp(model: "onnx.ModelProto", program: "Program", backend: str) -> None:

@@ -24,14 +24,19 @@ symbolic size (window partitioning: ``SymIntArrayRef expected to contain only co
 integers``; an LSTM: ``Cannot call numel() on tensor with symbolic sizes``; a batch the model
 fixes), capture retries with fewer dynamic axes, in this order: batch dynamic with the other
 axes static; fully static. Each retry is recorded in ``program.capture_notes`` for the
-report. Any failure is a :class:`~prunec.errors.CaptureError` naming the module (and the
-``torch.nn.functional`` op) where tracing stopped.
+report. Every attempt traces fresh copies of the examples (a failed attempt can leave
+dynamic-dimension marks on the tensors it traced), and what torch logs at warning level or
+above during an attempt that is then retried (a fake kernel's 40-line error block) goes to
+the ``prunec`` log (``-v``) and a capture note instead of standard error. Any failure is
+a :class:`~prunec.errors.CaptureError` naming the module (and the ``torch.nn.functional``
+op) where tracing stopped.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 import inspect
+import logging
 import re
 import types
 from dataclasses import dataclass
@@ -211,29 +216,109 @@ def _export_with_retries(work: torch.nn.Module, args: tuple, kwargs: dict, *, tr
         attempts = [None]
     notes: list[str] = []
     first: BaseException | None = None
+    hidden: list[logging.LogRecord] = []  # torch's error logs of attempts that were retried
     while attempts:
         attempt = attempts.pop(0)
-        try:
-            gm = _export_once(work, args, kwargs, attempt, dynamic, train)
-        except Exception as exc:  # export raises many unrelated types; we re-raise one.
-            first = first or exc
-            text = f"{type(exc).__name__} {exc}"
-            if not attempts or not _SHAPE_FAILURES.search(text):
-                raise _capture_error(name, work, exc, first) from exc
-            if "(batch)" in text:  # the model fixes the batch size
-                attempts = [a for a in attempts if not a.batch]
-            continue
-        if first is not None:
-            notes.append(f"captured with {attempt.label}: {_first_line(first)}")
-            if not attempt.batch and (dynamic is True or isinstance(dynamic, str)):
-                notes.append(f"the batch size is fixed to {_batch_size(args, kwargs)}: the "
-                             f"model does not trace with a symbolic batch axis")
-        return gm, notes
-    raise AssertionError("unreachable: the ladder is never empty")
+        with _held_torch_logs() as records:
+            try:
+                gm = _export_once(work, args, kwargs, attempt, dynamic, train)
+            except Exception as exc:  # export raises many unrelated types; we re-raise one.
+                failure = exc
+            else:
+                failure = None
+        if failure is None:
+            _release(records)
+            break
+        first = first or failure
+        text = f"{type(failure).__name__} {failure}"
+        if not attempts or not _SHAPE_FAILURES.search(text):
+            _release(records)
+            raise _capture_error(name, work, failure, first) from failure
+        hidden += _demote(records, attempt)
+        if "(batch)" in text:  # the model fixes the batch size
+            attempts = [a for a in attempts if not a.batch]
+    if first is not None:
+        notes.append(f"captured with {attempt.label}: {_first_line(first)}")
+        if not attempt.batch and (dynamic is True or isinstance(dynamic, str)):
+            notes.append(f"the batch size is fixed to {_batch_size(args, kwargs)}: the "
+                         f"model does not trace with a symbolic batch axis")
+    if hidden:
+        notes.append(f"torch logged {len(hidden)} error(s) during the attempts that failed "
+                     f"(first: {hidden[0].getMessage()[:120]}); kept in the 'prunec' log "
+                     f"(-v), not printed")
+    return gm, notes
+
+
+# ---------------------------------------------------------------------------- torch's logs
+class _Holder(logging.Handler):
+    """Keeps the records torch logs during one export attempt instead of printing them."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.NOTSET)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def _held_torch_logs():
+    """Hold every record torch's loggers emit while the block runs (yields the list).
+
+    torch logs a fake kernel's failure at ERROR with its traceback (``E1205 ...
+    fake_tensor.py ... SymIntArrayRef expected to contain only concrete integers``, some 40
+    lines) before raising it; when the static retry then succeeds, that block on standard
+    error reads like a crash. Each torch logger that has handlers gets the holder instead
+    (they do not propagate), and ``torch`` itself stops propagating to the root for the
+    duration; the caller releases or demotes the records afterwards.
+    """
+    holder = _Holder()
+    manager = logging.Logger.manager
+    loggers = [logging.getLogger("torch")] + [
+        lg for name, lg in list(manager.loggerDict.items())
+        if name.startswith("torch.") and isinstance(lg, logging.Logger) and lg.handlers]
+    saved = [(lg, lg.handlers, lg.propagate) for lg in loggers]
+    for lg in loggers:
+        lg.handlers = [holder]
+    loggers[0].propagate = False
+    try:
+        yield holder.records
+    finally:
+        for lg, handlers, propagate in saved:
+            lg.handlers, lg.propagate = handlers, propagate
+
+
+def _release(records: list[logging.LogRecord]) -> None:
+    """Emit held records as torch would have (the attempt that counts: its logs stand)."""
+    for record in records:
+        logging.getLogger(record.name).handle(record)
+
+
+def _demote(records: list[logging.LogRecord], attempt: _Attempt | None) -> list:
+    """Move warnings and errors of a failed attempt that is retried to the ``prunec`` log
+    (a summary at info, ``-v``; the full record at debug, ``-vv``); release the rest
+    (debug output the user asked torch for). Returns the demoted records."""
+    from prunec.progress import log
+
+    kept = [r for r in records if r.levelno >= logging.WARNING]
+    _release([r for r in records if r.levelno < logging.WARNING])
+    label = attempt.label if attempt is not None else "the given dynamic shapes"
+    for record in kept:
+        log.info("capture: torch logged during the failed attempt (%s), retried: %s", label,
+                 record.getMessage())
+        log.debug("%s", _FORMAT.format(record))
+    return kept
+
+
+_FORMAT = logging.Formatter("%(name)s %(levelname)s: %(message)s")
 
 
 def _export_once(work: torch.nn.Module, args: tuple, kwargs: dict, attempt: _Attempt | None,
                  explicit: Any, train: bool) -> fx.GraphModule:
+    # Every attempt traces fresh copies: a failed attempt can leave dynamic-dimension marks
+    # (``_dynamo_weak_dynamic_indices`` / ``_dynamo_dynamic_indices``) on the tensors it
+    # traced, and export would read them as symbolic axes in the static retry.
+    args, kwargs = clone_inputs((args, kwargs))
     trace_args, trace_kwargs = args, kwargs
     if attempt is None:
         shapes = explicit
@@ -415,4 +500,5 @@ def _failing_place(work: torch.nn.Module, exc: BaseException) -> str:
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
-    return text[0][:300] if text else ""
+    # torch's C++ errors start with the build path ("/__w/pytorch/.../X.cpp:4963: "): noise
+    return re.sub(r"^\S+\.(?:cpp|h|hpp):\d+: ", "", text[0])[:300] if text else ""

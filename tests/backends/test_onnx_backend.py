@@ -142,3 +142,67 @@ def test_transformers_model_output_round_trip(tmp_path):
     assert type(out) is type(ref)
     check_parity(ref, out, atol=TOLERANCES["fp32"][0], rtol=TOLERANCES["fp32"][1],
                  backend="onnx")
+
+
+def _dims(value_info) -> list:
+    return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
+
+
+def test_dynamic_axes_are_named_from_the_inputs():
+    import re
+
+    cnn = lower(program("cnn"), "onnx").model.graph
+    assert _dims(cnn.input[0]) == ["batch", 3, "height", "width"]
+    kwargs = lower(program("kwargs"), "onnx").model.graph
+    assert [_dims(i) for i in kwargs.input] == [["batch", "sequence"]] * 2  # one shared axis
+    attention = lower(program("attention"), "onnx").model.graph
+    assert _dims(attention.input[0]) == _dims(attention.output[0]) == ["batch", "sequence", 32]
+    for graph in (cnn, kwargs, attention):  # no torch symbol (s85) left, expressions included
+        every = [*graph.input, *graph.output, *graph.value_info]
+        assert not any(re.search(r"\bs\d+\b", d) for v in every for d in _dims(v)
+                       if isinstance(d, str))
+
+
+def test_axis_names_unknown_axes_and_clashes():
+    from types import SimpleNamespace as T
+
+    from prunec.backends.onnx_backend import axis_names
+
+    inputs = [T(name="ids", shape=["s0", "s1"]), T(name="mask", shape=["s0", "s1"]),
+              T(name="decoder_ids", shape=["s0", "s2"]),
+              T(name="x", shape=["s0", 3, "s3", 4, 5, 6])]
+    assert axis_names(inputs, ["ids", "mask", "decoder_ids", "x"]) == {
+        "s0": "batch", "s1": "sequence", "s2": "decoder_ids_sequence", "s3": "x_dim2"}
+
+
+@pytest.mark.parametrize("start,end", [(1, 3), (2, None), (-2, None), (0, -1)])
+def test_optimize_onnx_folds_shape_with_start_and_end(start, end):
+    """``Shape(x, start, end)`` of a static ``x`` feeding a ``Reshape``: the optimised graph
+    computes what the original does (onnx-graphsurgeon 0.6.1's fold_constants folded it to
+    the whole shape of ``x``)."""
+    import numpy as np
+    import onnx.helper as h
+    import onnxruntime as ort
+
+    from prunec.backends.onnx_backend import optimize_onnx
+
+    f = onnx.TensorProto.FLOAT
+    shape_attrs = {"start": start, **({"end": end} if end is not None else {})}
+    nodes = [h.make_node("Shape", ["X"], ["s"], **shape_attrs),
+             h.make_node("Constant", [], ["m1"],
+                         value=h.make_tensor("m1", onnx.TensorProto.INT64, [1], [-1])),
+             h.make_node("Concat", ["m1", "s"], ["target"], axis=0),
+             h.make_node("Reshape", ["X", "target"], ["Y"])]
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("X", f, [2, 3, 4, 5])],
+                         [h.make_tensor_value_info("Y", f, None)])
+    original = h.make_model(graph, opset_imports=[h.make_opsetid("", 18)])
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 5)).astype(np.float32)
+
+    def run(model):
+        return ort.InferenceSession(model.SerializeToString(),
+                                    providers=["CPUExecutionProvider"]).run(None, {"X": x})[0]
+
+    expected = run(original)
+    assert expected.shape[1:] == x.shape[slice(start, end)]
+    got = run(optimize_onnx(original))
+    assert got.shape == expected.shape and np.array_equal(got, expected)

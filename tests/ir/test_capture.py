@@ -206,3 +206,74 @@ def test_window_partition_from_batch_1_example(dynamic):
 def test_dynamic_argument_checked(bad):
     with pytest.raises(InvalidArgumentError, match="dynamic"):
         capture(MLP().eval(), torch.randn(2, 8), dynamic=bad)
+
+
+class MaskScale(nn.Module):
+    """``x * mask[..., None]``: traces with any sizes, static or symbolic."""
+
+    def forward(self, x, mask):
+        return x * mask[..., None]
+
+
+def test_static_retry_traces_clean_tensors(monkeypatch):
+    """A failed dynamic attempt may leave dynamic-dimension marks on the tensors it traced
+    (torch sets ``_dynamo_weak_dynamic_indices``); the static retry must not inherit them:
+    every attempt traces fresh copies, and the retried export declares no symbolic axis."""
+    real_export = torch.export.export
+    seen = []
+
+    def export(module, args, kwargs=None, *, dynamic_shapes=None, strict=False):
+        tensors = [*args, *(kwargs or {}).values()]
+        seen.append((dynamic_shapes, tensors,
+                     [getattr(t, "_dynamo_dynamic_indices", None) for t in tensors]))
+        if len(seen) < 3:  # the two dynamic attempts fail, marking the mask's axis 1
+            for t in tensors:
+                t._dynamo_weak_dynamic_indices = {1}
+                t._dynamo_dynamic_indices = {1}
+            raise RuntimeError("SymIntArrayRef expected to contain only concrete integers")
+        return real_export(module, args, kwargs, dynamic_shapes=dynamic_shapes, strict=strict)
+
+    monkeypatch.setattr(torch.export, "export", export)
+    x, mask = torch.randn(2, 5, 8), torch.ones(2, 5)
+    program = capture(MaskScale().eval(), (x,), {"mask": mask})
+    assert len(seen) == 3 and seen[2][0] is None  # the static retry
+    assert seen[2][2] == [None, None]  # its tensors carry no marks ...
+    assert not {id(t) for t in seen[2][1]} & {id(t) for t in seen[0][1] + seen[1][1]}
+    shapes = [n.meta["val"].shape for n in program.graph.nodes if n.op == "placeholder"]
+    assert shapes == [(2, 5, 8), (2, 5)] and all(isinstance(s, int) for sh in shapes for s in sh)
+    assert "captured with all axes static" in program.capture_notes[0]
+    assert not any(hasattr(t, "_dynamo_dynamic_indices") for t in (x, mask))
+
+
+class Alibi(nn.Module):
+    """BLOOM's attention scores: ``baddbmm(bias, q, k^T)`` with a ``[B, 1, N]`` bias, whose
+    meta kernel cannot expand symbolic sizes (the dynamic attempts fail, the static one
+    succeeds)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q = nn.Linear(8, 8)
+
+    def forward(self, x, mask):
+        q = self.q(x)
+        return torch.baddbmm(mask[:, None, :].to(q.dtype), q, q.transpose(1, 2))
+
+
+def test_successful_retry_keeps_torch_error_log_off_stderr(capfd, caplog, monkeypatch):
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="prunec")
+    prunec_log = logging.getLogger("prunec")  # the CLI's setup stops it propagating
+    monkeypatch.setattr(prunec_log, "handlers", [*prunec_log.handlers, caplog.handler])
+    x, mask = torch.randn(2, 5, 8), torch.ones(2, 5)
+    model = Alibi().eval()
+    program = capture(model, (x,), {"mask": mask})
+    err = capfd.readouterr().err
+    assert "fake_tensor" not in err and "SymIntArrayRef" not in err and "Traceback" not in err
+    notes = " | ".join(program.capture_notes)
+    assert "captured with all axes static" in notes and "torch logged" in notes
+    assert "/__w/" not in notes  # the C++ build path is cut from the reason
+    logged = [r.getMessage() for r in caplog.records if r.name == "prunec"]
+    assert any("failed while attempting to run meta for aten.baddbmm" in m for m in logged)
+    torch.testing.assert_close(program.gm(x, mask=mask), model(x, mask))
+    assert logging.getLogger("torch").handlers  # torch's own logging is back as it was
