@@ -12,13 +12,14 @@ from prunec.errors import (
     PlanError, PrunecError, UnsupportedOpError, VerificationError,
 )
 from prunec.rewrite import PruningPlan
+from prunec.passes.latency import LatencyTarget
 # Recipes (OCSPruner, PEEAO) are part of the public surface (``prunec.recipes.ocspruner``);
 # imported last: they build on passes and train, already loaded above (about 50 ms more).
 from prunec import recipes
 
 __all__ = [
     "compile", "analyze", "load", "finetune", "CompiledModel", "Report", "PruningPlan", "passes",
-    "recipes",
+    "recipes", "LatencyTarget",
     "PrunecError", "CaptureError", "UnsupportedOpError", "CalibrationError",
     "BackendUnavailable", "PlanError", "PassError", "VerificationError", "InvalidArgumentError",
 ]

@@ -108,7 +108,10 @@ def compile(  # noqa: A001 - the public name the design asks for
         example_inputs: A tensor or tuple of positional inputs.
         passes: Pass objects, e.g. ``[prunec.passes.MagnitudePruning(0.5)]``, run in order by
             a :class:`~prunec.passes.base.PassManager`, each on the program the previous
-            one returned.
+            one returned. A pass with a latency target and no backend of its own
+            (``MagnitudePruning(latency=0.6)``) times on ``backend`` with
+            ``backend_options``; the achieved latency against the program before the passes
+            is then measured there and reported (``report.latency``; not with ``donate``).
         plans: Saved :class:`PruningPlan` objects (``compiled.plans``,
             ``PruningPlan.from_json``) replayed, in order, before the passes.
         example_kwargs: Keyword example inputs (``attention_mask``...).
@@ -142,6 +145,9 @@ def compile(  # noqa: A001 - the public name the design asks for
         model, example_inputs, passes, example_kwargs=example_kwargs, backend=backend,
         backend_options=backend_options, train=train, dynamic=dynamic, verify=verify,
         instruments=instruments, plans=plans, donate=donate)
+    from prunec.passes.latency import achieved_latency, bind_backend, latency_targets
+
+    passes = bind_backend(list(passes), backend, backend_options)  # latency=0.6: this backend
     program = capture(model, example_inputs, example_kwargs, train=train, dynamic=dynamic)
     program.donated = donate
     if source is not None:
@@ -150,6 +156,8 @@ def compile(  # noqa: A001 - the public name the design asks for
     for plan in plans:
         apply_plan(program, plan)
         report.passes.append({"pass": "replay", "modified": True, "plan_groups": len(plan.keep)})
+    # The program before the passes, kept (sharing its tensors) to time the achieved latency.
+    dense = program.clone(share_tensors=True) if latency_targets(passes) and not donate else None
     chain = ([CheckOutputs()] if verify else []) + list(instruments or ())
     manager = PassManager(passes, chain)
     program = manager.run(program)
@@ -159,6 +167,8 @@ def compile(  # noqa: A001 - the public name the design asks for
     if backend == "module":  # the write-back needs the model the program was captured from
         options.setdefault("model", model)
     artifact = _lower(program, backend, options)
+    if dense is not None:
+        report.latency = achieved_latency(dense, program, latency_targets(passes)[-1])
     report.finish(program, seconds=time.perf_counter() - start)
     return CompiledModel(program, report, backend, options, artifact)
 

@@ -25,7 +25,7 @@ from prunec import progress
 from prunec.cli_commands import cmd_analyze, cmd_bench, cmd_prune
 from prunec.cli_specs import (
     BUILTIN, PASSES, CliError, batch_sizes, nonnegative_int, parse_input, positive_float,
-    positive_int, ratio, version_text,
+    latency_fraction, positive_int, ratio, version_text,
 )
 from prunec.errors import PrunecError
 
@@ -101,6 +101,10 @@ def _pass_options(p: argparse.ArgumentParser, *, title: str = "pruning") -> None
                    help="; ".join(f"{k}: {v}" for k, v in PASSES.items()))
     g.add_argument("--ratio", type=ratio, default=0.5,
                    help="fraction of the candidate units to remove, in [0, 1)")
+    g.add_argument("--latency", type=latency_fraction, default=None, metavar="F",
+                   help="instead of --ratio: prune to this fraction of the dense latency, "
+                        "measured on --backend (e.g. 0.6); tables are cached in "
+                        "~/.cache/prunec/latency")
     g.add_argument("--targets", choices=("mlp", "all"),
                    help="mlp: hidden neurons of MLP/FFN blocks and conv bottlenecks; all: every "
                         "prunable group (default: mlp for variance, all for magnitude and "

@@ -129,10 +129,14 @@ def make_pass(args: argparse.Namespace, setup: Setup):
 
     targets = args.targets or ("mlp" if args.pass_name == "variance" else "all")
     common = dict(targets=targets, round_to=args.round_to, scope=args.scope)
+    latency = getattr(args, "latency", None)
+    if latency is not None:  # --latency replaces --ratio (timed on --backend by compile)
+        common["latency"] = latency
+    amount = None if latency is not None else args.ratio
     if args.pass_name == "magnitude":
-        return passes.MagnitudePruning(args.ratio, **common)
+        return passes.MagnitudePruning(amount, **common)
     if args.pass_name == "random":
-        return passes.RandomPruning(args.ratio, **common)
+        return passes.RandomPruning(amount, **common)
     calibration = setup.calibration
     if calibration is None:
         if setup.args and setup.kwargs:  # a calibration item is a tensor, tuple or dict
@@ -143,7 +147,7 @@ def make_pass(args: argparse.Namespace, setup: Setup):
         setup.notes.append("variance statistics come from the example inputs only; give "
                            "--data for real calibration batches")
     # progress=None: the calibration bar follows prunec.progress (--quiet, a terminal)
-    return passes.VarianceBasedPruning(args.ratio, calibration, **common)
+    return passes.VarianceBasedPruning(amount, calibration, **common)
 
 
 def capture_dynamic(args: argparse.Namespace):
@@ -181,7 +185,9 @@ def _announce(args: argparse.Namespace, name: str, epochs: int) -> None:
     tune = f", then {epochs} epoch{'s' * (epochs != 1)} of distillation" if epochs else ""
     estimate = _estimate_seconds(args.model == BUILTIN, epochs, args.pass_name)
     took = f"; about {progress.format_seconds(estimate)}" if estimate else ""
-    message = f"prunec: pruning {name}: {what} of {args.ratio:.0%} of its {unit}{tune}{took}."
+    amount = f"of {args.ratio:.0%} of its {unit}" if getattr(args, "latency", None) is None \
+        else f"of its {unit} to {args.latency:.0%} of its latency on {args.backend}"
+    message = f"prunec: pruning {name}: {what} {amount}{tune}{took}."
     progress.log.info("%s", message)
     if not args.quiet:  # on standard output: part of what the run did, even when piped
         print(message, flush=True)

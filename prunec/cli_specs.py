@@ -20,7 +20,7 @@ import torch
 from prunec.errors import BackendUnavailable, PrunecError
 
 __all__ = ["CliError", "BUILTIN", "BUILTIN_NAME", "PASSES", "version_text", "InputSpec",
-           "parse_input", "make_inputs", "ratio", "positive_int", "nonnegative_int", "resolve_callable", "load_factory_model", "calibration_items",
+           "parse_input", "make_inputs", "ratio", "latency_fraction", "positive_int", "nonnegative_int", "resolve_callable", "load_factory_model", "calibration_items",
            "check_backend", "BACKEND_NEEDS"]
 
 BUILTIN = "builtin"
@@ -63,6 +63,18 @@ def ratio(text: str) -> float:
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(
             f"must be in [0, 1) (the fraction of candidate units removed), got {text}")
+    return value
+
+
+def latency_fraction(text: str) -> float:
+    """``--latency``: a fraction of the dense latency in ``(0, 1]``."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(
+            f"must be in (0, 1] (the fraction of the dense latency to reach), got {text}")
     return value
 
 

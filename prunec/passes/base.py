@@ -19,7 +19,7 @@ from typing import Protocol
 import torch
 
 from prunec import validate
-from prunec.errors import PassError, PrunecError
+from prunec.errors import InvalidArgumentError, PassError, PrunecError
 from prunec.ir.channels import ChannelAnalysis, ChannelGroup, analyze_channels
 from prunec.ir.program import Program
 from prunec.rewrite import PruningPlan, apply_plan
@@ -194,15 +194,29 @@ class PruningPass:
             group's mean so that layers compare); ``"local"`` removes ``ratio`` of every group.
         targets: ``"all"`` or ``"mlp"`` (see :func:`candidate_groups`).
         round_to: Kept channel counts are multiples of this (or the group's full size).
+        latency: Instead of ``ratio``: a latency target, a fraction of the dense latency or
+            a :class:`~prunec.passes.latency.LatencyTarget`; the kept widths then come from
+            an exact knapsack over measured latency tables (:mod:`prunec.passes.latency`).
     """
 
     name = "pruning"
     normalize_global = True
     guarantee: str | None = "zeroing"
 
-    def __init__(self, *, ratio: float, scope: str = "global", targets: str = "all", round_to: int = 8):
+    def __init__(self, *, ratio: float | None, scope: str = "global", targets: str = "all",
+                 round_to: int = 8, latency=None):
         where = type(self).__name__
-        self.ratio = check_ratio(ratio, where)
+        if (ratio is None) == (latency is None):
+            raise InvalidArgumentError(f"{where}: pass exactly one of ratio (fraction of units removed) "
+                              f"and latency (fraction of the dense latency), got ratio={ratio!r}, "
+                              f"latency={latency!r}.")
+        self.latency_target = None
+        if latency is not None:
+            from prunec.passes.latency import check_latency
+
+            self.latency_target = check_latency(latency, where)
+            self.latency = self.latency_target.fraction  # in config(): a reached target is a no-op
+        self.ratio = check_ratio(ratio, where) if ratio is not None else 0.0
         scope = validate.check_choice(scope, ("global", "local"), where, "scope")
         targets = validate.check_choice(targets, ("all", "mlp"), where, "targets")
         round_to = validate.check_round_to(round_to, where)
@@ -234,7 +248,11 @@ class PruningPass:
                  "units_total": sum(g.size for g in groups)}
         if self.config() in program.history:  # its target is already reached
             return PassResult(program, False, stats={**stats, "already_applied": True})
-        plan = self.plan(program, groups, ctx) if self.ratio > 0 and groups else PruningPlan()
+        self.latency_stats = None
+        active = self.ratio > 0 or self.latency_target is not None
+        plan = self.plan(program, groups, ctx) if active and groups else PruningPlan()
+        if self.latency_stats is not None:
+            stats["latency"] = self.latency_stats
         if not plan:
             return PassResult(program, False, stats={**stats, "pruned_groups": 0, "units_removed": 0})
         self.compensate(program, groups, plan, ctx)
@@ -247,7 +265,9 @@ class PruningPass:
         for g in groups:  # the first time a group is seen it has its original size
             program.origin.setdefault(g.key, g.size)
         scores = self.score(program, groups, ctx)
-        if self.scope == "local":
+        if self.latency_target is not None:
+            counts = self._latency_keep(program, groups, scores)
+        elif self.scope == "local":
             counts = {g.key: self._local_keep(g, program.origin[g.key]) for g in groups}
         else:
             counts = self._global_keep(groups, scores, program.origin)
@@ -258,6 +278,15 @@ class PruningPass:
                 order = torch.argsort(scores[g.key].double(), descending=True, stable=True)
                 keep[g.key] = sorted(order[:k].tolist())
         return PruningPlan(keep)
+
+    def _latency_keep(self, program, groups, scores) -> dict[str, int]:
+        from prunec.passes.latency import width_counts
+
+        steps = {g.key: unit_step(g, self.round_to) for g in groups}
+        counts, self.latency_stats = width_counts(
+            program, groups, scores, self.latency_target, steps,
+            normalize=self.normalize_global, where=type(self).__name__)
+        return counts
 
     def _local_keep(self, group: ChannelGroup, origin: int) -> int:
         return _round_keep(group, origin * (1.0 - self.ratio), self.round_to)

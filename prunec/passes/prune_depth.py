@@ -32,7 +32,7 @@ from typing import Any, Iterable
 import torch
 import torch.nn.functional as F
 
-from prunec.errors import CalibrationError, PrunecError
+from prunec.errors import CalibrationError, InvalidArgumentError, PrunecError
 from prunec.ir.blocks import Block, analyze_blocks
 from prunec.ir.calibration import MaskSpec, collect_statistics
 from prunec.ir.interpret import ProgramInterpreter, record_values
@@ -73,10 +73,14 @@ class DepthPruning:
         unit: ``"block"`` (default): residual branches; ``"layer"``: whole layers, every
             block under one module path together (a decoder layer's attention and MLP;
             :mod:`prunec.passes.prune_layers`), ``num_blocks`` / ``ratio`` then count layers.
+        latency: Instead of ``num_blocks`` or ``ratio``: a latency target (a fraction of the
+            dense latency or a :class:`~prunec.passes.latency.LatencyTarget`): the blocks
+            dropped maximise the kept block scores under the measured latency budget
+            (``unit="block"`` only).
 
     Raises:
-        PrunecError: both or neither of ``num_blocks`` and ``ratio``, an unknown criterion,
-            a program captured in train mode with a data criterion.
+        PrunecError: not exactly one of ``num_blocks``, ``ratio`` and ``latency``, an unknown
+            criterion, a program captured in train mode with a data criterion.
         CalibrationError: no calibration data where the criterion or compensation needs it.
     """
 
@@ -86,12 +90,23 @@ class DepthPruning:
                  calibration: Iterable[Any] | None = None, criterion: str = "cosine",
                  compensate: bool = True, protect_first: bool = False, min_per_stage: int = 0,
                  mask: MaskSpec = None, max_batches: int | None = None, progress: bool = False,
-                 unit: str = "block"):
+                 unit: str = "block", latency=None):
         if unit not in ("block", "layer"):
             raise PrunecError(f"DepthPruning: unit must be 'block' or 'layer', got {unit!r}.")
-        if (num_blocks is None) == (ratio is None):
-            raise PrunecError("DepthPruning: pass exactly one of num_blocks (blocks to remove) "
-                              "and ratio (fraction of the removable blocks).")
+        if sum(v is not None for v in (num_blocks, ratio, latency)) != 1:
+            raise InvalidArgumentError("DepthPruning: pass exactly one of num_blocks (blocks to "
+                                       "remove), ratio (fraction of the removable blocks) and "
+                                       "latency (fraction of the dense latency).")
+        self.latency_target = None
+        if latency is not None:
+            from prunec.passes.latency import check_latency
+
+            if unit != "block":
+                raise InvalidArgumentError("DepthPruning: latency= selects residual blocks; "
+                                           "use unit='block' with it (whole layers are not "
+                                           "timed yet).")
+            self.latency_target = check_latency(latency, "DepthPruning")
+            self.latency = self.latency_target.fraction
         if num_blocks is not None and (not isinstance(num_blocks, int) or num_blocks < 0):
             raise PrunecError(f"DepthPruning: num_blocks must be an int >= 0, got {num_blocks!r}.")
         if ratio is not None and not 0.0 <= float(ratio) <= 1.0:
@@ -127,8 +142,13 @@ class DepthPruning:
             return run_layer_depth(self, program)
         analysis = analyze_blocks(program)
         done = dropped_blocks(program)
-        target = self.num_blocks if self.num_blocks is not None else \
-            round(self.ratio * (len(analysis.removable()) + done))
+        if self.latency_target is not None:
+            if self.config() in program.history:  # its target is already reached
+                return PassResult(program, False, stats={"already_applied": True})
+            target = done + len(analysis.removable())  # the knapsack decides how many
+        else:
+            target = self.num_blocks if self.num_blocks is not None else \
+                round(self.ratio * (len(analysis.removable()) + done))
         candidates = self.candidates(program)
         stats = {"blocks": len(analysis), "removable": len(analysis.removable()),
                  "candidates": len(candidates), "dropped_before": done}
@@ -139,7 +159,14 @@ class DepthPruning:
                               "captured with train=True; capture with train=False.")
         scores = block_scores(program, candidates, self.criterion, self.calibration,
                               max_batches=self.max_batches, progress=self.progress, mask=self.mask)
-        chosen = self.select(program, candidates, scores, target - done)
+        if self.latency_target is not None:
+            from prunec.passes.latency import drop_blocks
+
+            chosen, stats["latency"] = drop_blocks(program, candidates, scores,
+                                                   self._room(program), self.latency_target,
+                                                   where="DepthPruning")
+        else:
+            chosen = self.select(program, candidates, scores, target - done)
         if not chosen:  # every stage is at its minimum
             return PassResult(program, False, stats={**stats, "dropped": 0})
         plan = PruningPlan(blocks=[BlockDrop(b.key, None) for b in chosen])

@@ -75,13 +75,15 @@ class MagnitudePruning(PruningPass):
         scope: ``"global"`` or ``"local"``.
         targets: ``"all"`` or ``"mlp"``.
         round_to: Kept channel counts are multiples of this.
+        latency: Instead of ``ratio``: a latency target (see :mod:`prunec.passes.latency`).
     """
 
     name = "magnitude"
 
-    def __init__(self, ratio: float, *, norm: float = 2, scope: str = "global", targets: str = "all",
-                 round_to: int = 8):
-        super().__init__(ratio=ratio, scope=scope, targets=targets, round_to=round_to)
+    def __init__(self, ratio: float | None = None, *, norm: float = 2, scope: str = "global",
+                 targets: str = "all", round_to: int = 8, latency=None):
+        super().__init__(ratio=ratio, scope=scope, targets=targets, round_to=round_to,
+                         latency=latency)
         self.norm = check_positive(norm, type(self).__name__, "norm")
 
     def score(self, program, groups, ctx: PassContext) -> dict[str, torch.Tensor]:

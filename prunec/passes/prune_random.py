@@ -20,14 +20,16 @@ class RandomPruning(PruningPass):
         scope: ``"global"`` or ``"local"``.
         targets: ``"all"`` or ``"mlp"``.
         round_to: Kept channel counts are multiples of this.
+        latency: Instead of ``ratio``: a latency target (see :mod:`prunec.passes.latency`).
     """
 
     name = "random"
     normalize_global = False
 
-    def __init__(self, ratio: float, *, seed: int = 0, scope: str = "global", targets: str = "all",
-                 round_to: int = 8):
-        super().__init__(ratio=ratio, scope=scope, targets=targets, round_to=round_to)
+    def __init__(self, ratio: float | None = None, *, seed: int = 0, scope: str = "global",
+                 targets: str = "all", round_to: int = 8, latency=None):
+        super().__init__(ratio=ratio, scope=scope, targets=targets, round_to=round_to,
+                         latency=latency)
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
             raise InvalidArgumentError(f"RandomPruning: seed must be an integer, got "
                                        f"{type(seed).__name__} {seed!r}.")

@@ -129,6 +129,8 @@ class VarianceBasedPruning(PruningPass):
         max_batches: Use at most this many calibration items.
         progress: Calibration progress bar: False hides it; by default it shows when
             standard error is a terminal (see :mod:`prunec.progress`).
+        latency: Instead of ``ratio``: a latency target (see :mod:`prunec.passes.latency`);
+            the knapsack keeps the most raw variance.
 
     Raises:
         CalibrationError: empty calibration data, NaN/inf activations, fewer than 2 samples.
@@ -138,11 +140,12 @@ class VarianceBasedPruning(PruningPass):
     name = "variance"
     normalize_global = False
 
-    def __init__(self, ratio: float, calibration: Iterable[Any], *, targets: str = "mlp",
-                 round_to: int = 8, compensate: bool = True, mask: MaskSpec = None,
-                 scope: str = "global", max_batches: int | None = None,
-                 progress: bool | None = None):
-        super().__init__(ratio=ratio, scope=scope, targets=targets, round_to=round_to)
+    def __init__(self, ratio: float | None = None, calibration: Iterable[Any] | None = None, *,
+                 targets: str = "mlp", round_to: int = 8, compensate: bool = True,
+                 mask: MaskSpec = None, scope: str = "global", max_batches: int | None = None,
+                 progress: bool | None = None, latency=None):
+        super().__init__(ratio=ratio, scope=scope, targets=targets, round_to=round_to,
+                         latency=latency)
         where = type(self).__name__
         self.calibration = validate.check_calibration(calibration, where)
         if mask is not None and not isinstance(mask, str) and not callable(mask):

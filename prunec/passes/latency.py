@@ -1,0 +1,352 @@
+"""Prune for a latency target: ``MagnitudePruning(latency=0.6)``, ``LatencyTarget``.
+
+A latency target asks for a fraction of the dense latency on one backend, at given input
+shapes: ``LatencyTarget(0.6, backend="onnxruntime", threads=1)`` means "60 % of the
+latency of the program this pass receives, on ONNX Runtime with one intra-op thread, at the
+example inputs' shapes". A bare number (``latency=0.6``) takes the backend that
+``prunec.compile`` lowers to, with its options (outside ``compile``: torch, at the current
+torch thread count).
+
+How a pass meets it (:func:`width_counts` for width passes, :func:`drop_blocks` for
+:class:`~prunec.passes.prune_depth.DepthPruning`):
+
+1. **Tables** (:mod:`prunec.passes.latency_table`): the dense program and every candidate
+   structure are timed on the backend, each group's structure at its candidate widths
+   (multiples of the group's unit step, at most ``max_widths`` of them), each block's branch
+   dense. Repeated structures are timed once; tables are cached on disk.
+2. **Model**: the latency of a plan is predicted additively,
+   ``T(plan) = T_dense (1 + sum_g share_g (r_g(k_g) - 1))`` with ``r_g(k) = T_g(k)/T_g(full)``
+   and ``share_g = T_g(full) / T_dense`` (the share measured in one interleaved session
+   with the program, so that a load that varies between sessions does not skew it); a
+   dropped block saves ``share_b T_dense``.
+3. **Selection** (:mod:`prunec.passes.latency_knapsack`): an exact multiple-choice knapsack
+   maximises the importance kept, ``sum_g sum_{u in top k_g} s_gu`` with the pass's own
+   scores ``s`` (normalised per group as the pass's global ranking does), under
+   ``T(plan) <= fraction * T_dense``. Depth: per stage, dropping ``j`` blocks drops the
+   ``j`` lowest-scoring ones and keeps the importance of the others.
+4. **Unreachable**: when even the fastest option of every class is over the target, a
+   :class:`~prunec.errors.PlanError` names the best latency reachable.
+
+``prunec.compile`` then measures the achieved latency of the pruned program against the
+dense one on the same backend, interleaved, and reports it (``report.latency``).
+"""
+from __future__ import annotations
+
+import copy
+import numbers
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from prunec.errors import InvalidArgumentError
+from prunec.ir.channels import ChannelGroup
+from prunec.ir.interpret import ProgramInterpreter
+from prunec.ir.program import Program
+from prunec.passes import latency_table as tables
+from prunec.passes.latency_knapsack import plan_cost, select_options
+
+__all__ = ["LatencyTarget", "check_latency", "bind_backend", "latency_targets",
+           "width_counts", "drop_blocks", "achieved_latency", "measurement_inputs"]
+
+TIMED_BACKENDS = ("torch", "onnxruntime", "onnx", "inductor", "tensorrt")
+
+
+@dataclass(frozen=True)
+class LatencyTarget:
+    """A fraction of the dense latency on a backend, at given shapes.
+
+    Args:
+        fraction: Target latency over the dense program's, in ``(0, 1]``.
+        backend: ``"torch"``, ``"onnxruntime"``, ``"inductor"`` or ``"tensorrt"``; None:
+            the backend ``prunec.compile`` lowers to (torch outside ``compile``).
+        batch: Batch size to time at (default: the example inputs').
+        threads: Intra-op threads (default: ONNX Runtime's ``intra_op_threads`` option or
+            2; torch's current thread count).
+        shapes: Input shapes to time at, instead of the example inputs': a tuple of shapes
+            for the positional inputs or a dict ``{keyword: shape}`` (token ids are drawn
+            below the largest example id, floats from a normal distribution).
+        options: Backend options (default: ``compile``'s ``backend_options`` when the
+            backend is the one compile lowers to).
+        max_widths: Candidate widths measured per structure (evenly spread multiples of the
+            unit step, smallest and full width always included).
+        rounds: Interleaved timing rounds per candidate (the fastest taken, see
+            :func:`~prunec.passes.latency_table.undisturbed`).
+        cache: Read and write the on-disk table cache.
+        progress: Progress bar while measuring (None: when standard error is a terminal).
+    """
+
+    fraction: float
+    backend: str | None = None
+    batch: int | None = None
+    threads: int | None = None
+    shapes: Any = None
+    options: dict | None = field(default=None, hash=False)
+    max_widths: int = 16
+    rounds: int = 30
+    cache: bool = True
+    progress: bool | None = None
+
+    def __post_init__(self) -> None:
+        where = "LatencyTarget"
+        if isinstance(self.fraction, bool) or not isinstance(self.fraction, numbers.Real) \
+                or not 0.0 < float(self.fraction) <= 1.0:
+            raise InvalidArgumentError(f"{where}: fraction must be a number in (0, 1] (0.6 = "
+                                       f"60 % of the dense latency), got {self.fraction!r}.")
+        object.__setattr__(self, "fraction", float(self.fraction))
+        if self.backend is not None and self.backend not in TIMED_BACKENDS:
+            raise InvalidArgumentError(f"{where}: backend must be one of {TIMED_BACKENDS} or "
+                                       f"None (the backend compile lowers to), got "
+                                       f"{self.backend!r}.")
+        for name in ("batch", "threads", "max_widths", "rounds"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < (2 if name == "max_widths" else 1)):
+                low = 2 if name == "max_widths" else 1
+                raise InvalidArgumentError(f"{where}: {name} must be an integer >= {low}, "
+                                           f"got {value!r}.")
+        if self.options is not None and not isinstance(self.options, dict):
+            raise InvalidArgumentError(f"{where}: options must be a dict of backend options.")
+        if self.shapes is not None and not isinstance(self.shapes, (tuple, list, dict)):
+            raise InvalidArgumentError(f"{where}: shapes must be a tuple of shapes (positional "
+                                       f"inputs) or a dict {{keyword: shape}}.")
+
+    def bound(self, backend: str, options: dict | None) -> "LatencyTarget":
+        """This target with the compile backend filled in where none was named."""
+        if self.backend is not None:
+            return self
+        return replace(self, backend=backend, options=dict(options or {}))
+
+    def spec(self) -> tables.MeasureSpec:
+        """Where and how to time (see :class:`~prunec.passes.latency_table.MeasureSpec`)."""
+        backend = self.backend or "torch"
+        options = dict(self.options or {})
+        threads = self.threads
+        if threads is None:
+            threads = int(options.get("intra_op_threads", 2)) \
+                if backend in ("onnxruntime", "onnx") else torch.get_num_threads()
+        if backend in ("onnxruntime", "onnx"):
+            options["intra_op_threads"] = threads
+        for unused in ("check", "atol", "rtol"):  # parity checks are not timed
+            options.pop(unused, None)
+        return tables.MeasureSpec(backend, tuple(sorted(options.items())), threads, self.rounds)
+
+    def describe(self) -> str:
+        spec = self.spec()
+        return f"{self.fraction:.0%} of dense on {spec.backend} ({spec.threads} threads)"
+
+
+def check_latency(latency: Any, where: str) -> LatencyTarget:
+    """A :class:`LatencyTarget` from ``latency=`` (a number in ``(0, 1]`` or a target)."""
+    if isinstance(latency, LatencyTarget):
+        return latency
+    if isinstance(latency, bool) or not isinstance(latency, numbers.Real):
+        raise InvalidArgumentError(f"{where}: latency must be a fraction of the dense latency "
+                                   f"in (0, 1] or a prunec.LatencyTarget, got "
+                                   f"{type(latency).__name__} {latency!r}.")
+    try:
+        return LatencyTarget(float(latency))
+    except InvalidArgumentError as exc:
+        raise InvalidArgumentError(f"{where}: {exc}") from None
+
+
+def latency_targets(passes: list) -> list[LatencyTarget]:
+    """The latency targets of ``passes``, in order."""
+    return [p.latency_target for p in passes if getattr(p, "latency_target", None) is not None]
+
+
+def bind_backend(passes: list, backend: str, options: dict | None) -> list:
+    """``passes`` with every target that names no backend bound to ``compile``'s (a shallow
+    copy of such a pass; the caller's pass objects are left as they are)."""
+    bound = []
+    for pass_ in passes:
+        target = getattr(pass_, "latency_target", None)
+        if target is not None and target.backend is None:
+            pass_ = copy.copy(pass_)
+            pass_.latency_target = target.bound(backend, options)
+        bound.append(pass_)
+    return bound
+
+
+# ---------------------------------------------------------------------------- inputs
+def measurement_inputs(program: Program, target: LatencyTarget) -> tuple[tuple, dict]:
+    """The example inputs at the target's batch and shapes."""
+    args, kwargs = tuple(program.example_args), dict(program.example_kwargs)
+    if target.shapes is not None:
+        if isinstance(target.shapes, dict):
+            kwargs = {k: _reshaped(v, target.shapes.get(k)) for k, v in kwargs.items()}
+        else:
+            shapes = list(target.shapes) + [None] * len(args)
+            args = tuple(_reshaped(a, s) for a, s in zip(args, shapes))
+    if target.batch is not None:
+        args = tuple(_rebatched(a, target.batch) for a in args)
+        kwargs = {k: _rebatched(v, target.batch) for k, v in kwargs.items()}
+    return args, kwargs
+
+
+def _reshaped(value: Any, shape: Any) -> Any:
+    if shape is None or not isinstance(value, torch.Tensor):
+        return value
+    gen = torch.Generator().manual_seed(0)
+    shape = tuple(int(s) for s in shape)
+    if value.dtype == torch.bool:
+        return torch.ones(shape, dtype=torch.bool)
+    if value.dtype.is_floating_point:
+        return torch.randn(shape, generator=gen).to(value.dtype)
+    high = int(value.max()) + 1 if value.numel() else 2
+    return torch.randint(0, max(high, 1), shape, generator=gen, dtype=value.dtype)
+
+
+def _rebatched(value: Any, batch: int) -> Any:
+    if not isinstance(value, torch.Tensor) or value.dim() == 0:
+        return value
+    index = torch.arange(batch) % value.shape[0]
+    return value.index_select(0, index).contiguous()
+
+
+def _record(program: Program, args: tuple, kwargs: dict, names: list[str]) -> dict[str, Any]:
+    recorded: dict[str, Any] = {}
+    observers = {n: (lambda v, n=n: recorded.__setitem__(n, v)) for n in names}
+    with torch.no_grad():
+        ProgramInterpreter(program, observers=observers).call(args, kwargs)
+    return recorded
+
+
+# ---------------------------------------------------------------------------- widths
+def width_counts(program: Program, groups: list[ChannelGroup], scores: dict[str, torch.Tensor],
+                 target: LatencyTarget, steps: dict[str, int], *, normalize: bool,
+                 where: str) -> tuple[dict[str, int], dict]:
+    """Kept unit count per group meeting ``target`` with the most importance kept.
+
+    Args:
+        program: The program the pass receives.
+        groups: Candidate groups.
+        scores: The pass's importance per unit of every group (higher = keep).
+        target: The latency target (bound to a backend).
+        steps: Per group key, the unit step (kept counts are its multiples, or the size).
+        normalize: Divide each group's scores by their mean (the pass's global ranking).
+        where: The pass's name, for errors.
+
+    Returns:
+        ``{group key: kept count}`` and the statistics for the report (``latency``).
+
+    Raises:
+        PlanError: the target cannot be met; the message names the best latency reachable.
+    """
+    spec = target.spec()
+    args, kwargs = measurement_inputs(program, target)
+    widths = {g.key: tables.candidate_widths(g.size, steps[g.key], target.max_widths)
+              for g in groups}
+    names = {g.key: tables.structure_nodes(program, g) for g in groups}
+    outside = list(dict.fromkeys(e for g in groups
+                                 for e in tables.external_inputs(program, names[g.key])))
+    values = _record(program, args, kwargs, outside)
+    structures = [tables.group_structure(program, g, values, args, kwargs) for g in groups]
+    found = tables.measure_tables([(s, widths[g.key]) for s, g in zip(structures, groups)],
+                                  spec, progress=target.progress, use_cache=target.cache)
+    reference = tables.measure_reference(tables.program_structure(program, args, kwargs),
+                                         structures, spec, use_cache=target.cache)
+    dense_ms = reference["program"]
+    option_values, option_costs = [], []
+    for g, structure, table in zip(groups, structures, found):
+        s = scores[g.key].double()
+        if normalize:
+            s = s / s.mean().clamp_min(1e-12)
+        kept = torch.sort(s, descending=True).values.cumsum(0)
+        option_values.append([float(kept[w - 1]) for w in widths[g.key]])
+        # ms saved: the ratio to full width, times the structure's share of the program
+        # timed together with it (see measure_reference).
+        share = reference[structure.signature] * dense_ms
+        option_costs.append([(table.ratio(w) - 1.0) * share for w in widths[g.key]])
+    target_ms = target.fraction * dense_ms
+    picked = select_options(option_values, option_costs, target_ms - dense_ms)
+    if picked is None:
+        best = dense_ms + sum(min(c) for c in option_costs)
+        tables.check_reachable(best, dense_ms, target_ms, where)
+    counts = {g.key: widths[g.key][j] for g, j in zip(groups, picked)}
+    predicted = dense_ms + plan_cost(option_costs, picked)
+    stats = _stats(target, spec, dense_ms, target_ms, predicted, found, reference)
+    stats["structures"] = len({s.signature for s in structures})
+    stats["isolated"] = sum(s.isolated for s in structures)
+    return counts, stats
+
+
+def _stats(target: LatencyTarget, spec: tables.MeasureSpec, dense_ms: float,
+           target_ms: float, predicted_ms: float, found: list, reference: dict) -> dict:
+    return {"backend": spec.backend, "threads": spec.threads, "fraction": target.fraction,
+            "dense_ms": dense_ms, "target_ms": target_ms, "predicted_ms": predicted_ms,
+            "predicted_fraction": predicted_ms / dense_ms,
+            "tables": len({t.signature for t in found}) + 1,
+            "tables_cached": len({t.signature for t in found if t.cached})
+            + int(reference["cached"])}
+
+
+# ---------------------------------------------------------------------------- depth
+def drop_blocks(program: Program, candidates: list, scores: dict[str, float],
+                room: dict[int, int], target: LatencyTarget, *, where: str
+                ) -> tuple[list, dict]:
+    """Blocks to drop meeting ``target`` with the most block importance kept.
+
+    Per stage, dropping ``j`` blocks (``j`` up to the stage's room) drops its ``j``
+    lowest-scoring candidates: cost ``-sum T_b``, value ``-sum score_b``. (Blocks of a stage
+    have the same shapes, so the same latency; otherwise this order is a heuristic.)
+
+    Returns:
+        The blocks to drop and the statistics for the report (``latency``).
+
+    Raises:
+        PlanError: the target cannot be met (the message names the best reachable).
+    """
+    spec = target.spec()
+    args, kwargs = measurement_inputs(program, target)
+    outside = list(dict.fromkeys(e for b in candidates
+                                 for e in tables.external_inputs(program, list(b.nodes))))
+    values = _record(program, args, kwargs, outside)
+    structures = [tables.block_structure(program, list(b.nodes), values) for b in candidates]
+    reference = tables.measure_reference(tables.program_structure(program, args, kwargs),
+                                         structures, spec, use_cache=target.cache)
+    dense_ms = reference["program"]
+    block_ms = {b.key: reference[s.signature] * dense_ms for b, s in zip(candidates, structures)}
+    stages: dict[int, list] = {}
+    for b in sorted(candidates, key=lambda b: (scores[b.key], b.key)):
+        stages.setdefault(b.stage, []).append(b)
+    option_values, option_costs, order = [], [], []
+    for stage, blocks in stages.items():
+        blocks = blocks[:max(0, min(room.get(stage, len(blocks)), len(blocks)))]
+        dropped_score = np.concatenate([[0.0], np.cumsum([scores[b.key] for b in blocks])])
+        saved = np.concatenate([[0.0], np.cumsum([block_ms[b.key] for b in blocks])])
+        option_values.append([-float(v) for v in dropped_score])
+        option_costs.append([-float(v) for v in saved])
+        order.append(blocks)
+    target_ms = target.fraction * dense_ms
+    picked = select_options(option_values, option_costs, target_ms - dense_ms) \
+        if order else None
+    if picked is None:
+        best = dense_ms + sum(min(c) for c in option_costs)
+        tables.check_reachable(best, dense_ms, target_ms, where)
+    chosen = [b for blocks, j in zip(order, picked) for b in blocks[:j]]
+    predicted = dense_ms + plan_cost(option_costs, picked)
+    stats = _stats(target, spec, dense_ms, target_ms, predicted, [], reference)
+    stats["block_ms"] = block_ms
+    return chosen, stats
+
+
+# ---------------------------------------------------------------------------- achieved
+def achieved_latency(dense: Program, pruned: Program, target: LatencyTarget) -> dict:
+    """The pruned program's latency against the dense one's on ``target``'s backend, timed
+    interleaved at the target's shapes over twice the target's rounds: the fastest timings
+    (see :func:`~prunec.passes.latency_table.undisturbed`) and, for reference, the medians."""
+    spec = target.spec()
+    args, kwargs = measurement_inputs(dense, target)
+    fns = {name: tables._bound(tables.lower_for_timing(p, spec), args, kwargs)
+           for name, p in (("dense", dense), ("pruned", pruned))}
+    with tables._threads_for(spec):
+        samples = tables.time_callables(fns, rounds=2 * spec.rounds,
+                                        round_seconds=spec.round_seconds)
+    dense_ms, pruned_ms = (tables.undisturbed(samples[k]) for k in ("dense", "pruned"))
+    return {"backend": spec.backend, "threads": spec.threads, "fraction": target.fraction,
+            "dense_ms": dense_ms, "achieved_ms": pruned_ms,
+            "achieved_fraction": pruned_ms / dense_ms,
+            "dense_median_ms": float(np.median(samples["dense"])),
+            "achieved_median_ms": float(np.median(samples["pruned"]))}

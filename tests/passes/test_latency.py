@@ -1,0 +1,249 @@
+"""Latency targets: tables, caching, selection and errors on tiny models.
+
+Timing is replaced by a deterministic clock that advances by the MACs of the program being
+run (plus a fixed overhead per call), so the decisions are checkable; speed itself is
+measured in ``benchmarks/latency_target.py``, never here.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import prunec
+from prunec.errors import InvalidArgumentError, PlanError, PrunecError
+from prunec.ir.capture import capture
+from prunec.ir.channels import analyze_channels
+from prunec.ir.cost import count_macs
+from prunec.passes import DepthPruning, MagnitudePruning, RandomPruning, VarianceBasedPruning
+from prunec.passes import latency_table
+from prunec.passes.latency import LatencyTarget, bind_backend, check_latency
+from tests.helpers import max_diff
+
+OVERHEAD_S = 1e-6
+SECONDS_PER_MAC = 1e-9
+
+
+class Layer(nn.Module):
+    def __init__(self, d: int, h: int, scale: float = 1.0):
+        super().__init__()
+        self.norm, self.fc1, self.fc2 = nn.LayerNorm(d), nn.Linear(d, h), nn.Linear(h, d)
+        with torch.no_grad():
+            self.fc1.weight.mul_(scale)
+
+    def forward(self, x):
+        return x + self.fc2(F.gelu(self.fc1(self.norm(x))))
+
+
+class Stack(nn.Module):
+    def __init__(self, scales=(1.0, 1.0, 1.0), d: int = 16, h: int = 64):
+        super().__init__()
+        torch.manual_seed(0)
+        self.layers = nn.Sequential(*[Layer(d, h, s) for s in scales])
+        self.head = nn.Linear(d, 4)
+
+    def forward(self, x):
+        return self.head(self.layers(x))
+
+
+@pytest.fixture
+def fake_time(monkeypatch, tmp_path):
+    """A clock advanced by each timed call: ``1 us + 1 ns per MAC`` of its program."""
+    now = [0.0]
+    timed = []
+
+    def lower(program, spec):
+        seconds = OVERHEAD_S + count_macs(program) * SECONDS_PER_MAC
+        gm = program.gm
+
+        def run(*args, **kwargs):
+            now[0] += seconds
+            timed.append(seconds)
+            return gm(*args, **kwargs)
+        return run
+
+    monkeypatch.setattr(latency_table, "lower_for_timing", lower)
+    monkeypatch.setattr(latency_table, "clock", lambda: now[0])
+    monkeypatch.setenv(latency_table.CACHE_ENV, str(tmp_path / "cache"))
+    return timed
+
+
+def target(fraction: float, **options) -> LatencyTarget:
+    return LatencyTarget(fraction, backend="torch", threads=1, rounds=2, max_widths=8, **options)
+
+
+def example():
+    return torch.randn(2, 8, 16)
+
+
+def kept(program) -> dict[str, int]:
+    return {g.key: g.size for g in analyze_channels(program).prunable() if g.is_mlp()}
+
+
+# ---------------------------------------------------------------------------- arguments
+def test_arguments_are_checked():
+    with pytest.raises(PrunecError, match="exactly one of ratio"):
+        MagnitudePruning(0.5, latency=0.5)
+    with pytest.raises(PrunecError, match="exactly one of ratio"):
+        MagnitudePruning()
+    with pytest.raises(InvalidArgumentError, match=r"\(0, 1\]"):
+        MagnitudePruning(latency=1.5)
+    with pytest.raises(InvalidArgumentError, match="backend"):
+        LatencyTarget(0.5, backend="tpu")
+    with pytest.raises(InvalidArgumentError, match="max_widths"):
+        LatencyTarget(0.5, max_widths=1)
+    with pytest.raises(PrunecError, match="exactly one of num_blocks"):
+        DepthPruning(2, latency=0.5, criterion="magnitude", compensate=False)
+    assert check_latency(0.6, "x") == LatencyTarget(0.6)
+    assert MagnitudePruning(0.3).ratio == 0.3  # the ratio signature is unchanged
+
+
+def test_bind_backend_leaves_the_callers_pass_alone():
+    pass_ = MagnitudePruning(latency=0.7)
+    bound = bind_backend([pass_], "onnxruntime", {"intra_op_threads": 1})[0]
+    assert pass_.latency_target.backend is None and bound is not pass_
+    assert bound.latency_target.spec().backend == "onnxruntime"
+    assert bound.latency_target.spec().threads == 1
+    named = MagnitudePruning(latency=LatencyTarget(0.7, backend="torch"))
+    assert bind_backend([named], "onnxruntime", {})[0] is named
+
+
+# ---------------------------------------------------------------------------- widths
+def test_width_target_met_and_repeated_structure_measured_once(fake_time):
+    program = capture(Stack(), (example(),))
+    result = MagnitudePruning(latency=target(0.7), targets="mlp", round_to=8)(program)
+    stats = result.stats["latency"]
+    assert result.modified
+    assert stats["structures"] == 1 and stats["isolated"] == 3  # three equal layers
+    assert stats["predicted_fraction"] <= 0.7 + 1e-9
+    # Under a clock linear in MACs the additive model is exact up to the call overhead.
+    dense_macs = count_macs(capture(Stack(), (example(),)))
+    mac_fraction = count_macs(program) / dense_macs
+    assert abs(mac_fraction - stats["predicted_fraction"]) < 0.05
+    assert all(k % 8 == 0 for k in kept(program).values())
+
+
+def test_knapsack_keeps_the_important_layer(fake_time):
+    """Equal latency per layer, VBP's raw variances: the layer whose hidden activations vary
+    10^4 x more keeps its width."""
+    program = capture(Stack(scales=(0.01, 1.0, 0.01)).eval(), (example(),))
+    calibration = [(torch.randn(2, 8, 16),) for _ in range(3)]
+    VarianceBasedPruning(latency=target(0.75), calibration=calibration)(program)
+    widths = kept(program)
+    assert widths["layers.1.fc1.weight:0"] == 64
+    assert widths["layers.0.fc1.weight:0"] < 64 and widths["layers.2.fc1.weight:0"] < 64
+
+
+def test_pruned_program_equals_zeroed_original(fake_time):
+    model = Stack().eval()
+    x = example()
+    compiled = prunec.compile(model, (x,), [RandomPruning(latency=target(0.8), targets="mlp")])
+    assert compiled.report.passes[0]["verified"]
+    assert compiled.report.latency["backend"] == "torch"
+    assert compiled.report.latency["achieved_fraction"] < 1.0
+    assert "latency on torch" in str(compiled.report)
+
+
+def test_unreachable_target_names_the_best(fake_time):
+    program = capture(Stack(), (example(),))
+    with pytest.raises(PlanError, match=r"best reachable is [0-9.]+ ms \([0-9]+%\)"):
+        MagnitudePruning(latency=target(0.05), targets="mlp")(program)
+
+
+def test_second_run_measures_nothing(fake_time, monkeypatch, tmp_path):
+    first = capture(Stack(), (example(),))
+    MagnitudePruning(latency=target(0.7), targets="mlp")(first)
+    files = list((tmp_path / "cache").glob("*.json"))
+    assert len(files) == 2  # one structure table, one reference session
+
+    def no_clock():
+        raise AssertionError("a cached table was measured again")
+
+    monkeypatch.setattr(latency_table, "clock", no_clock)
+    second = capture(Stack(), (example(),))
+    result = MagnitudePruning(latency=target(0.7), targets="mlp")(second)
+    assert result.stats["latency"]["tables_cached"] == result.stats["latency"]["tables"] == 2
+    assert kept(second) == kept(first)
+
+
+def test_corrupt_cache_file_is_measured_again(fake_time, tmp_path):
+    MagnitudePruning(latency=target(0.7), targets="mlp")(capture(Stack(), (example(),)))
+    for path in (tmp_path / "cache").glob("*.json"):
+        path.write_text("{not json")
+    result = MagnitudePruning(latency=target(0.7), targets="mlp")(capture(Stack(), (example(),)))
+    assert result.stats["latency"]["tables_cached"] == 0
+
+
+def test_variance_with_latency_folds_means(fake_time):
+    model = Stack().eval()
+    x = example()
+    calibration = [(torch.randn(2, 8, 16),) for _ in range(3)]
+    compiled = prunec.compile(model, (x,), [VarianceBasedPruning(
+        latency=target(0.75), calibration=calibration)])
+    entry = compiled.report.passes[0]
+    assert entry["modified"] and entry["compensations"] > 0
+    assert entry["latency"]["predicted_fraction"] <= 0.75 + 1e-9
+    assert max_diff(model(x), model(x)) == 0  # the caller's model is untouched
+
+
+def test_reached_target_is_a_no_op(fake_time):
+    program = capture(Stack(), (example(),))
+    pass_ = MagnitudePruning(latency=target(0.7), targets="mlp")
+    assert pass_(program).modified
+    assert not pass_(program).modified
+
+
+# ---------------------------------------------------------------------------- depth
+def test_depth_drops_lowest_scoring_blocks(fake_time):
+    model = Stack(scales=(1.0, 1.0, 1.0)).eval()
+    with torch.no_grad():  # the middle branch writes almost nothing into the residual
+        model.layers[1].fc2.weight.mul_(1e-3)
+        model.layers[1].fc2.bias.zero_()
+    program = capture(model, (example(),))
+    result = DepthPruning(latency=target(0.8), criterion="magnitude", compensate=False)(program)
+    assert result.stats["dropped_keys"] == ["layers.1"]
+    assert result.stats["latency"]["predicted_fraction"] <= 0.8 + 1e-9
+
+
+def test_depth_respects_min_per_stage(fake_time):
+    """With two of three blocks kept, a third of the latency cannot go: the error says how
+    far the blocks can go."""
+    program = capture(Stack().eval(), (example(),))
+    pass_ = DepthPruning(latency=target(0.5), criterion="magnitude", compensate=False,
+                         min_per_stage=2)
+    with pytest.raises(PlanError, match=r"best reachable is [0-9.]+ ms \(6[0-9]%\)"):
+        pass_(program)
+
+
+# ---------------------------------------------------------------------------- command line
+def test_cli_latency_option_builds_a_latency_pass():
+    from prunec.cli import parse_args
+    from prunec.cli_commands import Setup, make_pass
+
+    x = example()
+    setup = Setup("m", Stack().eval(), (x,), {}, "Stack", calibration=[(x,)])
+    args = parse_args(["prune", "--pass", "magnitude", "--latency", "0.6",
+                       "--backend", "onnxruntime"])
+    pass_ = make_pass(args, setup)
+    assert pass_.latency_target == LatencyTarget(0.6) and pass_.targets == "all"
+    variance = make_pass(parse_args(["prune", "--latency", "0.7"]), setup)
+    assert variance.latency_target.fraction == 0.7
+    with pytest.raises(PrunecError, match="--latency"):
+        parse_args(["prune", "--latency", "0"])
+
+
+def test_real_timing_on_onnxruntime(tmp_path, monkeypatch):
+    """One real measurement path: ONNX Runtime tables for the repeated MLP structure."""
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv(latency_table.CACHE_ENV, str(tmp_path))
+    program = capture(Stack(), (example(),))
+    spec = LatencyTarget(0.95, backend="onnxruntime", threads=1, rounds=2, max_widths=2)
+    try:
+        result = MagnitudePruning(latency=spec, targets="mlp")(program)
+    except PlanError as exc:  # a loaded machine may time the full width fastest
+        assert "best reachable" in str(exc)
+        return
+    stats = result.stats["latency"]
+    assert stats["backend"] == "onnxruntime" and stats["threads"] == 1
+    assert stats["structures"] == 1 and stats["dense_ms"] > 0
