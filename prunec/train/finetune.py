@@ -225,6 +225,7 @@ def finetune(
     temperature: float = 1.0,
     alpha: float = 0.5,
     loss_fn: Callable[[torch.Tensor, Any], torch.Tensor] | None = None,
+    loss: str = "default",
     device: str | torch.device | None = None,
     label_key: str = "labels",
     seed: int = 0,
@@ -250,6 +251,10 @@ def finetune(
         temperature: ``T`` of the distillation term.
         alpha: Weight of the distillation term; ``1 - alpha`` weighs the task loss.
         loss_fn: Task loss ``loss_fn(logits, target)``; cross-entropy by default.
+        loss: ``"default"`` (``loss_fn`` on ``(inputs, target)`` items) or ``"causal_lm"``:
+            token batches, shifted next-token cross-entropy over real tokens plus
+            distillation from the teacher's logits on the same positions
+            (:mod:`prunec.train.causal_lm`).
         device: Where to train (default: where the pruned weights are).
         label_key: Key of the target in dict items.
         seed: Seed of the shuffling.
@@ -269,6 +274,11 @@ def finetune(
     check_finetune(epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
                    temperature=temperature, alpha=alpha, train_data=train_data,
                    teacher=teacher, original=original, loss_fn=loss_fn, label_key=label_key)
+    if loss not in ("default", "causal_lm"):
+        raise InvalidArgumentError(f"finetune: loss must be 'default' or 'causal_lm', got "
+                                   f"{loss!r}.")
+    if loss == "causal_lm" and loss_fn is not None:
+        raise InvalidArgumentError("finetune: loss='causal_lm' sets the task loss; drop loss_fn.")
     base = original if original is not None else teacher
     program = _program_of(target)
     student = train_program(program, base)
@@ -283,6 +293,11 @@ def finetune(
     schedule = _cosine(optimizer, total)
     step_fn = _Step(net, tutor, optimizer, schedule, temperature, alpha,
                     loss_fn or F.cross_entropy, device, label_key)
+    if loss == "causal_lm":
+        from prunec.train.causal_lm import causal_lm_batch, masked_distillation, next_token_loss
+
+        step_fn.split, step_fn.loss_fn = causal_lm_batch, next_token_loss
+        step_fn.distill = lambda s, t, y: masked_distillation(s, t, y, temperature)
     history = []
     with progress_bar(total=total, desc="fine-tuning", unit="step",
                       progress=progress if _rank() == 0 else False) as shown:
@@ -300,6 +315,16 @@ def finetune(
     return target, history
 
 
+def _check_token_targets(loss_fn, logits: torch.Tensor, target: Any) -> None:
+    """Token logits ``[B, N, V]`` with token labels ``[B, N]`` under plain cross-entropy
+    (which wants classes on axis 1) mean a language model: say which loss to use."""
+    if loss_fn is F.cross_entropy and logits.dim() == 3 and isinstance(target, torch.Tensor) \
+            and tuple(target.shape) == tuple(logits.shape[:2]):
+        raise PrunecError("finetune: the model returns token logits [B, N, V] and the targets "
+                          "are token ids [B, N]: for a language model pass loss='causal_lm' "
+                          "(shifted next-token cross-entropy), or a loss_fn of your own.")
+
+
 class _Step:
     """One optimisation step: forward student (and teacher), loss, backward, update."""
 
@@ -308,17 +333,20 @@ class _Step:
         self.net, self.teacher, self.optimizer, self.schedule = net, teacher, optimizer, schedule
         self.temperature, self.alpha, self.loss_fn = temperature, alpha, loss_fn
         self.device, self.label_key = device, label_key
+        self.split = _split_batch
+        self.distill = lambda s, t, _y: distillation_loss(s, t, temperature)
 
     def __call__(self, batch: Any) -> dict:
-        inputs, target = _split_batch(batch, self.label_key)
+        inputs, target = self.split(batch, self.label_key)
         args, kwargs = split_inputs(_to(inputs, self.device))
         logits = logits_of(self.net(*args, **kwargs))
         kl = task = torch.zeros((), device=logits.device)
         if self.teacher is not None and self.alpha > 0:
             with torch.no_grad():
                 reference = logits_of(self.teacher(*args, **kwargs))
-            kl = distillation_loss(logits, reference, self.temperature)
+            kl = self.distill(logits, reference, target)
         if target is not None and self.alpha < 1:
+            _check_token_targets(self.loss_fn, logits, target)
             task = self.loss_fn(logits, _to(target, self.device))
         loss = self._combine(kl, task, distilled=self.teacher is not None and self.alpha > 0,
                              supervised=target is not None and self.alpha < 1)
