@@ -265,12 +265,14 @@ def _add_bias(editor: GraphEditor, source: "OnnxSource", attr: torch.fx.Node,
 
 
 def _stamp(model: "onnx.ModelProto", program: "Program") -> None:
-    import prunec
+    """prunec's metadata (version, plans, lineage) next to the user's own entries."""
+    from prunec.backends.artifact import metadata_for
 
-    meta = {"prunec.version": getattr(prunec, "__version__", "unknown"),
-            "prunec.backend": "onnx-original",
-            "prunec.plans": json.dumps([json.loads(p.to_json()) for p in program.plans])}
-    for key, value in meta.items():
+    meta = metadata_for(program, "onnx-original")
+    values = {"prunec.version": meta["prunec_version"], "prunec.backend": "onnx-original",
+              "prunec.plans": json.dumps([json.loads(p) for p in meta["plans"]]),
+              "prunec.lineage": json.dumps(meta["lineage"], default=str)}
+    for key, value in values.items():
         entry = next((p for p in model.metadata_props if p.key == key), None)
         if entry is None:
             entry = model.metadata_props.add()
@@ -350,14 +352,18 @@ def save_model(model: "onnx.ModelProto", path: str | Path, *, external: bool) ->
         staged = Path(tmp) / path.name
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
-        if external:
-            onnx.save_model(copy, str(staged), save_as_external_data=True,
-                            all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
-        else:
-            onnx.save_model(copy, str(staged))
+        if external:  # by hand: onnx.save_model refuses a location that exists in the cwd
+            from onnx.external_data_helper import set_external_data, write_external_data_tensors
+
+            for tensor in copy.graph.initializer:
+                if tensor.HasField("raw_data") and len(tensor.raw_data) >= 1024:
+                    set_external_data(tensor, data_name)
+            copy = write_external_data_tensors(copy, tmp)
+        onnx.save_model(copy, str(staged))
         for produced in sorted(Path(tmp).iterdir(), key=lambda p: p.name == path.name):
             with open(produced, "rb") as handle:
                 os.fsync(handle.fileno())
+            os.chmod(produced, 0o644)  # temporary files are private; the result is not
             os.replace(produced, path.parent / produced.name)  # the .onnx last
     return path
 

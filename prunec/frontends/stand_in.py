@@ -53,8 +53,70 @@ def convert(work: "onnx.ModelProto", source: "OnnxSource"
     except Exception as exc:  # a converter failed on one node: find and name it
         raise _conversion_error(work, exc) from exc
     module.eval()
+    _readable_names(module, work)
     uses, modules = _map(module, work, source)
     return module, uses, modules
+
+
+def _readable_names(module: torch.fx.GraphModule, work: "onnx.ModelProto") -> None:
+    """Name stand-in tensors after what they hold, so plans read in the file's own names.
+
+    onnx2torch calls the buffer of the ``K``-th initializer read ``onnx_initializer_K`` and
+    prefixes a custom domain to module names (``prunec//fc1/MatMul``): buffers become
+    ``initializers.<initializer name>`` (``__2``, ``__3`` for further readers of a shared
+    one), fused linear modules take their MatMul node's name. Non-identifier characters
+    become ``_``; names are deterministic, so plans replay on a fresh stand-in of the file.
+    """
+    container = getattr(module, "initializers", None)
+    if container is None:  # every weight lives in a converted module
+        _rename_fused_modules(module)
+        module.recompile()
+        return
+    inits = {t.name for t in work.graph.initializer}
+    renamed: dict[str, str] = {}
+    taken = set(dict(container.named_buffers()))
+    for fx_node in module.graph.nodes:
+        if fx_node.op != "call_module":
+            continue
+        mapping = getattr(module.get_submodule(fx_node.target), "onnx_mapping", None)
+        attrs = [a for a in list(fx_node.args) + list(fx_node.kwargs.values())
+                 if isinstance(a, torch.fx.Node) and a.op == "get_attr"
+                 and a.target.startswith("initializers.") and a.target not in renamed]
+        consts = [n for n in (mapping.inputs if mapping else ()) if n in inits]
+        for attr, name in zip(attrs, consts):
+            base = re.sub(r"[^0-9A-Za-z_/]", "_", name).strip("_") or "tensor"
+            new, count = base, 1
+            while new in taken:
+                count += 1
+                new = f"{base}__{count}"
+            taken.add(new)
+            renamed[attr.target] = f"initializers.{new}"
+    for old, new in renamed.items():
+        old_attr, new_attr = old.split(".", 1)[1], new.split(".", 1)[1]
+        container.register_buffer(new_attr, container._buffers.pop(old_attr))  # noqa: SLF001
+    for fx_node in module.graph.nodes:
+        if fx_node.op == "get_attr" and fx_node.target in renamed:
+            fx_node.target = renamed[fx_node.target]
+    _rename_fused_modules(module)
+    module.recompile()
+
+
+def _rename_fused_modules(module: torch.fx.GraphModule) -> None:
+    from prunec.frontends.converters import LINEAR_DOMAIN
+
+    prefix = f"{LINEAR_DOMAIN}/"
+    names = {name for name, _ in module.named_children()}
+    for fx_node in module.graph.nodes:
+        if fx_node.op != "call_module" or not fx_node.target.startswith(prefix):
+            continue
+        new = fx_node.target[len(prefix):].lstrip("/") or fx_node.target
+        if new in names:
+            continue
+        sub = module.get_submodule(fx_node.target)
+        delattr(module, fx_node.target)
+        module.add_module(new, sub)
+        names.add(new)
+        fx_node.target = new
 
 
 def _opsets(work: "onnx.ModelProto") -> dict[str, int]:
