@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import torch
 
 from prunec.frontends.onnx import SOURCE_KEY, is_onnx_model, onnx_source
+from prunec.errors import PrunecError
 from prunec.ir.capture import capture
 from prunec.ir.channels import ChannelAnalysis, analyze_channels
 from prunec.ir.program import Program
@@ -150,6 +151,8 @@ def compile(  # noqa: A001 - the public name the design asks for
     passes = bind_backend(list(passes), backend, backend_options)  # latency=0.6: this backend
     program = capture(model, example_inputs, example_kwargs, train=train, dynamic=dynamic)
     program.donated = donate
+    sizes = ({n: t.numel() for n, t in _named_tensors(model)}
+             if donate and isinstance(model, torch.nn.Module) else {})
     if source is not None:
         program.gm.meta[SOURCE_KEY] = source
     report = Report.start(program, model=source.name if source else model, backend=backend)
@@ -163,6 +166,8 @@ def compile(  # noqa: A001 - the public name the design asks for
     program = manager.run(program)
     for pass_, result in zip(manager.passes, manager.results):
         report.add_pass(pass_, result)
+    if sizes:
+        _refuse_calls_once_donated(model, sizes)
     options = dict(backend_options or {})
     if backend == "module":  # the write-back needs the model the program was captured from
         options.setdefault("model", model)
@@ -171,6 +176,28 @@ def compile(  # noqa: A001 - the public name the design asks for
         report.latency = achieved_latency(dense, program, latency_targets(passes)[-1])
     report.finish(program, seconds=time.perf_counter() - start)
     return CompiledModel(program, report, backend, options, artifact)
+
+
+def _named_tensors(model: torch.nn.Module):
+    yield from model.named_parameters(remove_duplicate=False)
+    yield from model.named_buffers(remove_duplicate=False)
+
+
+def _refuse_calls_once_donated(model: torch.nn.Module, sizes: dict[str, int]) -> None:
+    """A donated model whose weights were released says so when called (instead of a
+    shape error from an empty weight)."""
+    released = [n for n, t in _named_tensors(model) if t.numel() == 0 and sizes.get(n)]
+    if not released:
+        return
+
+    def refuse(*_: Any) -> None:
+        raise PrunecError(
+            f"This model was donated to prunec.compile(..., donate=True): its sliced weights "
+            f"({', '.join(released[:3])}{', ...' if len(released) > 3 else ''}) were released "
+            f"to save memory, so it can no longer run. Call the compiled model instead, or "
+            f"compile without donate=True to keep the original.")
+
+    model.register_forward_pre_hook(refuse)
 
 
 def _lower(program: Program, backend: str, options: dict):
@@ -199,17 +226,24 @@ def _onnx_stand_in(model: Any, example_inputs: Any, backend: str, train: bool) -
     return source, source.module, source.example_args, False
 
 
-def load(path: str | Path) -> Any:
+def load(path: str | Path, *, trust: bool = False) -> Any:
     """Load an artifact saved by ``compiled.save(path)`` or ``artifact.save(path)``, without
     the model's code: a ``.pt2`` (torch export or AOTInductor package), an ``.onnx`` file, or
     a TensorRT plan with its ``.json`` sidecar.
 
+    Loading never runs code from the file: nothing is unpickled, nothing imported, and a
+    torch ``.pt2`` or ONNX file is checked before it is read (README, "Trust model").
+    An AOTInductor package or a TensorRT engine is native code by nature: loading one
+    needs ``trust=True``, which says you trust whoever made the file.
+
     Raises:
-        PrunecError: the file is missing or not a prunec artifact.
+        PrunecError: the file is not a prunec artifact, is damaged or crafted (the message
+            says how), or holds native code and ``trust`` is not set.
+        OSError: the file cannot be read (naming it).
     """
     from prunec.backends.artifact import load_artifact
 
-    return load_artifact(path)
+    return load_artifact(path, trust=trust)
 
 
 def analyze(model: torch.nn.Module, example_inputs: Any, example_kwargs: dict | None = None,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import sys
 from typing import Iterator
 
@@ -190,6 +191,9 @@ def _bench_parser(sub) -> None:
     g.add_argument("--time-budget", type=positive_float, default=10.0, metavar="SECONDS",
                    help="seconds of timing per batch size when --iters is not given")
     g.add_argument("--json", metavar="PATH", help="also write the timings as JSON here")
+    p.add_argument("--trust-code", action="store_true",
+                   help="allow DIR's saved command to import and run the model factory it "
+                        "names (module:function); only for a directory you trust")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -227,9 +231,18 @@ def _quiet_torch_logs() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, message=r".*treespec.*LeafSpec")
 
 
-def _error_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()).replace("..", ".") or type(exc).__name__
-    return f"prunec: error: {text}"
+def _error_line(exc: BaseException | str) -> str:
+    # a message ending in a quoted sentence can end "..": keep one; paths keep theirs
+    text = re.sub(r"\.\.(?=\s|$)", ".", " ".join(str(exc).split())) or type(exc).__name__
+    return f"prunec: error: {text[:2000]}"
+
+
+def _os_error_text(exc: OSError) -> str:
+    """``<path>: <reason>`` (the path once, even when the message already has it)."""
+    reason = exc.strerror or str(exc)
+    if exc.filename is not None and str(exc.filename) not in reason:
+        return f"{exc.filename}: {reason}"
+    return reason
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -250,6 +263,18 @@ def main(argv: list[str] | None = None) -> int:
         print(_error_line(exc), file=sys.stderr)
         if not isinstance(exc, CliError):
             print("prunec: run again with --debug for the traceback", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file that cannot be read or written: name it, one line
+        if debug:
+            raise
+        print(_error_line(_os_error_text(exc)), file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - one line instead of a traceback, always
+        if debug:
+            raise
+        print(_error_line(f"{type(exc).__name__}: {exc}"), file=sys.stderr)
+        print("prunec: this looks like a bug in prunec; run again with --debug for the "
+              "traceback", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("prunec: interrupted", file=sys.stderr)

@@ -7,7 +7,9 @@ output, status and progress to standard error (:mod:`prunec.progress`).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
 import time
 import dataclasses
 from dataclasses import dataclass, field
@@ -17,6 +19,8 @@ from typing import Any
 import torch
 
 from prunec import progress
+from prunec.fileio import atomic_path, atomic_write_text
+from prunec.errors import PrunecError
 from prunec.cli_specs import (
     BUILTIN, BUILTIN_NAME, CliError, calibration_items, call_user, check_backend,
     load_factory_model, parse_input, resolve_callable, version_text,
@@ -57,14 +61,49 @@ def _check_options(args: argparse.Namespace) -> tuple[Any, Any]:
     if getattr(args, "backend", None):
         check_backend(args.backend)
     output = getattr(args, "output", None)
-    if output and not getattr(args, "no_save", False) and Path(output).exists() \
-            and not Path(output).is_dir():
-        raise CliError(f"--output {output}: exists and is not a directory")
+    if output and not getattr(args, "no_save", False):
+        check_output_dir(output, "--output")
+    if getattr(args, "json", None):
+        check_output_file(args.json, "--json")
     epochs = getattr(args, "finetune_epochs", None)
     if epochs and args.model != BUILTIN and data_fn is None:
         raise CliError("--finetune-epochs needs training data for a factory model: give "
                        "--data module:function returning (inputs, target) batches")
     return factory, data_fn
+
+
+def _nearest_existing(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path(".")
+
+
+def check_output_dir(value: str, option: str) -> None:
+    """A directory the command can create or write into (checked before any work)."""
+    path = Path(value)
+    if path.exists() and not path.is_dir():
+        raise CliError(f"{option} {value}: exists and is not a directory")
+    existing = _nearest_existing(path)
+    if not existing.is_dir():
+        raise CliError(f"{option} {value}: {existing} is a file, so no directory can be "
+                       f"made under it")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CliError(f"{option} {value}: {existing} is not writable (permission denied)")
+
+
+def check_output_file(value: str, option: str) -> None:
+    """A file the command can write: its directory exists and is writable."""
+    path = Path(value)
+    if path.is_dir():
+        raise CliError(f"{option} {value}: is a directory; give a file name")
+    parent = path.parent
+    if not parent.is_dir():
+        raise CliError(f"{option} {value}: the directory {parent} does not exist "
+                       f"(create it first)")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CliError(f"{option} {value}: the directory {parent} is not writable "
+                       f"(permission denied)")
 
 
 def load_setup(args: argparse.Namespace) -> Setup:
@@ -217,12 +256,16 @@ def cmd_prune(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     run = _run_info(args, setup, epochs)
     if args.json:
-        Path(args.json).write_text(json.dumps(_results(compiled, run, outcome), indent=2))
+        atomic_write_text(args.json, json.dumps(_results(compiled, run, outcome), indent=2))
     if not args.no_save:
         out = save_output(Path(args.output), compiled, run, outcome)
         took = progress.format_seconds(time.perf_counter() - start)
+        plot = ", layers.png" if _can_plot() else ""
         print(f"\nSaved to {out}/ in {took}: {model_file(args.backend)} (the pruned model; "
-              f"prunec.load reads it), plan.json, report.md, report.json, layers.png")
+              f"prunec.load reads it), plan.json, report.md, report.json{plot}")
+        if not plot:
+            print("note: layers.png (the per-layer plot) was skipped: matplotlib is not "
+                  "installed (pip install matplotlib)")
         print(f"Next: time it against the unpruned model with\n  prunec bench {_quote(out)}"
               f" --backend onnxruntime")
     return 0
@@ -294,20 +337,39 @@ def model_file(backend: str) -> str:
     return f"model{suffix}"
 
 
+def _can_plot() -> bool:
+    """Whether matplotlib is there for layers.png (an optional output)."""
+    try:
+        return importlib.util.find_spec("matplotlib") is not None
+    except (ImportError, ValueError):  # a broken or stubbed-out installation
+        return False
+
+
 def save_output(out: Path, compiled, run: dict, outcome: dict) -> Path:
-    """Write the artifact, plan.json, report.md, report.json and layers.png into ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Write the artifact, plan.json, report.md, report.json and layers.png into ``out``.
+
+    Every file is written atomically (:mod:`prunec.fileio`); report.json, which
+    ``prunec bench DIR`` reads first, is written last. layers.png is skipped when
+    matplotlib is not installed (the command prints a note).
+    """
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"--output {out}: cannot create it ({exc.strerror or exc})") from None
     with progress.step(f"saving to {out}/"):
         compiled.save(out / model_file(run["backend"]))
         plans = [json.loads(p.to_json()) for p in _plans_of(compiled)]
-        (out / "plan.json").write_text(json.dumps({"plans": plans}))
+        atomic_write_text(out / "plan.json", json.dumps({"plans": plans}))
         text = compiled.report.to_markdown(title=f"prunec: {compiled.report.model}")
         lines = _outcome_lines(outcome, run["finetune_epochs"])
         if lines:
             text += "\n## Accuracy\n\n" + "\n".join(f"    {l}" for l in lines if l) + "\n"
-        (out / "report.md").write_text(text)
-        (out / "report.json").write_text(json.dumps(_results(compiled, run, outcome), indent=2))
-        compiled.report.plot(out / "layers.png")
+        atomic_write_text(out / "report.md", text)
+        if _can_plot():
+            with atomic_path(out / "layers.png") as temp:
+                compiled.report.plot(temp)
+        atomic_write_text(out / "report.json",
+                          json.dumps(_results(compiled, run, outcome), indent=2))
     return out
 
 
@@ -346,14 +408,27 @@ def _saved_setup(args: argparse.Namespace) -> tuple[Setup, list]:
     try:
         results = json.loads((folder / "report.json").read_text())
         plans = json.loads((folder / "plan.json").read_text())["plans"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise CliError(f"{folder}: not a directory written by 'prunec prune' "
-                       f"(report.json and plan.json are needed): {exc}") from None
-    run = results["run"]
-    args.model, args.static = run["model"], run["static"]
-    args.inputs = [parse_input(t) for t in run["inputs"]]
+        run = results["run"]
+        model, static, inputs = run["model"], bool(run["static"]), list(run["inputs"])
+        if not isinstance(model, str) or not isinstance(plans, list):
+            raise TypeError("wrong types")
+        inputs = [parse_input(str(t)) for t in inputs]
+        plans = [PruningPlan.from_json(json.dumps(p)) for p in plans]
+    except CliError as exc:
+        raise CliError(f"{folder}/report.json is malformed: {exc}") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, PrunecError,
+            argparse.ArgumentTypeError) as exc:
+        what = f"{type(exc).__name__}: {exc}" if not isinstance(exc, OSError) else \
+            f"{exc.strerror or exc}: {exc.filename}"
+        raise CliError(f"{folder}: not a directory written by 'prunec prune', or its "
+                       f"report.json / plan.json is malformed ({what})") from None
+    if model != BUILTIN and not args.trust_code:
+        raise CliError(f"{folder}/report.json says the model comes from {model!r}: rebuilding "
+                       f"it imports that module and runs its code. If you trust {folder}, "
+                       f"add --trust-code")
+    args.model, args.static, args.inputs = model, static, inputs
     args.data = None
-    return load_setup(args), [PruningPlan.from_json(json.dumps(p)) for p in plans]
+    return load_setup(args), plans
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -383,8 +458,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(f"\nLatency of {label}:\n")
     print(result.to_markdown())
     if args.json:
-        Path(args.json).write_text(json.dumps({"report": pruned.report.to_dict(),
-                                               "bench": result.to_dict()}, indent=2))
+        atomic_write_text(args.json, json.dumps({"report": pruned.report.to_dict(),
+                                                 "bench": result.to_dict()}, indent=2))
     return 0
 
 

@@ -234,7 +234,7 @@ def test_prune_factory_with_data_saves_everything(tmp_path, capsys):
     assert loaded(x).shape == (5, 4)
 
     assert main(["bench", str(out_dir), "--iters", "3", "--batch-sizes", "1,2", "--json",
-                 str(tmp_path / "bench.json")]) == 0
+                 str(tmp_path / "bench.json"), "--trust-code"]) == 0
     bench_out = capsys.readouterr().out
     assert "| pruned/torch | 2 |" in bench_out
     rows = json.loads((tmp_path / "bench.json").read_text())["bench"]["rows"]

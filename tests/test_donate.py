@@ -83,3 +83,16 @@ def test_clone_with_shared_tensors_stops_releasing():
     assert program.get_tensor("up.weight").shape[0] < 64
     assert all(p.numel() > 0 for p in model.parameters())
     torch.testing.assert_close(twin.gm(x), model(x))
+
+
+def test_calling_a_donated_model_says_it_was_donated():
+    from prunec.errors import PrunecError
+
+    x = torch.randn(3, 16)
+    model = _model()
+    compiled = prunec.compile(model, x, [MagnitudePruning(0.5, round_to=1)], donate=True,
+                              verify=False)
+    with pytest.raises(PrunecError, match=r"donated to prunec.compile\(.*donate=True\).*"
+                                          r"compiled model"):
+        model(x)
+    assert compiled(x).shape == (3, 4)  # the compiled model runs

@@ -29,7 +29,7 @@ import torch.utils._pytree as pytree
 from prunec.backends.base import Artifact, IOSpec, require, verify_artifact
 from prunec.backends.artifact import add_zip_metadata, metadata_for
 from prunec.backends.torch_backend import reexport
-from prunec.errors import BackendUnavailable
+from prunec.errors import BackendUnavailable, PrunecError
 
 if TYPE_CHECKING:
     from prunec.ir.program import Program
@@ -86,9 +86,9 @@ class InductorArtifact(Artifact):
         return package.save(path)
 
     @classmethod
-    def load(cls, path: str | Path) -> "AOTInductorArtifact":
-        """Load a package written by :meth:`save`."""
-        return AOTInductorArtifact.load(path)
+    def load(cls, path: str | Path, *, trust: bool = False) -> "AOTInductorArtifact":
+        """Load a package written by :meth:`save` (native code: needs ``trust=True``)."""
+        return AOTInductorArtifact.load(path, trust=trust)
 
 
 class AOTInductorArtifact(Artifact):
@@ -107,9 +107,10 @@ class AOTInductorArtifact(Artifact):
         from prunec.backends.artifact import read_pt2_metadata
 
         self.package_path = Path(package_path)
+        from prunec.backends.integrity import read_io
+
         self.metadata = read_pt2_metadata(self.package_path)[1]
-        io = self.metadata.get("io")
-        self.io = IOSpec.from_json(io) if io else None
+        self.io = read_io(self.metadata.get("io"), self.package_path)
         self.runner = torch._inductor.aoti_load_package(str(self.package_path))
         if owned_dir is not None:
             weakref.finalize(self, shutil.rmtree, owned_dir, ignore_errors=True)
@@ -121,15 +122,36 @@ class AOTInductorArtifact(Artifact):
             return self.runner(*args, **kwargs)
 
     def save(self, path: str | Path) -> Path:
-        """Copy the ``.pt2`` package to ``path``."""
+        """Copy the ``.pt2`` package to ``path`` atomically."""
+        from prunec.fileio import atomic_path
+
         path = Path(path)
         if path.resolve() != self.package_path.resolve():
-            shutil.copyfile(self.package_path, path)
+            with atomic_path(path) as temp:
+                shutil.copyfile(self.package_path, temp)
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "AOTInductorArtifact":
-        """Load a package written by :meth:`save` (same torch version and device kind)."""
+    def load(cls, path: str | Path, *, trust: bool = False) -> "AOTInductorArtifact":
+        """Load a package written by :meth:`save` (same torch version and device kind).
+
+        An AOTInductor package is a compiled shared library that loading runs
+        (``dlopen``): it needs ``trust=True``. Even then an entry that would be extracted
+        outside the package's folder is refused.
+
+        Raises:
+            PrunecError: ``trust`` is not set, or the archive is damaged or crafted.
+        """
+        path = Path(path)
+        if not trust:
+            raise PrunecError(
+                f"prunec.load: '{path}' is an AOTInductor package: loading it runs the "
+                f"compiled native code inside (a shared library), which could do anything. "
+                f"If you trust whoever made the file, call prunec.load(path, trust=True).")
+        from prunec.backends.artifact import METADATA_NAME
+        from prunec.backends.integrity import verify_archive
+
+        verify_archive(path, METADATA_NAME)  # names, CRCs, checksums before extraction
         return cls(path)
 
 
@@ -188,5 +210,5 @@ def _build_package(gm: torch.nn.Module, args: tuple, kwargs: dict, io: IOSpec | 
     with torch.no_grad():
         path = torch._inductor.aoti_compile_and_package(
             exported, package_path=str(directory / "model.pt2"))
-    add_zip_metadata(Path(path), {**metadata, "backend": "inductor"})
+    add_zip_metadata(Path(path), {**metadata, "backend": "inductor"}, digests=True)
     return AOTInductorArtifact(path, owned_dir=directory)

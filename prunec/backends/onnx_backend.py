@@ -258,9 +258,8 @@ class OnnxArtifact(Artifact):
         ort = require("onnxruntime", backend=self.name, pip=PIP_HINT)
         self.model = model
         self.io = io or _io_from_metadata(model)
-        self.session = ort.InferenceSession(
-            model.SerializeToString(), sess_options=session_options,
-            providers=providers or ["CPUExecutionProvider"])
+        self.session = _session(ort, model, self.io, session_options,
+                                providers or ["CPUExecutionProvider"], self.name)
         self._input_names = [i.name for i in self.session.get_inputs()]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -271,24 +270,72 @@ class OnnxArtifact(Artifact):
         outs = self.session.run(None, feeds)
         return self.io.unflatten_outputs([torch.from_numpy(o).to(device) for o in outs])
 
+    @property
+    def metadata(self) -> dict:
+        """prunec's metadata, as every artifact has it: ``prunec_version``, ``backend``,
+        ``io`` (the interface, JSON) and ``plans`` (the plans applied, JSON strings)."""
+        props = {p.key: p.value for p in self.model.metadata_props}
+        plans = props.get("prunec.plans")
+        return {"prunec_version": props.get("prunec.version"),
+                "backend": props.get("prunec.backend", self.name),
+                "io": props.get(IO_METADATA_KEY), "plans": json.loads(plans) if plans else []}
+
     def save(self, path: str | Path) -> Path:
-        """Write the ``.onnx`` file (the interface travels in its metadata)."""
+        """Write the ``.onnx`` file atomically (the interface travels in its metadata,
+        with the SHA-256 of the model in ``prunec.sha256``)."""
+        from prunec.backends.integrity import stamp_onnx_digest
+        from prunec.fileio import atomic_path
+
         onnx = require("onnx", backend=self.name, pip=PIP_HINT)
         path = Path(path)
-        onnx.save(self.model, str(path))
+        stamp_onnx_digest(self.model)
+        with atomic_path(path) as temp:
+            onnx.save(self.model, str(temp))
         return path
 
     @classmethod
     def load(cls, path: str | Path, **session: Any) -> "OnnxArtifact":
-        """Load an ``.onnx`` file written by :meth:`save`."""
-        onnx = require("onnx", backend=cls.name, pip=PIP_HINT)
-        return cls(onnx.load(str(path)), **session)
+        """Load an ``.onnx`` file written by :meth:`save` (read as data and checked:
+        :func:`~prunec.backends.integrity.load_onnx_file`)."""
+        from prunec.backends.integrity import load_onnx_file, onnx_io
+
+        model = load_onnx_file(Path(path))
+        return cls(model, onnx_io(model, path), **session)
+
+
+def _session(ort: Any, model: "onnx.ModelProto", io: IOSpec, options: Any,
+             providers: list[str], backend: str) -> Any:
+    """An ``InferenceSession``; ONNX Runtime's refusal (an op without a kernel for a
+    dtype, a damaged graph) becomes one PrunecError that says what to do."""
+    try:
+        return ort.InferenceSession(model.SerializeToString(), sess_options=options,
+                                    providers=providers)
+    except Exception as exc:  # onnxruntime raises its own exception types
+        text = _first_line(exc)
+        hint = ""
+        if _has_bfloat16(model):
+            hint = (" ONNX Runtime on CPU computes in float32 (or float16 with fp16=True), "
+                    "not bfloat16: cast the model with model.float() before compiling, or "
+                    "use the 'torch' or 'inductor' backend (see the dtype table in the "
+                    "README).")
+        raise PrunecError(f"{backend}: ONNX Runtime cannot run this model "
+                          f"({type(exc).__name__}: {text}).{hint}") from None
+
+
+def _has_bfloat16(model: "onnx.ModelProto") -> bool:
+    bf16 = 16  # onnx.TensorProto.BFLOAT16
+    graph = model.graph
+    values = [*graph.input, *graph.output, *graph.value_info]
+    return (any(t.data_type == bf16 for t in graph.initializer)
+            or any(v.type.tensor_type.elem_type == bf16 for v in values))
 
 
 def _io_from_metadata(model: "onnx.ModelProto") -> IOSpec:
+    from prunec.backends.integrity import read_io
+
     for prop in model.metadata_props:
         if prop.key == IO_METADATA_KEY:
-            return IOSpec.from_json(prop.value)
+            return read_io(prop.value, f"the ONNX model's {IO_METADATA_KEY}")
     raise PrunecError(f"This ONNX model has no {IO_METADATA_KEY!r} metadata: it was not "
                       f"written by prunec; pass io=IOSpec(...) explicitly.")
 

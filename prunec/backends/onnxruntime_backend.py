@@ -77,8 +77,10 @@ class OnnxRuntimeArtifact(OnnxArtifact):
     @classmethod
     def load(cls, path: str | Path, **session: Any) -> "OnnxRuntimeArtifact":
         """Load an ``.onnx`` file written by :meth:`save` (options as in ``__init__``)."""
-        onnx = require("onnx", backend=cls.name, pip=PIP_HINT)
-        return cls(onnx.load(str(path)), **session)
+        from prunec.backends.integrity import load_onnx_file, onnx_io
+
+        model = load_onnx_file(Path(path))
+        return cls(model, onnx_io(model, path), **session)
 
 
 def lower_onnxruntime(program: "Program", *, intra_op_threads: int = 2,

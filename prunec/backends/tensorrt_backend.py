@@ -244,20 +244,54 @@ class TensorRTArtifact(Artifact):
         return out
 
     def save(self, path: str | Path) -> Path:
-        """Write the serialized plan to ``path`` and prunec's metadata (interface, plans)
-        to the sidecar ``path + '.json'``."""
+        """Write the serialized plan to ``path`` and prunec's metadata (interface, plans,
+        the plan's SHA-256) to the sidecar ``path + '.json'``, each atomically: the
+        checksum ties the two, so a pair from two different saves is refused at load."""
+        from prunec.backends.integrity import sha256_hex
+        from prunec.fileio import atomic_write_bytes, atomic_write_text
+
         path = Path(path)
-        path.write_bytes(self.plan)
-        _sidecar(path).write_text(json.dumps({**self.metadata, "backend": self.name,
-                                              "io": self.io.to_json()}))
+        meta = {**self.metadata, "backend": self.name, "io": self.io.to_json(),
+                "plan_sha256": sha256_hex(self.plan)}
+        atomic_write_bytes(path, self.plan)
+        atomic_write_text(_sidecar(path), json.dumps(meta))
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "TensorRTArtifact":
-        """Load a plan written by :meth:`save` (same TensorRT version and GPU)."""
+    def load(cls, path: str | Path, *, trust: bool = False) -> "TensorRTArtifact":
+        """Load a plan written by :meth:`save` (same TensorRT version and GPU).
+
+        A TensorRT engine is native code (kernels and plugins that run when it is
+        deserialized): it needs ``trust=True``.
+
+        Raises:
+            PrunecError: ``trust`` is not set, the sidecar is missing or damaged, or the
+                plan does not match the checksum in its sidecar.
+        """
+        from prunec.backends.integrity import parse_metadata, read_io, sha256_hex
+
         path = Path(path)
-        metadata = json.loads(_sidecar(path).read_text())
-        return cls(path.read_bytes(), IOSpec.from_json(metadata["io"]), metadata)
+        if not trust:
+            raise PrunecError(
+                f"prunec.load: '{path}' is a TensorRT engine, which is native code run by "
+                f"TensorRT when it is loaded. If you trust whoever made the file, call "
+                f"prunec.load(path, trust=True).")
+        sidecar = _sidecar(path)
+        if not sidecar.is_file():
+            raise PrunecError(f"prunec.load: the TensorRT plan '{path}' needs its sidecar "
+                              f"'{sidecar}' (written beside it by save).")
+        metadata = parse_metadata(sidecar.read_bytes(), sidecar, "TensorRT sidecar")
+        io = read_io(metadata.get("io"), sidecar)
+        if io is None:
+            raise PrunecError(f"prunec.load: the sidecar '{sidecar}' has no 'io' entry; it "
+                              f"is not the sidecar of a TensorRT plan prunec saved.")
+        plan = path.read_bytes()
+        recorded = metadata.get("plan_sha256")
+        if recorded is not None and recorded != sha256_hex(plan):
+            raise PrunecError(f"prunec.load: '{path}' does not match the checksum in its "
+                              f"sidecar '{sidecar}' (changed, damaged, or the two come from "
+                              f"different saves).")
+        return cls(plan, io, metadata)
 
 
 def _sidecar(path: Path) -> Path:

@@ -13,15 +13,18 @@ prunec's metadata (``prunec.json``: interface and plans): a ``.pt2`` file that
 """
 from __future__ import annotations
 
-import json
+import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.utils._pytree as pytree
 
-from prunec.backends.artifact import METADATA_NAME, metadata_for
+from prunec.backends.artifact import METADATA_NAME, add_zip_metadata, metadata_for
 from prunec.backends.base import Artifact, IOSpec, sample_inputs
+from prunec.backends.integrity import check_export_archive, read_io
+from prunec.errors import PrunecError
+from prunec.fileio import atomic_write_bytes
 
 if TYPE_CHECKING:
     from prunec.ir.program import Program
@@ -67,21 +70,80 @@ class TorchArtifact(Artifact):
         return self._exported
 
     def save(self, path: str | Path) -> Path:
-        """Write a ``torch.export`` ``.pt2`` file with prunec's metadata."""
+        """Write a ``torch.export`` ``.pt2`` file with prunec's metadata, atomically
+        (:mod:`prunec.fileio`): the metadata records the SHA-256 of every other entry.
+
+        The archive is assembled in memory first (peak memory grows by the file's size
+        while saving)."""
         path = Path(path)
+        exported = self.exported_program()
         meta = {**self.metadata, "backend": self.metadata.get("backend", self.name)}
-        torch.export.save(self.exported_program(), path,
-                          extra_files={METADATA_NAME: json.dumps(meta)})
+        # The archive is built in memory and then written with one plain write: torch's zip
+        # writer aborts the whole process (std::terminate) when a write fails half-way, as
+        # on a full disk; a failed plain write is an OSError that leaves the old file.
+        buffer = io.BytesIO()
+        torch.export.save(exported, buffer)
+        add_zip_metadata(buffer, meta, digests=True)
+        atomic_write_bytes(path, buffer.getbuffer())
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> "TorchArtifact":
-        """Load a file written by :meth:`save` (no model code needed)."""
-        extra = {METADATA_NAME: ""}
-        exported = torch.export.load(Path(path), extra_files=extra)
-        metadata = json.loads(extra[METADATA_NAME]) if extra[METADATA_NAME] else {}
-        io = IOSpec.from_json(metadata["io"]) if metadata.get("io") else None
-        return cls(exported.module(), io, exported=exported, metadata=metadata)
+        """Load a file written by :meth:`save` (no model code needed, nothing unpickled).
+
+        The archive is checked first (:func:`~prunec.backends.integrity.check_export_archive`:
+        no pickles, no code in shape expressions, entries inside their folder, checksums),
+        then read by ``torch.export.load`` from the same open file, and every weight is
+        checked against the shape and dtype its graph expects.
+
+        Raises:
+            PrunecError: the file would run code, is damaged, or is not a torch ``.pt2``.
+            OSError: the file cannot be read (naming it).
+        """
+        path = Path(path)
+        with open(path, "rb") as handle:
+            metadata = check_export_archive(handle, path, METADATA_NAME)
+            handle.seek(0)
+            try:
+                exported = torch.export.load(handle)
+            except Exception as exc:  # torch raises many types on a bad archive
+                raise PrunecError(f"prunec.load: torch.export could not read '{path}' "
+                                  f"({type(exc).__name__}: {_first_line(exc)}).") from exc
+        check_weight_shapes(exported, path)
+        io = read_io(metadata.get("io"), path)
+        # check_guards=False: with guards, torch exec()s the guard source stored in the
+        # file; prunec's IOSpec checks every input's dtype, rank and fixed sizes instead.
+        module = exported.module(check_guards=False)
+        return cls(module, io, exported=exported, metadata=metadata)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else ""
+
+
+def check_weight_shapes(exported: torch.export.ExportedProgram, path: Path) -> None:
+    """Every parameter, buffer and tensor constant has the shape and dtype the graph
+    expects (a file whose weights were edited fails here, not at the first call)."""
+    from torch.export.graph_signature import InputKind
+
+    kinds = (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR)
+    nodes = {n.name: n for n in exported.graph.nodes if n.op == "placeholder"}
+    for spec in exported.graph_signature.input_specs:
+        if spec.kind not in kinds or spec.target is None:
+            continue
+        tensor = exported.state_dict.get(spec.target, exported.constants.get(spec.target))
+        val = nodes[spec.arg.name].meta.get("val") if spec.arg.name in nodes else None
+        if not isinstance(tensor, torch.Tensor) or not isinstance(val, torch.Tensor):
+            continue
+        want = [int(d) if isinstance(d, int) else None for d in val.shape]
+        fits = len(want) == tensor.dim() and all(w is None or w == g
+                                                 for w, g in zip(want, tensor.shape))
+        if not fits or val.dtype != tensor.dtype:
+            raise PrunecError(
+                f"prunec.load: weight {spec.target!r} in '{path}' is {tensor.dtype} of shape "
+                f"{list(tensor.shape)}, but the graph uses {val.dtype} of shape {want}: the "
+                f"file was edited or damaged.")
 
 
 def lower_torch(program: "Program") -> TorchArtifact:

@@ -87,5 +87,5 @@ def test_engine_parity_and_reload(name, fp16, tmp_path):
         ref = model(name)(*args, **kwargs)
     atol, rtol = TRT_TOLERANCES["fp16" if fp16 else "fp32"]
     check_parity(ref, art(*args, **kwargs), atol=atol, rtol=rtol, backend="tensorrt")
-    loaded = TensorRTArtifact.load(art.save(tmp_path / "model.plan"))
+    loaded = TensorRTArtifact.load(art.save(tmp_path / "model.plan"), trust=True)
     check_parity(ref, loaded(*args, **kwargs), atol=atol, rtol=rtol, backend="tensorrt")
