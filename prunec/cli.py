@@ -28,6 +28,7 @@ from prunec.cli_specs import (
     BUILTIN, PASSES, CliError, batch_sizes, nonnegative_int, parse_input, positive_float,
     latency_fraction, positive_int, ratio, version_text,
 )
+from prunec.cli_hf import add_llm_options
 from prunec.errors import PrunecError
 
 __all__ = ["main", "build_parser"]
@@ -115,7 +116,9 @@ def _pass_options(p: argparse.ArgumentParser, *, title: str = "pruning") -> None
     g.add_argument("--round-to", type=positive_int, default=8, metavar="N",
                    help="kept channel counts are multiples of N")
     g.add_argument("--backend", choices=sorted(BACKENDS), default="torch",
-                   help="where the pruned program runs")
+                   help="where the pruned program runs (module: a pruned copy of your own "
+                        "model; with --model hf:DIR a Hugging Face model directory)")
+    add_llm_options(g)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,6 +157,9 @@ def _prune_parser(sub) -> None:
     g.add_argument("--output", default=DEFAULT_OUTPUT, metavar="DIR",
                    help="where to save the pruned model, plan.json, report.md, report.json "
                         "and layers.png")
+    g.add_argument("--loss", choices=("default", "causal_lm"), default=None,
+                   help="fine-tuning loss: causal_lm (next-token cross-entropy plus "
+                        "distillation; the default for --model hf:DIR) or default")
     g.add_argument("--no-save", action="store_true", help="save nothing")
     g.add_argument("--json", metavar="PATH", help="also write the report as JSON here")
 

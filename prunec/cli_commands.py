@@ -21,6 +21,8 @@ import torch
 from prunec import progress
 from prunec.fileio import atomic_path, atomic_write_text
 from prunec.errors import PrunecError
+from prunec.cli_hf import check_hf_dir, copy_tokenizer, is_hf_spec, load_hf_model, make_llm_pass, \
+    restore_use_cache
 from prunec.cli_specs import (
     BUILTIN, BUILTIN_NAME, CliError, calibration_items, call_user, check_backend,
     load_factory_model, parse_input, resolve_callable, version_text,
@@ -52,7 +54,10 @@ class Setup:
 def _check_options(args: argparse.Namespace) -> tuple[Any, Any]:
     """Everything that can be checked before work: specs resolve, backend installed,
     output writable. Returns the resolved factory and data functions."""
-    factory = None if args.model == BUILTIN else resolve_callable(args.model, "--model")
+    factory = None if args.model == BUILTIN or is_hf_spec(args.model) else \
+        resolve_callable(args.model, "--model")
+    if is_hf_spec(args.model):
+        check_hf_dir(args.model)
     data_fn = resolve_callable(args.data, "--data") if args.data else None
     args.inputs = args.inputs or []
     if args.model == BUILTIN and args.inputs:
@@ -111,7 +116,12 @@ def load_setup(args: argparse.Namespace) -> Setup:
     if str(args.model).lower().endswith(".onnx"):  # ONNX in, ONNX out
         return _onnx_setup(args)
     factory, data_fn = _check_options(args)
-    if factory is None:
+    if is_hf_spec(args.model):
+        with progress.step(f"loading the model ({args.model})"):
+            model, inputs, kwargs, use_cache = load_hf_model(args.model, args.inputs)
+        setup = Setup(args.model, model, inputs, kwargs, type(model).__name__)
+        setup.use_cache = use_cache
+    elif factory is None:
         setup = _builtin_setup()
     else:
         with progress.step(f"building the model ({args.model})"):
@@ -122,6 +132,8 @@ def load_setup(args: argparse.Namespace) -> Setup:
         batches = list(batches)
         setup.calibration = calibration_items(batches)
         setup.train_data = batches
+        if is_hf_spec(args.model) and not args.inputs and isinstance(setup.calibration[0], dict):
+            setup.args, setup.kwargs = (), dict(setup.calibration[0])  # capture as data come
     return setup
 
 
@@ -172,6 +184,8 @@ def make_pass(args: argparse.Namespace, setup: Setup):
     if latency is not None:  # --latency replaces --ratio (timed on --backend by compile)
         common["latency"] = latency
     amount = None if latency is not None else args.ratio
+    if args.pass_name in ("heads", "depth"):
+        return make_llm_pass(args, setup.calibration)
     if args.pass_name == "magnitude":
         return passes.MagnitudePruning(amount, **common)
     if args.pass_name == "random":
@@ -186,6 +200,8 @@ def make_pass(args: argparse.Namespace, setup: Setup):
         setup.notes.append("variance statistics come from the example inputs only; give "
                            "--data for real calibration batches")
     # progress=None: the calibration bar follows prunec.progress (--quiet, a terminal)
+    if getattr(args, "no_compensate", False):
+        common["compensate"] = False
     return passes.VarianceBasedPruning(amount, calibration, **common)
 
 
@@ -218,9 +234,12 @@ def _estimate_seconds(builtin: bool, epochs: int, pass_name: str) -> float | Non
 
 def _announce(args: argparse.Namespace, name: str, epochs: int) -> None:
     what = {"variance": "variance-based pruning", "magnitude": "magnitude pruning",
-            "random": "random pruning"}[args.pass_name]
+            "random": "random pruning", "heads": "head pruning",
+            "depth": "depth pruning"}[args.pass_name]
     targets = args.targets or ("mlp" if args.pass_name == "variance" else "all")
     unit = "MLP neurons and conv bottleneck channels" if targets == "mlp" else "prunable channels"
+    unit = {"heads": "attention heads", "depth": f"{getattr(args, 'unit', 'block')}s"}.get(
+        args.pass_name, unit)
     tune = f", then {epochs} epoch{'s' * (epochs != 1)} of distillation" if epochs else ""
     estimate = _estimate_seconds(args.model == BUILTIN, epochs, args.pass_name)
     took = f"; about {progress.format_seconds(estimate)}" if estimate else ""
@@ -247,22 +266,33 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if setup.evaluate is not None:
         outcome["accuracy_before"] = setup.evaluate(setup.model)
         outcome["accuracy_pruned"] = setup.evaluate(compiled)
+    run = _run_info(args, setup, epochs)
     if epochs:
-        outcome.update(_finetune(compiled, setup, epochs))
+        if not args.no_save:  # a failure while fine-tuning keeps the pruned model
+            save_output(Path(args.output), compiled, {**run, "finetune_epochs": 0}, outcome,
+                        setup)
+        try:
+            outcome.update(_finetune(compiled, setup, epochs, _loss(args)))
+        except Exception as exc:
+            kept = "nothing was saved (--no-save)" if args.no_save else \
+                f"the pruned model before fine-tuning is saved in {args.output}/"
+            raise CliError(f"fine-tuning failed ({type(exc).__name__}: "
+                           f"{' '.join(str(exc).split())}); {kept}") from exc
     print(compiled.report)
     for line in _outcome_lines(outcome, epochs):
         print(line)
     for note in setup.notes:
         print(f"note: {note}")
-    run = _run_info(args, setup, epochs)
     if args.json:
         atomic_write_text(args.json, json.dumps(_results(compiled, run, outcome), indent=2))
     if not args.no_save:
-        out = save_output(Path(args.output), compiled, run, outcome)
+        out = save_output(Path(args.output), compiled, run, outcome, setup)
         took = progress.format_seconds(time.perf_counter() - start)
         plot = ", layers.png" if _can_plot() else ""
-        print(f"\nSaved to {out}/ in {took}: {model_file(args.backend)} (the pruned model; "
-              f"prunec.load reads it), plan.json, report.md, report.json{plot}")
+        what = "a Hugging Face model directory (from_pretrained reads it)" \
+            if args.backend == "module" and is_hf_spec(args.model) else \
+            f"{model_file(args.backend)} (the pruned model; prunec.load reads it)"
+        print(f"\nSaved to {out}/ in {took}: {what}, plan.json, report.md, report.json{plot}")
         if not plot:
             print("note: layers.png (the per-layer plot) was skipped: matplotlib is not "
                   "installed (pip install matplotlib)")
@@ -271,13 +301,20 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _finetune(compiled, setup: Setup, epochs: int) -> dict:
+def _loss(args: argparse.Namespace) -> str:
+    if getattr(args, "loss", None):
+        return args.loss
+    return "causal_lm" if is_hf_spec(args.model) else "default"
+
+
+def _finetune(compiled, setup: Setup, epochs: int, loss: str = "default") -> dict:
     from prunec.train import finetune
 
     lr = 2e-3 if setup.builtin else 1e-4
-    with progress.step(f"fine-tuning, {epochs} epoch{'s' * (epochs != 1)} of distillation"):
+    what = "causal-LM loss and distillation" if loss == "causal_lm" else "distillation"
+    with progress.step(f"fine-tuning, {epochs} epoch{'s' * (epochs != 1)} of {what}"):
         _, history = finetune(compiled, setup.train_data, epochs=epochs, teacher=setup.model,
-                              lr=lr, alpha=0.5)
+                              lr=lr, alpha=0.5, loss=loss)
     out = {"finetune_epochs": epochs, "finetune_final_loss": history[-1]["loss"] if history else None}
     if setup.evaluate is not None:
         out["accuracy_finetuned"] = setup.evaluate(compiled)
@@ -345,8 +382,11 @@ def _can_plot() -> bool:
         return False
 
 
-def save_output(out: Path, compiled, run: dict, outcome: dict) -> Path:
+def save_output(out: Path, compiled, run: dict, outcome: dict, setup: Setup | None = None) -> Path:
     """Write the artifact, plan.json, report.md, report.json and layers.png into ``out``.
+
+    With ``--backend module`` the artifact is a directory: ``out`` itself (for ``hf:DIR`` a
+    Hugging Face model directory, with ``DIR``'s tokenizer files copied in).
 
     Every file is written atomically (:mod:`prunec.fileio`); report.json, which
     ``prunec bench DIR`` reads first, is written last. layers.png is skipped when
@@ -357,7 +397,14 @@ def save_output(out: Path, compiled, run: dict, outcome: dict) -> Path:
     except OSError as exc:
         raise CliError(f"--output {out}: cannot create it ({exc.strerror or exc})") from None
     with progress.step(f"saving to {out}/"):
-        compiled.save(out / model_file(run["backend"]))
+        if run["backend"] == "module":
+            if setup is not None and is_hf_spec(setup.spec):
+                restore_use_cache(compiled, getattr(setup, "use_cache", None))
+            compiled.save(out)
+            if setup is not None and is_hf_spec(setup.spec):
+                copy_tokenizer(setup.spec, out)
+        else:
+            compiled.save(out / model_file(run["backend"]))
         plans = [json.loads(p.to_json()) for p in _plans_of(compiled)]
         atomic_write_text(out / "plan.json", json.dumps({"plans": plans}))
         text = compiled.report.to_markdown(title=f"prunec: {compiled.report.model}")

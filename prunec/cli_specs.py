@@ -30,6 +30,8 @@ PASSES = {
                 "least and folds their means into the next layer",
     "magnitude": "removes the units with the smallest weight norm",
     "random": "removes random units (a baseline)",
+    "heads": "removes attention heads (whole key/value groups under GQA)",
+    "depth": "removes residual blocks or, with --unit layer, whole layers",
 }
 BACKEND_NEEDS: dict[str, tuple[tuple[str, str], ...]] = {
     "onnx": (("onnx", "onnx onnxscript"),),

@@ -103,7 +103,7 @@ def test_every_option_has_help_and_shown_default():
         for action in sub._actions:
             assert action.help, f"prunec {name} {action.option_strings} has no help"
         assert "(default: 0.5)" in text  # --ratio
-        assert "{inductor,onnx,onnxruntime,tensorrt,torch}" in text  # choices listed
+        assert "{inductor,module,onnx,onnxruntime,tensorrt,torch}" in text  # choices listed
 
 
 def test_python_dash_m_prunec():

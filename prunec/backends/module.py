@@ -106,7 +106,7 @@ class ModuleArtifact(Artifact):
             _write_json(tmp / STRUCTURE_NAME, self.structure)
             _write_json(tmp / "prunec.json", self.metadata)
             plans = self.metadata.get("plans") or []
-            _write_json(tmp / "plan.json", [json.loads(p) for p in plans])
+            _write_json(tmp / "plan.json", {"plans": [json.loads(p) for p in plans]})
             _replace_dir(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
