@@ -48,7 +48,7 @@ from prunec.passes import latency_table as tables
 from prunec.passes.latency_knapsack import plan_cost, select_options
 
 __all__ = ["LatencyTarget", "check_latency", "bind_backend", "latency_targets",
-           "width_counts", "drop_blocks", "achieved_latency", "measurement_inputs"]
+           "width_counts", "WidthModel", "drop_blocks", "achieved_latency", "measurement_inputs"]
 
 TIMED_BACKENDS = ("torch", "onnxruntime", "onnx", "inductor", "tensorrt")
 
@@ -234,31 +234,16 @@ def width_counts(program: Program, groups: list[ChannelGroup], scores: dict[str,
     Raises:
         PlanError: the target cannot be met; the message names the best latency reachable.
     """
-    spec = target.spec()
-    args, kwargs = measurement_inputs(program, target)
-    widths = {g.key: tables.candidate_widths(g.size, steps[g.key], target.max_widths)
-              for g in groups}
-    names = {g.key: tables.structure_nodes(program, g) for g in groups}
-    outside = list(dict.fromkeys(e for g in groups
-                                 for e in tables.external_inputs(program, names[g.key])))
-    values = _record(program, args, kwargs, outside)
-    structures = [tables.group_structure(program, g, values, args, kwargs) for g in groups]
-    found = tables.measure_tables([(s, widths[g.key]) for s, g in zip(structures, groups)],
-                                  spec, progress=target.progress, use_cache=target.cache)
-    reference = tables.measure_reference(tables.program_structure(program, args, kwargs),
-                                         structures, spec, use_cache=target.cache)
-    dense_ms = reference["program"]
+    model = WidthModel.build(program, groups, target, steps)
+    dense_ms, widths = model.dense_ms, model.widths
     option_values, option_costs = [], []
-    for g, structure, table in zip(groups, structures, found):
+    for g in groups:
         s = scores[g.key].double()
         if normalize:
             s = s / s.mean().clamp_min(1e-12)
         kept = torch.sort(s, descending=True).values.cumsum(0)
         option_values.append([float(kept[w - 1]) for w in widths[g.key]])
-        # ms saved: the ratio to full width, times the structure's share of the program
-        # timed together with it (see measure_reference).
-        share = reference[structure.signature] * dense_ms
-        option_costs.append([(table.ratio(w) - 1.0) * share for w in widths[g.key]])
+        option_costs.append(model.costs[g.key])
     target_ms = target.fraction * dense_ms
     picked = select_options(option_values, option_costs, target_ms - dense_ms)
     if picked is None:
@@ -266,10 +251,64 @@ def width_counts(program: Program, groups: list[ChannelGroup], scores: dict[str,
         tables.check_reachable(best, dense_ms, target_ms, where)
     counts = {g.key: widths[g.key][j] for g, j in zip(groups, picked)}
     predicted = dense_ms + plan_cost(option_costs, picked)
-    stats = _stats(target, spec, dense_ms, target_ms, predicted, found, reference)
-    stats["structures"] = len({s.signature for s in structures})
-    stats["isolated"] = sum(s.isolated for s in structures)
+    stats = _stats(target, model.spec, dense_ms, target_ms, predicted, model.tables,
+                   model.reference)
+    stats["structures"] = len({s.signature for s in model.structures})
+    stats["isolated"] = sum(s.isolated for s in model.structures)
     return counts, stats
+
+
+@dataclass
+class WidthModel:
+    """The latency model of a set of groups: tables measured (or read from the cache) and
+    the ms each candidate width adds to the dense latency (negative: saved).
+
+    Attributes:
+        dense_ms: The dense program's latency (the reference session's).
+        widths: Per group key, the candidate kept counts measured.
+        costs: Per group key, ``share_g * dense_ms * (r_g(k) - 1)`` for each candidate.
+    """
+
+    spec: tables.MeasureSpec
+    dense_ms: float
+    widths: dict[str, list[int]]
+    costs: dict[str, list[float]]
+    structures: list
+    tables: list
+    reference: dict
+
+    @classmethod
+    def build(cls, program: Program, groups: list[ChannelGroup], target: LatencyTarget,
+              steps: dict[str, int]) -> "WidthModel":
+        spec = target.spec()
+        args, kwargs = measurement_inputs(program, target)
+        widths = {g.key: tables.candidate_widths(g.size, steps[g.key], target.max_widths)
+                  for g in groups}
+        names = {g.key: tables.structure_nodes(program, g) for g in groups}
+        outside = list(dict.fromkeys(e for g in groups
+                                     for e in tables.external_inputs(program, names[g.key])))
+        values = _record(program, args, kwargs, outside)
+        structures = [tables.group_structure(program, g, values, args, kwargs) for g in groups]
+        found = tables.measure_tables([(s, widths[g.key]) for s, g in zip(structures, groups)],
+                                      spec, progress=target.progress, use_cache=target.cache)
+        reference = tables.measure_reference(tables.program_structure(program, args, kwargs),
+                                             structures, spec, use_cache=target.cache)
+        dense_ms = reference["program"]
+        costs = {}
+        for g, structure, table in zip(groups, structures, found):
+            # ms saved: the ratio to full width, times the structure's share of the
+            # program timed together with it (see measure_reference).
+            share = reference[structure.signature] * dense_ms
+            costs[g.key] = [(table.ratio(w) - 1.0) * share for w in widths[g.key]]
+        return cls(spec, dense_ms, widths, costs, structures, found, reference)
+
+    def predict_ms(self, counts: dict[str, int]) -> float:
+        """Predicted latency of a plan keeping ``counts[g]`` units of each group (a count
+        between two measured widths is interpolated linearly; groups absent stay full)."""
+        total = self.dense_ms
+        for key, count in counts.items():
+            total += float(np.interp(count, self.widths[key], self.costs[key]))
+        return total
 
 
 def _stats(target: LatencyTarget, spec: tables.MeasureSpec, dense_ms: float,

@@ -403,6 +403,9 @@ def lower_for_timing(program: Program, spec: MeasureSpec) -> Callable[..., Any]:
     if spec.backend in ("onnxruntime", "onnx"):
         options.setdefault("intra_op_threads", spec.threads)
         options.setdefault("check", False)
+        # Spinning workers of one session steal the cores of the next one timed after it:
+        # timings interleave many sessions, so spinning is off unless asked for.
+        options.setdefault("spinning", False)
         return lower(program, "onnxruntime", **options)
     return lower(program, spec.backend, **options)
 

