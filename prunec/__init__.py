@@ -23,4 +23,4 @@ __all__ = [
     "PrunecError", "CaptureError", "UnsupportedOpError", "CalibrationError",
     "BackendUnavailable", "PlanError", "PassError", "VerificationError", "InvalidArgumentError",
 ]
-__version__ = "0.1.0"
+from prunec.version import __version__

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import torch
 
+from prunec import backends
 from prunec.frontends.onnx import SOURCE_KEY, is_onnx_model, onnx_source
 from prunec.errors import PrunecError
 from prunec.ir.capture import capture
@@ -201,13 +202,11 @@ def _refuse_calls_once_donated(model: torch.nn.Module, sizes: dict[str, int]) ->
 
 
 def _lower(program: Program, backend: str, options: dict):
-    from prunec.backends import lower
-
     if onnx_source(program) is not None:  # the plan written back into the user's file
         from prunec.backends.onnx_original import lower_original
 
         return lower_original(program, backend, **options)
-    return lower(program, backend, **options)
+    return backends.lower(program, backend, **options)
 
 
 def _onnx_stand_in(model: Any, example_inputs: Any, backend: str, train: bool) -> tuple:
@@ -241,9 +240,7 @@ def load(path: str | Path, *, trust: bool = False) -> Any:
             says how), or holds native code and ``trust`` is not set.
         OSError: the file cannot be read (naming it).
     """
-    from prunec.backends.artifact import load_artifact
-
-    return load_artifact(path, trust=trust)
+    return backends.load(path, trust=trust)
 
 
 def analyze(model: torch.nn.Module, example_inputs: Any, example_kwargs: dict | None = None,

@@ -23,6 +23,7 @@ from typing import Iterator
 import torch
 
 from prunec import progress
+from prunec.backends import registry
 from prunec.cli_commands import cmd_analyze, cmd_bench, cmd_prune
 from prunec.cli_specs import (
     BUILTIN, PASSES, CliError, batch_sizes, nonnegative_int, parse_input, positive_float,
@@ -96,8 +97,6 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _pass_options(p: argparse.ArgumentParser, *, title: str = "pruning") -> None:
-    from prunec.backends.base import BACKENDS
-
     g = p.add_argument_group(title)
     g.add_argument("--pass", dest="pass_name", choices=sorted(PASSES), default="variance",
                    help="; ".join(f"{k}: {v}" for k, v in PASSES.items()))
@@ -115,7 +114,7 @@ def _pass_options(p: argparse.ArgumentParser, *, title: str = "pruning") -> None
                    help="global: one ranking across layers; local: the same ratio per layer")
     g.add_argument("--round-to", type=positive_int, default=8, metavar="N",
                    help="kept channel counts are multiples of N")
-    g.add_argument("--backend", choices=sorted(BACKENDS), default="torch",
+    g.add_argument("--backend", choices=registry.names(), default="torch",
                    help="where the pruned program runs (module: a pruned copy of your own "
                         "model; with --model hf:DIR a Hugging Face model directory)")
     add_llm_options(g)

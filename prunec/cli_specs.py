@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import os
 import re
 import sys
@@ -17,11 +16,12 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from prunec.errors import BackendUnavailable, PrunecError
+from prunec.backends import registry
+from prunec.errors import PrunecError
 
 __all__ = ["CliError", "BUILTIN", "BUILTIN_NAME", "PASSES", "version_text", "InputSpec",
            "parse_input", "make_inputs", "ratio", "latency_fraction", "positive_int", "nonnegative_int", "resolve_callable", "load_factory_model", "calibration_items",
-           "check_backend", "BACKEND_NEEDS"]
+           "check_backend"]
 
 BUILTIN = "builtin"
 BUILTIN_NAME = "the built-in digits classifier (a ResNet-14 trained on scikit-learn's 8x8 digits)"
@@ -32,11 +32,6 @@ PASSES = {
     "random": "removes random units (a baseline)",
     "heads": "removes attention heads (whole key/value groups under GQA)",
     "depth": "removes residual blocks or, with --unit layer, whole layers",
-}
-BACKEND_NEEDS: dict[str, tuple[tuple[str, str], ...]] = {
-    "onnx": (("onnx", "onnx onnxscript"),),
-    "onnxruntime": (("onnx", "onnx onnxscript"), ("onnxruntime", "onnxruntime")),
-    "tensorrt": (("tensorrt", "tensorrt"),),
 }
 _DTYPES = {"float32": torch.float32, "float": torch.float32, "float16": torch.float16,
            "half": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64,
@@ -268,8 +263,6 @@ def calibration_items(batches: Any, label_key: str = "labels") -> list:
 
 # ---------------------------------------------------------------------------- backends
 def check_backend(name: str) -> None:
-    """Raise :class:`BackendUnavailable` now, not after pruning, when software is missing."""
-    for module, pip in BACKEND_NEEDS.get(name, ()):
-        if importlib.util.find_spec(module) is None:
-            raise BackendUnavailable(f"--backend {name} needs the Python package {module!r}: "
-                                     f"pip install {pip}")
+    """Raise :class:`BackendUnavailable` now, not after pruning, when software is missing
+    (what a backend needs is in the backend table, :mod:`prunec.backends.registry`)."""
+    registry.check_available(name, where=f"--backend {name}")

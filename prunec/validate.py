@@ -279,44 +279,11 @@ def check_passes(passes: Any, argument: str = "passes") -> list:
 
 # ---------------------------------------------------------------------------- backends
 def check_backend(backend: Any, options: Any) -> dict:
-    """A registered backend name and keyword options its lowering function accepts.
+    """A registered backend name and options its lowering takes (see
+    :func:`prunec.backends.registry.check_backend`)."""
+    from prunec.backends.registry import check_backend as check
 
-    Raises:
-        InvalidArgumentError: unknown name (with the closest one), options that are not a
-            dict, or keys the lowering function does not take (with the accepted ones).
-    """
-    from prunec.backends.base import BACKENDS, _resolve
-
-    if not isinstance(backend, str) or backend not in BACKENDS:
-        check_choice(backend, sorted(BACKENDS), "prunec", "backend")
-    if options is None:
-        return {}
-    if not isinstance(options, Mapping) or any(not isinstance(k, str) for k in options):
-        raise InvalidArgumentError(f"backend_options must be a dict of keyword options for "
-                                   f"the {backend!r} backend, got {type(options).__name__}.")
-    options = dict(options)
-    accepted = _lowering_options(_resolve(BACKENDS[backend]))
-    if accepted is not None:
-        unknown = sorted(set(options) - set(accepted))
-        if unknown:
-            hints = [difflib.get_close_matches(k, accepted, n=1) for k in unknown]
-            hint = "".join(f" ({k!r}: did you mean {h[0]!r}?)" for k, h in zip(unknown, hints)
-                           if h)
-            raise InvalidArgumentError(
-                f"backend_options {unknown} are not options of the {backend!r} backend; it "
-                f"accepts {sorted(accepted) or 'no options'}.{hint}")
-    return options
-
-
-def _lowering_options(fn: Any) -> list[str] | None:
-    """Keyword options of a lowering ``fn(program, **options)``; None if it takes ``**kw``."""
-    try:
-        params = list(inspect.signature(fn).parameters.values())[1:]
-    except (TypeError, ValueError):
-        return None
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return None
-    return [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return check(backend, options)
 
 
 # ---------------------------------------------------------------------------- calibration

@@ -13,7 +13,8 @@ it changed), so a saved model says what was done to it.
 | ``onnx`` / ``onnxruntime`` | ``.onnx`` with input/output names | ``metadata_props`` ``prunec.*`` |
 | ``tensorrt`` | serialized plan | sidecar ``<path>.json`` |
 
-:func:`load_artifact` recognises the kind from the file itself, not from its name.
+Each backend registers how to recognise and load its own files
+(:mod:`prunec.backends.registry`); ``prunec.load`` reads that table.
 """
 from __future__ import annotations
 
@@ -23,20 +24,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from prunec.errors import PrunecError
+from prunec.version import __version__
 
 if TYPE_CHECKING:
     from prunec.ir.program import Program
 
-__all__ = ["METADATA_NAME", "metadata_for", "read_pt2_metadata", "add_zip_metadata",
-           "load_artifact"]
+__all__ = ["METADATA_NAME", "metadata_for", "read_pt2_metadata", "add_zip_metadata", "pt2_kind"]
 
 METADATA_NAME = "prunec.json"
 
 
 def metadata_for(program: "Program", backend: str, io: Any = None) -> dict:
     """The metadata saved with an artifact of ``program``."""
-    from prunec import __version__
-
     return {"prunec_version": __version__, "backend": backend,
             "io": io.to_json() if io is not None else None,
             "plans": [step.plan.to_json() for step in program.lineage],
@@ -79,78 +78,11 @@ def read_pt2_metadata(path: Path) -> tuple[str, dict]:
     return kind, metadata
 
 
-def load_artifact(path: str | Path, *, trust: bool = False) -> Any:
-    """Load any artifact prunec saved (see the module table).
-
-    Nothing in the file runs unless ``trust=True``: a ``.pt2`` export or an ONNX model is
-    checked and read as data; an AOTInductor package (a shared library) or a TensorRT
-    engine (native code) is native code by nature and needs ``trust=True``.
-
-    Raises:
-        PrunecError: the path holds no artifact prunec can read, a check failed (the
-            message says which), or native code would run without ``trust=True``.
-        OSError: the file cannot be read (naming it).
+def pt2_kind(path: Path) -> str | None:
+    """``"aoti"`` (an AOTInductor package), ``"export"`` (a ``torch.export`` archive) or
+    ``None`` (not a zip archive): what a ``.pt2`` file holds, from its entry names (checked
+    as :func:`read_pt2_metadata` checks them: a damaged or crafted archive is refused here).
     """
-    path = Path(path)
-    if path.is_dir() and (path / METADATA_NAME).is_file():  # backend="module" saves a directory
-        from prunec.backends.module import ModuleArtifact
-
-        return ModuleArtifact.load(path)
-    if not path.is_file():
-        raise PrunecError(f"prunec.load: no file at '{path}'.")
-    if zipfile.is_zipfile(path):
-        return _load_pt2(path, trust)
-    with open(path, "rb") as handle:
-        head = handle.read(64)
-    if path.suffix != ".onnx" and _tensorrt_sidecar(path):
-        from prunec.backends.tensorrt_backend import TensorRTArtifact
-
-        return TensorRTArtifact.load(path, trust=trust)
-    if path.suffix == ".onnx" or head[:1] == b"\x08":  # ModelProto starts with ir_version
-        return _load_onnx(path)
-    raise PrunecError(f"prunec.load: '{path}' is not a .pt2 archive, an ONNX model or a "
-                      f"TensorRT plan with its .json sidecar.")
-
-
-def _tensorrt_sidecar(path: Path) -> bool:
-    """Whether ``path + '.json'`` is a TensorRT sidecar prunec wrote (any other JSON file
-    beside a model is someone else's)."""
-    sidecar = path.with_name(path.name + ".json")
-    if not sidecar.is_file():
-        return False
-    try:
-        data = json.loads(sidecar.read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and data.get("backend") == "tensorrt"
-
-
-def _load_pt2(path: Path, trust: bool) -> Any:
-    kind, _ = read_pt2_metadata(path)
-    if kind == "aoti":
-        from prunec.backends.inductor_backend import AOTInductorArtifact
-
-        return AOTInductorArtifact.load(path, trust=trust)
-    from prunec.backends.torch_backend import TorchArtifact
-
-    return TorchArtifact.load(path)
-
-
-def _load_onnx(path: Path) -> Any:
-    from prunec.backends.integrity import load_onnx_file, onnx_io
-
-    model = load_onnx_file(path)
-    io = onnx_io(model, path)
-    backend = next((p.value for p in model.metadata_props if p.key == "prunec.backend"),
-                   "onnxruntime")
-    if backend == "onnx-original":  # a user's own graph, pruned (prunec.frontends.onnx)
-        from prunec.backends.onnx_original import OriginalOnnxArtifact
-
-        return OriginalOnnxArtifact.load(path)
-    if backend == "onnx":
-        from prunec.backends.onnx_backend import OnnxArtifact
-
-        return OnnxArtifact(model, io)
-    from prunec.backends.onnxruntime_backend import OnnxRuntimeArtifact
-
-    return OnnxRuntimeArtifact(model, io)
+    if not path.is_file() or not zipfile.is_zipfile(path):
+        return None
+    return read_pt2_metadata(path)[0]

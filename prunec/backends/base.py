@@ -1,10 +1,10 @@
 """The lowering contract: ``lower(program, backend) -> Artifact``.
 
 Backends are lowerings, not passes (DESIGN contract 7). Each backend module exposes one
-function ``(program, **options) -> Artifact``; :data:`BACKENDS` maps a backend name to the
-dotted path of that function so that importing prunec never imports onnx, onnxruntime or
-tensorrt. Missing software or hardware raises :class:`~prunec.errors.BackendUnavailable`
-with the command that installs it.
+function ``(program, **options) -> Artifact`` and registers it in the backend table
+(:mod:`prunec.backends.registry`, which also holds ``lower`` and ``load``); a backend module
+imports onnx, onnxruntime or tensorrt only when used. Missing software or hardware raises
+:class:`~prunec.errors.BackendUnavailable` with the command that installs it.
 
 This module also holds what several lowerings share:
 
@@ -34,20 +34,9 @@ if TYPE_CHECKING:
     from prunec.ir.program import Program
 
 __all__ = [
-    "Artifact", "BACKENDS", "IOSpec", "lower", "register_backend", "require",
+    "Artifact", "IOSpec", "require",
     "check_parity", "max_abs_diff", "sample_inputs", "verify_artifact",
 ]
-
-BACKENDS: dict[str, str] = {
-    "torch": "prunec.backends.torch_backend:lower_torch",
-    "onnx": "prunec.backends.onnx_backend:lower_onnx",
-    "onnxruntime": "prunec.backends.onnxruntime_backend:lower_onnxruntime",
-    "tensorrt": "prunec.backends.tensorrt_backend:lower_tensorrt",
-    "inductor": "prunec.backends.inductor_backend:lower_inductor",
-    "module": "prunec.backends.module:lower_module",
-}
-"""Backend name -> ``"module:function"`` of its lowering (resolved lazily)."""
-
 
 class Artifact(abc.ABC):
     """A lowered program: callable with the model's inputs, savable to disk.
@@ -73,37 +62,6 @@ class Artifact(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} backend={self.name!r}>"
-
-
-def register_backend(name: str, lowering: str | Callable[..., Artifact]) -> None:
-    """Register ``lowering`` (a callable or ``"module:function"``) under ``name``."""
-    BACKENDS[name] = lowering  # type: ignore[assignment]
-
-
-def lower(program: "Program", backend: str = "torch", **options: Any) -> Artifact:
-    """Lower ``program`` to ``backend`` and return the callable artifact.
-
-    Args:
-        program: The (pruned) program; it is never mutated.
-        backend: A name in :data:`BACKENDS` (``torch``, ``onnx``, ``onnxruntime``,
-            ``tensorrt``, ``inductor``).
-        **options: The backend's keyword options (see each ``lower_<backend>``).
-
-    Raises:
-        PrunecError: ``backend`` is not registered (the message lists the names).
-        BackendUnavailable: the backend's software or hardware is missing.
-    """
-    from prunec.validate import check_backend
-
-    options = check_backend(backend, options)  # a known name, options its lowering takes
-    return _resolve(BACKENDS[backend])(program, **options)
-
-
-def _resolve(target: str | Callable[..., Artifact]) -> Callable[..., Artifact]:
-    if callable(target):
-        return target
-    module, _, function = target.partition(":")
-    return getattr(importlib.import_module(module), function)
 
 
 def require(module: str, *, backend: str, pip: str) -> "ModuleType":

@@ -27,7 +27,8 @@ import torch
 import torch.utils._pytree as pytree
 
 from prunec.backends.base import Artifact, IOSpec, require, verify_artifact
-from prunec.backends.artifact import add_zip_metadata, metadata_for
+from prunec.backends.artifact import add_zip_metadata, metadata_for, pt2_kind, read_pt2_metadata
+from prunec.backends.registry import BackendSpec, register
 from prunec.backends.torch_backend import reexport
 from prunec.errors import BackendUnavailable, PrunecError
 
@@ -103,8 +104,6 @@ class AOTInductorArtifact(Artifact):
 
     def __init__(self, package_path: str | Path, owned_dir: Path | None = None) -> None:
         import torch._inductor
-
-        from prunec.backends.artifact import read_pt2_metadata
 
         self.package_path = Path(package_path)
         from prunec.backends.integrity import read_io
@@ -212,3 +211,9 @@ def _build_package(gm: torch.nn.Module, args: tuple, kwargs: dict, io: IOSpec | 
             exported, package_path=str(directory / "model.pt2"))
     add_zip_metadata(Path(path), {**metadata, "backend": "inductor"}, digests=True)
     return AOTInductorArtifact(path, owned_dir=directory)
+
+
+register(BackendSpec(
+    "inductor", lower_inductor, sniff=lambda path: pt2_kind(path) == "aoti",
+    load=AOTInductorArtifact.load, sniff_order=10, native_code=True,
+    summary="torch.compile (Inductor); saves an AOTInductor .pt2 package"))

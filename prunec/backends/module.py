@@ -51,7 +51,9 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from prunec.backends.artifact import METADATA_NAME, metadata_for
 from prunec.backends.base import Artifact, IOSpec, verify_artifact
+from prunec.backends.registry import BackendSpec, Requirement, register
 from prunec.errors import InvalidArgumentError, PlanError, PrunecError, VerificationError
 
 __all__ = ["ModuleArtifact", "lower_module", "write_back", "load_module", "STRUCTURE_NAME"]
@@ -153,8 +155,6 @@ def lower_module(program, model: nn.Module | None = None, *, verify: bool = True
         PlanError: a constant or a dropped branch the module cannot hold.
         VerificationError: the written-back module does not compute what the program does.
     """
-    from prunec.backends.artifact import metadata_for
-
     if not isinstance(model, nn.Module):
         raise InvalidArgumentError(
             "backend='module' writes the plan back into the model it was captured from: "
@@ -542,3 +542,11 @@ def _load_tensors(module: nn.Module, tensors: dict, path: Path) -> None:
         if name in tensors:
             owner, _, attr = name.rpartition(".")
             (module.get_submodule(owner) if owner else module)._buffers[attr] = tensors[name]
+
+
+register(BackendSpec(
+    "module", lower_module, requires=(Requirement("safetensors", "safetensors"),),
+    sniff=lambda path: path.is_dir() and (path / METADATA_NAME).is_file(),
+    load=ModuleArtifact.load, sniff_order=1,
+    summary="the plan written back into a copy of the caller's nn.Module (HF config too); "
+            "saves a directory"))

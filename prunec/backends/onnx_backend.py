@@ -38,7 +38,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from prunec.backends.artifact import metadata_for
 from prunec.backends.base import Artifact, IOSpec, require, sample_inputs, verify_artifact
+from prunec.backends.registry import BackendSpec, Requirement, register
 from prunec.errors import PrunecError
 from prunec.ir.interpret import scratch_state
 
@@ -49,7 +51,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "OnnxArtifact", "lower_onnx", "export_onnx", "optimize_onnx",
-    "DEFAULT_OPSET", "TOLERANCES", "IO_METADATA_KEY", "stamp", "axis_names",
+    "DEFAULT_OPSET", "TOLERANCES", "IO_METADATA_KEY", "stamp", "axis_names", "ONNX_REQUIREMENTS",
+    "is_onnx_file", "saved_backend",
 ]
 
 DEFAULT_OPSET = 18
@@ -58,6 +61,10 @@ TOLERANCES: dict[str, tuple[float, float]] = {"fp32": (1e-4, 1e-4), "fp16": (1e-
 IO_METADATA_KEY = "prunec.io"
 BATCH_DIM = "batch"
 PIP_HINT = "'prunec[onnx]'  (onnx onnxruntime onnx-graphsurgeon onnxscript)"
+ONNX_REQUIREMENTS = (Requirement("onnx", "onnx"), Requirement("onnxruntime", "onnxruntime"),
+                     Requirement("onnx_graphsurgeon", "onnx-graphsurgeon"),
+                     Requirement("onnxscript", "onnxscript"))
+"""What the ONNX lowerings need (the ``onnx`` extra of setup.py)."""
 
 
 class _FlatModule(torch.nn.Module):
@@ -218,8 +225,6 @@ def _rename_symbols(graph: Any, names: dict[str, str]) -> None:
 
 def stamp(model: "onnx.ModelProto", program: "Program", backend: str) -> None:
     """Write prunec's metadata (version, backend, plans) into ``model.metadata_props``."""
-    from prunec.backends.artifact import metadata_for
-
     meta = metadata_for(program, backend)
     _set_metadata(model, "prunec.version", meta["prunec_version"])
     _set_metadata(model, "prunec.backend", backend)
@@ -368,3 +373,28 @@ def lower_onnx(program: "Program", *, opset: int = DEFAULT_OPSET, dynamic_batch:
         verify_artifact(program, artifact, io, atol=tol[0] if atol is None else atol,
                         rtol=tol[1] if rtol is None else rtol, backend="onnx")
     return artifact
+
+
+def is_onnx_file(path: Path) -> bool:
+    """Whether ``path`` is an ONNX model: named ``.onnx``, or starting as a ``ModelProto``
+    does (field 1, ``ir_version``: byte ``0x08``)."""
+    if not path.is_file():
+        return False
+    if path.suffix == ".onnx":
+        return True
+    with open(path, "rb") as handle:
+        return handle.read(1) == b"\x08"
+
+
+def saved_backend(path: Path) -> str | None:
+    """The ``prunec.backend`` metadata of the ONNX model at ``path`` (``None``: absent)."""
+    onnx = require("onnx", backend="onnx", pip=PIP_HINT)
+    model = onnx.load(str(path), load_external_data=False)
+    return next((p.value for p in model.metadata_props if p.key == "prunec.backend"), None)
+
+
+register(BackendSpec(
+    "onnx", lower_onnx, requires=ONNX_REQUIREMENTS,
+    sniff=lambda path: is_onnx_file(path) and saved_backend(path) == "onnx",
+    load=OnnxArtifact.load, sniff_order=40,
+    summary="an ONNX graph run by ONNX Runtime with default settings; saves .onnx"))

@@ -34,6 +34,8 @@ import numpy as np
 import torch
 
 from prunec.backends.base import Artifact
+from prunec.backends.onnx_backend import ONNX_REQUIREMENTS, is_onnx_file, saved_backend
+from prunec.backends.registry import BackendSpec, register
 from prunec.errors import InvalidArgumentError, PrunecError, UnsupportedOpError
 from prunec.frontends.onnx import check_feeds, onnx_source
 
@@ -444,3 +446,11 @@ def _tensorrt_engine(source: "OnnxSource", model: "onnx.ModelProto", program: "P
                             max_batch=max_batch_size or max(32, 2 * batch),
                             workspace_bytes=int(workspace_gb * 2**30))
     return TensorRTArtifact(serialized, io, metadata_for(program, "tensorrt"))
+
+
+register(BackendSpec(
+    "onnx-original", lower_original, requires=ONNX_REQUIREMENTS,
+    sniff=lambda path: is_onnx_file(path) and saved_backend(path) == "onnx-original",
+    load=OriginalOnnxArtifact.load, sniff_order=30, selectable=False,
+    summary="the plan written back into the user's own ONNX graph (chosen when an .onnx "
+            "file is compiled)"))

@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 from prunec.backends.base import IOSpec, require, verify_artifact
 from prunec.backends.onnx_backend import (
-    DEFAULT_OPSET, PIP_HINT, TOLERANCES, OnnxArtifact, export_onnx, stamp,
+    DEFAULT_OPSET, ONNX_REQUIREMENTS, PIP_HINT, TOLERANCES, OnnxArtifact, export_onnx,
+    is_onnx_file, stamp,
 )
+from prunec.backends.registry import BackendSpec, register
 
 if TYPE_CHECKING:
     import onnx
@@ -119,3 +121,10 @@ def lower_onnxruntime(program: "Program", *, intra_op_threads: int = 2,
         verify_artifact(program, artifact, io, atol=tol[0] if atol is None else atol,
                         rtol=tol[1] if rtol is None else rtol, backend="onnxruntime")
     return artifact
+
+
+register(BackendSpec(
+    "onnxruntime", lower_onnxruntime, requires=ONNX_REQUIREMENTS,
+    sniff=is_onnx_file, load=OnnxRuntimeArtifact.load, sniff_order=50,
+    summary="an ONNX graph served by a tuned ONNX Runtime session; saves .onnx "
+            "(any ONNX file prunec wrote without another backend's mark loads as this)"))

@@ -32,7 +32,8 @@ import torch
 
 from prunec.backends.base import Artifact, IOSpec, require, verify_artifact
 from prunec.backends.artifact import metadata_for
-from prunec.backends.onnx_backend import DEFAULT_OPSET, export_onnx
+from prunec.backends.onnx_backend import DEFAULT_OPSET, ONNX_REQUIREMENTS, export_onnx
+from prunec.backends.registry import BackendSpec, Requirement, register
 from prunec.errors import BackendUnavailable, PrunecError
 
 if TYPE_CHECKING:
@@ -339,3 +340,24 @@ def lower_tensorrt(program: "Program", *, fp16: bool = False, max_batch_size: in
         verify_artifact(program, artifact, io, atol=tol[0] if atol is None else atol,
                         rtol=tol[1] if rtol is None else rtol, backend="tensorrt")
     return artifact
+
+
+def is_tensorrt_plan(path: Path) -> bool:
+    """Whether ``path`` has the ``.json`` sidecar that :meth:`TensorRTArtifact.save` writes
+    (a JSON object whose ``backend`` is ``"tensorrt"``; any other JSON file beside a model is
+    someone else's)."""
+    sidecar = _sidecar(path)
+    if path.suffix == ".onnx" or not path.is_file() or not sidecar.is_file():
+        return False
+    try:
+        data = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("backend") == "tensorrt"
+
+
+register(BackendSpec(
+    "tensorrt", lower_tensorrt,
+    requires=(Requirement("tensorrt", "tensorrt"), *ONNX_REQUIREMENTS),
+    sniff=is_tensorrt_plan, load=TensorRTArtifact.load, sniff_order=5, native_code=True,
+    summary="an NVIDIA TensorRT engine (CUDA GPU); saves the plan and a .json sidecar"))

@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.utils._pytree as pytree
 
-from prunec.backends.artifact import METADATA_NAME, add_zip_metadata, metadata_for
+from prunec.backends.artifact import METADATA_NAME, add_zip_metadata, metadata_for, pt2_kind
 from prunec.backends.base import Artifact, IOSpec, sample_inputs
+from prunec.backends.registry import BackendSpec, register
 from prunec.backends.integrity import check_export_archive, read_io
 from prunec.errors import PrunecError
 from prunec.fileio import atomic_write_bytes
@@ -191,3 +192,9 @@ def _by_name(module: torch.nn.Module, arg_specs: tuple, kwarg_specs: dict) -> An
     if len(names) < len(arg_specs):
         return (*arg_specs, *kwarg_specs.values()) if not kwarg_specs else None
     return {**dict(zip(names, arg_specs)), **kwarg_specs}
+
+
+register(BackendSpec(
+    "torch", lower_torch, sniff=lambda path: pt2_kind(path) == "export",
+    load=TorchArtifact.load, sniff_order=20,
+    summary="the pruned graph run by PyTorch; saves a torch.export .pt2"))
