@@ -387,9 +387,14 @@ def is_onnx_file(path: Path) -> bool:
 
 
 def saved_backend(path: Path) -> str | None:
-    """The ``prunec.backend`` metadata of the ONNX model at ``path`` (``None``: absent)."""
+    """The ``prunec.backend`` metadata of the ONNX model at ``path`` (``None``: absent or
+    unreadable: the loader that then claims the file reads it with every check and says
+    what is wrong). External data is not read."""
     onnx = require("onnx", backend="onnx", pip=PIP_HINT)
-    model = onnx.load(str(path), load_external_data=False)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - any parse failure: claim nothing, the loader explains
+        return None
     return next((p.value for p in model.metadata_props if p.key == "prunec.backend"), None)
 
 

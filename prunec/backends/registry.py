@@ -216,9 +216,9 @@ def load(path: str | Path, *, trust: bool = False) -> "Artifact":
             (damaged or crafted file, native code without ``trust``).
     """
     path = Path(path)
-    if not path.exists():
+    entry = backend_for_path(path) if path.exists() else None
+    if entry is None and not path.is_file():  # nothing there, or a folder no backend wrote
         raise PrunecError(f"prunec.load: no file at '{path}'.")
-    entry = backend_for_path(path)
     if entry is None:
         raise PrunecError(f"prunec.load: '{path}' is not a .pt2 archive, an ONNX model or a "
                           f"TensorRT plan with its .json sidecar.")
