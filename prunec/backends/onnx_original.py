@@ -16,7 +16,9 @@ metadata, plus ``prunec.*`` metadata.
 2. **Shape constants** (:mod:`prunec.backends.onnx_shapes`): every Reshape / Expand whose
    output changed size in the stand-in gets its shape input patched at those positions -
    a constant directly, or the constant piece of a computed ``Concat`` shape.
-3. **Check and verify** (:mod:`prunec.backends.onnx_verify`): the pruned file passes
+3. **Residual blocks** (:mod:`prunec.backends.onnx_blocks`): a dropped branch's Add becomes
+   ``Identity(skip)``, or ``Add(skip, mu)`` with compensation; the branch's nodes go.
+4. **Check and verify** (:mod:`prunec.backends.onnx_verify`): the pruned file passes
    ``onnx.checker.check_model(full_check=True)``; ONNX Runtime runs it against the pruned
    program at the example, and against the original with the removed units zeroed (or
    mean-compensated) at the example and at another batch size and sequence length. A
@@ -36,6 +38,7 @@ import torch
 from prunec.backends.base import Artifact
 from prunec.backends.onnx_backend import ONNX_REQUIREMENTS, is_onnx_file, saved_backend
 from prunec.backends.registry import BackendSpec, register
+from prunec.backends.onnx_blocks import BLOCK_MEAN, drop_blocks_in_file
 from prunec.errors import InvalidArgumentError, PrunecError, UnsupportedOpError
 from prunec.frontends.onnx import check_feeds, onnx_source
 
@@ -171,11 +174,8 @@ def write_back(source: "OnnxSource", program: "Program") -> "onnx.ModelProto":
     model = onnx.ModelProto()
     model.CopyFrom(source.model)
     editor = GraphEditor(model)
-    if any(plan.blocks for plan in program.plans):
-        raise UnsupportedOpError("Dropping residual blocks (DepthPruning) is not written back "
-                                 "into ONNX files yet; prune channels, or start from the "
-                                 "nn.Module.")
     _check_no_new_ops(program)
+    drop_blocks_in_file(editor, source, program)
     original = dict(source.module.named_parameters())
     original.update(dict(source.module.named_buffers()))
     done: set[str] = set()
@@ -214,15 +214,23 @@ def _check_no_new_ops(program: "Program") -> None:
 
     for node in program.graph.nodes:
         if node.op == "call_function" and not node.meta.get("nn_module_stack") \
-                and node.target is not operator.getitem:
+                and node.target is not operator.getitem and not _adds_block_mean(node):
             raise UnsupportedOpError(
                 f"The pruned program computes '{node.name}' ({node.target}), which has no node "
                 f"in the ONNX file (mean folding into a zero-padded convolution adds one): "
                 f"it cannot be written back. Use compensate=False.")
 
 
+def _adds_block_mean(node: torch.fx.Node) -> bool:
+    """``skip + mean`` put in place of a dropped branch (written by onnx_blocks)."""
+    return any(isinstance(a, torch.fx.Node) and a.op == "get_attr"
+               and BLOCK_MEAN in str(a.target) for a in node.args)
+
+
 def _write_tensor(editor: GraphEditor, source: "OnnxSource", program: "Program",
                   node: torch.fx.Node, old: torch.Tensor | None) -> None:
+    if BLOCK_MEAN in str(node.target):
+        return  # the Add of a dropped block holds it (onnx_blocks)
     new = program.get_tensor(node.target).detach()
     if old is not None and new.shape == old.shape and torch.equal(new, old.detach()):
         return

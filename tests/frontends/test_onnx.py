@@ -165,6 +165,29 @@ def test_no_rule_keeps_channels():
     assert _n_params(compiled.artifact.model) == _n_params(original)
 
 
+@pytest.mark.parametrize("compensate", [False, True])
+def test_depth_pruning_rewires_the_residual_add(compensate):
+    from prunec.passes import DepthPruning
+
+    original = graphs.conv_bn_residual()
+    calibration = [{"x": torch.randn(2, 4, 8, 8)} for _ in range(3)]
+    compiled = prunec.compile(original, _feeds(original, 2, 0),
+                              passes=[DepthPruning(1, calibration=calibration,
+                                                   compensate=compensate)],
+                              backend="onnxruntime")
+    pruned = compiled.artifact.model
+    assert "zeroed original" in compiled.artifact.verified  # branch zeroed / mean-replaced
+    ops = {n.name: (n.op_type, list(n.input)) for n in pruned.graph.node}
+    assert not {"block/conv1", "block/bn1", "block/relu1", "block/conv2"} & set(ops)
+    if compensate:
+        op, inputs = ops["block/add"]
+        assert op == "Add" and inputs[0] == "x" and "prunec_block_mean" in inputs[1]
+    else:
+        assert ops["block/add"] == ("Identity", ["x"])
+    assert not {"c1w", "c2w", "bn_s"} & {t.name for t in pruned.graph.initializer}
+    onnx.checker.check_model(pruned, full_check=True)
+
+
 # ---------------------------------------------------------------------------- torch exporters
 def _tiny_bert():
     import transformers
@@ -319,3 +342,39 @@ def test_cli_prunes_an_onnx_file(tmp_path, capsys):
                  "--no-save", "--quiet"])
     assert code == 2
     assert "--input NAME:DTYPE:SHAPE" in capsys.readouterr().err
+
+
+def test_llama_with_grouped_query_attention(tmp_path):
+    """A Llama decoder with 4 query heads sharing 2 key/value heads (GQA), exported by the
+    dynamo exporter: its MLP neurons are pruned and the file verified at other shapes."""
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                                   num_hidden_layers=1, num_attention_heads=4,
+                                   num_key_value_heads=2, max_position_embeddings=64,
+                                   use_cache=False)
+    llama = transformers.LlamaForCausalLM(cfg).eval()
+
+    class Logits(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.llama = llama
+
+        def forward(self, input_ids):
+            return self.llama(input_ids=input_ids, use_cache=False).logits
+
+    ids = torch.randint(0, 64, (2, 8))
+    seq = torch.export.Dim("seq")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Logits().eval(), (ids,), str(tmp_path / "llama.onnx"), dynamo=True,
+                          input_names=["input_ids"], output_names=["logits"], verbose=False,
+                          dynamic_shapes=({0: torch.export.Dim("batch"), 1: seq},))
+    compiled = prunec.compile(str(tmp_path / "llama.onnx"), {"input_ids": ids},
+                              passes=[MagnitudePruning(0.5, targets="mlp")],
+                              backend="onnxruntime")
+    assert "zeroed original" in compiled.artifact.verified
+    assert compiled.report.macs_after < compiled.report.macs_before
+    out = compiled({"input_ids": torch.randint(0, 64, (3, 13))})
+    assert out["logits"].shape == (3, 13, 64)
