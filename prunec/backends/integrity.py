@@ -434,11 +434,12 @@ def stamp_onnx_digest(model: Any) -> None:
     rest = [(p.key, p.value) for p in model.metadata_props if p.key != ONNX_DIGEST_KEY]
     _set_props(model, [(ONNX_DIGEST_KEY, digest), *rest])
 
-def load_onnx_file(path: Path) -> Any:
+def load_onnx_file(path: Path, *, external_data: bool = True) -> Any:
     """Read an ``.onnx`` file as data and check it (see the module docstring).
 
     External data must sit in the model's folder (no absolute path, no ``..``, no link
     leading out) and be long enough; a model stamped with ``prunec.sha256`` must match it.
+    ``external_data=False`` leaves external tensors unread (and unchecked).
 
     Raises:
         PrunecError: the file is not a valid ONNX model (truncated, random bytes), its
@@ -458,15 +459,24 @@ def load_onnx_file(path: Path) -> Any:
                           f"truncated or another kind of file: {type(exc).__name__}: "
                           f"{str(exc)[:200]}).") from None
     del data
-    recorded = next((p.value for p in model.metadata_props if p.key == ONNX_DIGEST_KEY), None)
-    if recorded is not None and recorded != onnx_digest(model):
+    try:  # a damaged string field fails only when read (protobuf decodes UTF-8 lazily)
+        recorded = next((p.value for p in model.metadata_props if p.key == ONNX_DIGEST_KEY),
+                        None)
+        intact = recorded is None or recorded == onnx_digest(model)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise PrunecError(f"prunec.load: '{path}' is damaged (its metadata cannot be read: "
+                          f"{type(exc).__name__}).") from None
+    if not intact:
         raise PrunecError(f"prunec.load: '{path}' was changed or damaged since prunec saved "
                           f"it (its content does not match the checksum recorded in it).")
-    _load_external_data(onnx, model, path)
+    if external_data:
+        load_external_data(model, path)
     return model
 
 
-def _load_external_data(onnx: Any, model: Any, path: Path) -> None:
+def load_external_data(model: Any, path: Path) -> None:
+    """Read the external data of ``model`` (loaded from ``path``) after checking that every
+    location is inside the model's folder and long enough (see :func:`load_onnx_file`)."""
     from onnx.external_data_helper import (
         ExternalDataInfo, _get_all_tensors, load_external_data_for_model, uses_external_data,
     )

@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 __all__ = [
     "OnnxArtifact", "lower_onnx", "export_onnx", "optimize_onnx",
     "DEFAULT_OPSET", "TOLERANCES", "IO_METADATA_KEY", "stamp", "axis_names", "ONNX_REQUIREMENTS",
-    "is_onnx_file", "saved_backend",
+    "is_onnx_file", "saved_backend", "refuse_bfloat16",
 ]
 
 DEFAULT_OPSET = 18
@@ -319,12 +319,26 @@ def _session(ort: Any, model: "onnx.ModelProto", io: IOSpec, options: Any,
         text = _first_line(exc)
         hint = ""
         if _has_bfloat16(model):
-            hint = (" ONNX Runtime on CPU computes in float32 (or float16 with fp16=True), "
-                    "not bfloat16: cast the model with model.float() before compiling, or "
-                    "use the 'torch' or 'inductor' backend (see the dtype table in the "
-                    "README).")
+            hint = " " + BFLOAT16_HINT
         raise PrunecError(f"{backend}: ONNX Runtime cannot run this model "
                           f"({type(exc).__name__}: {text}).{hint}") from None
+
+
+BFLOAT16_HINT = ("ONNX Runtime on CPU computes in float32 (or float16 with fp16=True), not "
+                 "bfloat16: cast the model with model.float() before compiling, or use the "
+                 "'torch' or 'inductor' backend (see the dtype table in the README).")
+
+
+def refuse_bfloat16(program: "Program", backend: str) -> None:
+    """Refuse a bfloat16 program before the export: ONNX Runtime's CPU kernels (Gemm,
+    Conv...) have no bfloat16 implementation."""
+    tensors = [*program.gm.parameters(), *program.gm.buffers(),
+               *(x for x in torch.utils._pytree.tree_leaves(
+                   (program.example_args, program.example_kwargs))
+                 if isinstance(x, torch.Tensor))]
+    if any(t.dtype == torch.bfloat16 for t in tensors):
+        raise PrunecError(f"backend {backend!r}: the model or its inputs are bfloat16. "
+                          f"{BFLOAT16_HINT}")
 
 
 def _has_bfloat16(model: "onnx.ModelProto") -> bool:
@@ -365,6 +379,7 @@ def lower_onnx(program: "Program", *, opset: int = DEFAULT_OPSET, dynamic_batch:
     """
     for module in ("onnx", "onnxruntime", "onnx_graphsurgeon", "onnxscript"):
         require(module, backend="onnx", pip=PIP_HINT)
+    refuse_bfloat16(program, "onnx")
     model, io = export_onnx(program, opset=opset, dynamic_batch=dynamic_batch, fp16=fp16)
     stamp(model, program, "onnx")
     artifact = OnnxArtifact(model, io)
@@ -391,11 +406,12 @@ def saved_backend(path: Path) -> str | None:
     unreadable: the loader that then claims the file reads it with every check and says
     what is wrong). External data is not read."""
     onnx = require("onnx", backend="onnx", pip=PIP_HINT)
-    try:
+    try:  # strings decode lazily: a damaged one fails on reading, not on parsing
         model = onnx.load(str(path), load_external_data=False)
+        return next((p.value for p in model.metadata_props if p.key == "prunec.backend"),
+                    None)
     except Exception:  # noqa: BLE001 - any parse failure: claim nothing, the loader explains
         return None
-    return next((p.value for p in model.metadata_props if p.key == "prunec.backend"), None)
 
 
 register(BackendSpec(

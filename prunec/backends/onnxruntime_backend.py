@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from prunec.backends.base import IOSpec, require, verify_artifact
 from prunec.backends.onnx_backend import (
     DEFAULT_OPSET, ONNX_REQUIREMENTS, PIP_HINT, TOLERANCES, OnnxArtifact, export_onnx,
-    is_onnx_file, stamp,
+    is_onnx_file, refuse_bfloat16, stamp,
 )
 from prunec.backends.registry import BackendSpec, register
 
@@ -111,6 +111,7 @@ def lower_onnxruntime(program: "Program", *, intra_op_threads: int = 2,
     """
     for module in ("onnx", "onnxruntime", "onnx_graphsurgeon", "onnxscript"):
         require(module, backend="onnxruntime", pip=PIP_HINT)
+    refuse_bfloat16(program, "onnxruntime")
     model, io = export_onnx(program, opset=opset, dynamic_batch=dynamic_batch, fp16=fp16)
     stamp(model, program, "onnxruntime")
     artifact = OnnxRuntimeArtifact(model, io, intra_op_threads=intra_op_threads,

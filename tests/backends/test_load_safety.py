@@ -483,3 +483,20 @@ def test_two_processes_saving_to_one_path_leave_a_loadable_file(tmp_path):
         out = prunec.load(target)(x)
         assert min(max_diff(out, e) for e in expected) < 1e-5
     assert sorted(p.name for p in shared.iterdir()) == sorted(names)
+
+
+# ---------------------------------------------------------------------------- dtypes
+@pytest.mark.parametrize("backend", ["onnx", "onnxruntime"])
+def test_bfloat16_on_onnx_runtime_is_refused_before_export(backend, monkeypatch):
+    import prunec.backends.onnx_backend as onnx_backend
+    import prunec.backends.onnxruntime_backend as ort_backend
+
+    def no_export(*_a, **_k):
+        raise AssertionError("exported before the dtype check")
+
+    monkeypatch.setattr(onnx_backend, "export_onnx", no_export)
+    monkeypatch.setattr(ort_backend, "export_onnx", no_export)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(),
+                                torch.nn.Linear(16, 4)).eval().bfloat16()
+    with pytest.raises(PrunecError, match=r"bfloat16.*float32.*model.float\(\)"):
+        prunec.compile(model, torch.randn(2, 8, dtype=torch.bfloat16), backend=backend)
