@@ -487,14 +487,15 @@ def measure_tables(requests: list[tuple[Structure, list[int]]], spec: MeasureSpe
 
 def measure_reference(program: Structure, parts: list[Structure], spec: MeasureSpec, *,
                       use_cache: bool = True) -> dict[str, float]:
-    """The dense program and its distinct parts (structures at full width, branches) timed
-    together, interleaved: ``{"program": ms, signature: share, ..., "cached": bool}``
-    where a part's share is ``T_part / T_program`` (see :func:`undisturbed`).
+    """The dense program and other programs (variants of it with a structure pruned, or
+    parts of it timed alone) timed together, interleaved:
+    ``{"program": ms, signature: T_part / T_program, ..., "cached": bool}`` (see
+    :func:`undisturbed`).
 
     Tables measured apart are taken under whatever load the machine had then; expressing
-    each table as ratios to its full width and each structure as a share of the program,
-    all paired within rounds, keeps ``T_dense + sum deltas`` consistent under a load that
-    varies between sessions.
+    each table as ratios to its full width and scaling it by ratios measured here, in one
+    session, keeps ``T_dense + sum deltas`` consistent under a load that varies between
+    sessions.
     """
     distinct = list({p.signature: p for p in parts}.values())
     signature = hashlib.sha256(" ".join([program.signature] + sorted(
