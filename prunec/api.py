@@ -118,7 +118,12 @@ def compile(  # noqa: A001 - the public name the design asks for
             ``PruningPlan.from_json``) replayed, in order, before the passes.
         example_kwargs: Keyword example inputs (``attention_mask``...).
         backend: ``torch`` (default), ``onnx``, ``onnxruntime``, ``tensorrt`` or ``inductor``.
-        backend_options: Keyword options for the backend (opset, threads, fp16...).
+        backend_options: Keyword options of the backend's lowering (each
+            ``prunec.backends.<name>_backend.lower_<name>`` documents all of its own), e.g.
+            ``onnxruntime``: ``intra_op_threads``, ``inter_op_threads``, ``providers``,
+            ``fp16``, ``opset``, ``dynamic_batch``; ``onnx``: ``opset``, ``fp16``,
+            ``dynamic_batch``; ``tensorrt``: ``fp16``, ``max_batch_size``,
+            ``workspace_gb``; ``inductor``: ``mode``, ``aot``; ``torch`` takes none.
         train: Capture in train mode (for pruning during training).
         dynamic: See :func:`prunec.ir.capture.capture`.
         verify: Check every pass numerically against the program before it

@@ -61,3 +61,22 @@ def test_recipes_are_reachable_from_the_package():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.split() == ["ocspruner", "peeao", "True"]
+
+
+def test_backend_options_in_the_docstring_are_real_options():
+    """Every option ``prunec.compile``'s docstring names for a backend is a keyword of that
+    backend's lowering (it once said ``threads`` for ``intra_op_threads``)."""
+    import importlib
+    import inspect
+    import re
+
+    doc = prunec.compile.__doc__
+    text = " ".join(doc[doc.index("backend_options:"):doc.index("train:")].split())
+    named = re.findall(r"``(\w+)``: ((?:``\w+``,? ?)+)", text)
+    assert {backend for backend, _ in named} >= {"onnxruntime", "onnx", "tensorrt", "inductor"}
+    assert "``threads``" not in text
+    for backend, options in named:
+        module = importlib.import_module(f"prunec.backends.{backend}_backend")
+        accepted = inspect.signature(getattr(module, f"lower_{backend}")).parameters
+        for option in re.findall(r"``(\w+)``", options):
+            assert option in accepted, f"{backend} has no option {option!r}"

@@ -29,7 +29,8 @@ from prunec.version import __version__
 if TYPE_CHECKING:
     from prunec.ir.program import Program
 
-__all__ = ["METADATA_NAME", "metadata_for", "read_pt2_metadata", "add_zip_metadata", "pt2_kind"]
+__all__ = ["METADATA_NAME", "metadata_for", "metadata_json", "read_pt2_metadata",
+           "add_zip_metadata", "pt2_kind"]
 
 METADATA_NAME = "prunec.json"
 
@@ -54,7 +55,25 @@ def add_zip_metadata(path: Path | BinaryIO, metadata: dict, *, digests: bool = F
         metadata = {**metadata, "sha256": record_digests(path, exclude=meta_rel)}
     with zipfile.ZipFile(path, "a") as archive:
         root = archive.namelist()[0].split("/")[0]
-        archive.writestr(f"{root}/{meta_rel}", json.dumps(metadata))
+        archive.writestr(f"{root}/{meta_rel}", metadata_json(metadata))
+
+
+def metadata_json(metadata: dict) -> str:
+    """The metadata as a person reads it in the archive: indented, the plans as JSON
+    objects (in memory they are ``PruningPlan.to_json`` strings, which would be escaped
+    onto one line), so is the interface (``io``), each list of numbers (kept units, means)
+    on one line. :func:`~prunec.backends.integrity.parse_metadata` turns both back into
+    the strings they are in memory."""
+    import re
+
+    shown = dict(metadata)
+    if isinstance(shown.get("plans"), list):
+        shown["plans"] = [json.loads(p) if isinstance(p, str) else p for p in shown["plans"]]
+    if isinstance(shown.get("io"), str):
+        shown["io"] = json.loads(shown["io"])
+    text = json.dumps(shown, indent=1)
+    return re.sub(r"\[\s+([^\[\]{}\"]*?)\s+\]",
+                  lambda m: "[" + " ".join(m.group(1).split()) + "]", text)
 
 
 def read_pt2_metadata(path: Path) -> tuple[str, dict]:

@@ -150,6 +150,10 @@ def parse_metadata(text: str | bytes | None, path: Path, where: str) -> dict:
     if not isinstance(data, dict):
         raise PrunecError(f"prunec.load: the prunec metadata ({where}) of '{path}' is not a "
                           f"JSON object; the file is damaged or was edited.")
+    if isinstance(data.get("plans"), list):  # written as objects to be readable (metadata_json)
+        data["plans"] = [p if isinstance(p, str) else json.dumps(p) for p in data["plans"]]
+    if isinstance(data.get("io"), dict):
+        data["io"] = json.dumps(data["io"])
     return data
 
 

@@ -249,6 +249,11 @@ def count_macs(program: Program) -> int:
     return sum(macs_by_node(program).values())
 
 
+# Tensors a rewrite adds are buffers named ``prunec_*`` (``prunec.rewrite.fold.PRUNEC_PREFIX``;
+# ir sits below rewrite): compensation biases, dropped blocks' means, their folded constants.
+_ADDED_PREFIX = "prunec_"
+
+
 def _compute_params(program: Program) -> int:
     seen: set[int] = set()
     total = 0
@@ -256,7 +261,9 @@ def _compute_params(program: Program) -> int:
         if node.op != "get_attr":
             continue
         tensor = program.get_tensor(node.target)
-        if isinstance(tensor, torch.nn.Parameter) and id(tensor) not in seen:
+        added = node.target.rpartition(".")[2].startswith(_ADDED_PREFIX)
+        if isinstance(tensor, torch.Tensor) and (isinstance(tensor, torch.nn.Parameter) or added) \
+                and id(tensor) not in seen:
             seen.add(id(tensor))
             total += tensor.numel()
     return total
@@ -264,7 +271,10 @@ def _compute_params(program: Program) -> int:
 
 def count_params(program: Program) -> int:
     """Elements of the parameters the graph reads, each tensor counted once (tied weights
-    once; buffers such as batch-norm statistics and constants not at all)."""
+    once), plus the tensors pruning added in their place: compensation biases of consumers
+    that had none, the means of dropped blocks, and the constants folded from them
+    (buffers named ``prunec_*``; a deployed model stores them like biases). Other buffers
+    (batch-norm statistics) and constants are not counted."""
     return program.analysis("cost.params", _compute_params)
 
 

@@ -78,6 +78,28 @@ def test_saved_metadata_holds_the_plans(tmp_path):
     assert [p.keep for p in plans] == [p.keep for p in compiled.plans]
 
 
+def test_saved_metadata_is_readable_json(tmp_path):
+    """The archive's prunec.json is indented, with the plans as JSON objects (not one
+    escaped string) and each list of kept units on one line; loading gives the plans back
+    as the strings ``PruningPlan.to_json`` wrote."""
+    import json
+    import zipfile
+
+    compiled = _cnn("torch")
+    path = compiled.save(tmp_path / "m.pt2")
+    with zipfile.ZipFile(path) as archive:
+        name = next(n for n in archive.namelist() if n.endswith("/extra/prunec.json"))
+        text = archive.read(name).decode()
+    lines = text.splitlines()
+    assert len(lines) > 20 and '"keep": {' in [line.strip() for line in lines]
+    stored = json.loads(text)["plans"]
+    assert stored == [json.loads(p.to_json()) for p in compiled.plans]  # objects, not strings
+    kept = next(iter(compiled.plans[0].keep.values()))
+    assert any(line.strip().endswith(json.dumps(kept) + ",") or line.strip().endswith(
+        json.dumps(kept)) for line in lines)
+    assert prunec.load(path).metadata["plans"] == [p.to_json() for p in compiled.plans]
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_bad_inputs_are_refused_by_name(backend, tmp_path):
     compiled = _cnn(backend)

@@ -210,3 +210,44 @@ def test_hf_deit_base_has_the_distillation_token(pixels):
     assert report["macs"] == _vit_macs(tokens=198) == 17_656_043_520
     assert report["macs"] == pytest.approx(17.6e9, rel=0.01)
     assert report["params"] == 86_567_656 + 2 * 768
+
+
+class _BiasFreeConsumer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 16), nn.Linear(16, 3, bias=False)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+class _Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(4, 6)
+        self.block = nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 6))
+        self.out = nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = self.inp(x)
+        return self.out(h + self.block(h))
+
+
+def test_params_count_the_tensors_compensation_adds():
+    """A folded mean needs a bias where the consumer had none, and a dropped block leaves
+    its mean: both are stored with the model and counted."""
+    from prunec.passes import DepthPruning, VarianceBasedPruning
+
+    torch.manual_seed(0)
+    data = [torch.randn(8, 4) for _ in range(2)]
+    program = capture(_BiasFreeConsumer().eval(), data[0])
+    assert count_params(program) == 4 * 16 + 16 + 16 * 3
+    VarianceBasedPruning(0.5, data, round_to=1, compensate=True)(program)
+    assert count_params(program) == 4 * 8 + 8 + 8 * 3 + 3  # + fc2's new bias
+
+    program = capture(_Residual().eval(), data[0])
+    before = count_params(program)
+    result = DepthPruning(1, calibration=data, compensate=True)(program)
+    assert result.modified
+    block = 6 * 12 + 12 + 12 * 6 + 6
+    assert count_params(program) == before - block + 6  # + the block's per-channel mean
