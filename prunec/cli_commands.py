@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from prunec import progress
-from prunec.fileio import atomic_path, atomic_write_text
+from prunec.fileio import atomic_write_text
 from prunec.errors import PrunecError
 from prunec.cli_hf import check_hf_dir, copy_tokenizer, is_hf_spec, load_hf_model, make_llm_pass, \
     restore_use_cache
@@ -413,8 +413,7 @@ def save_output(out: Path, compiled, run: dict, outcome: dict, setup: Setup | No
             text += "\n## Accuracy\n\n" + "\n".join(f"    {l}" for l in lines if l) + "\n"
         atomic_write_text(out / "report.md", text)
         if _can_plot():
-            with atomic_path(out / "layers.png") as temp:
-                compiled.report.plot(temp)
+            compiled.report.plot(out / "layers.png")
         atomic_write_text(out / "report.json",
                           json.dumps(_results(compiled, run, outcome), indent=2))
     return out

@@ -428,7 +428,9 @@ class Report:
         """The report as JSON text; also written to ``path`` when given."""
         text = json.dumps(self.to_dict(), indent=2)
         if path is not None:
-            Path(path).write_text(text)
+            from prunec.fileio import atomic_write_text
+
+            atomic_write_text(path, text)
         return text
 
     def plot(self, path: str | Path) -> Path:
@@ -462,8 +464,11 @@ class Report:
         top.set_title(f"{self.model or 'model'}: per-layer width and MACs", loc="left")
         fig.legend(*top.get_legend_handles_labels(), loc="outside upper right", ncols=2,
                    frameon=False)
+        from prunec.fileio import atomic_path
+
         path = Path(path)
-        fig.savefig(path, format="png", dpi=110)
+        with atomic_path(path) as temp:  # a reader sees the old picture or the new one
+            fig.savefig(temp, format="png", dpi=110)
         return path
 
 

@@ -116,9 +116,9 @@ class BenchResult:
 
     def to_json(self, path: str | Path) -> Path:
         """Write everything (raw samples included) as JSON."""
-        path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=2))
-        return path
+        from prunec.fileio import atomic_write_text
+
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
 
     def to_markdown(self, *, warnings: bool = True) -> str:
         """A Markdown table, one row per artifact and batch size; then the warnings, if

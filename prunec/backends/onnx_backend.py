@@ -272,7 +272,12 @@ class OnnxArtifact(Artifact):
         device = tensors[0].device if tensors else torch.device("cpu")
         feeds = {n: t.detach().cpu().contiguous().numpy()
                  for n, t in zip(self._input_names, tensors)}
-        outs = self.session.run(None, feeds)
+        try:
+            outs = self.session.run(None, feeds)
+        except Exception as exc:  # onnxruntime's own types; inputs were checked above
+            raise PrunecError(f"{self.name}: ONNX Runtime failed running the model "
+                              f"({type(exc).__name__}: {_first_line(exc)}); a model whose "
+                              f"file was edited (weight shapes) fails here.") from None
         return self.io.unflatten_outputs([torch.from_numpy(o).to(device) for o in outs])
 
     @property

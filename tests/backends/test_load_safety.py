@@ -7,6 +7,7 @@ that prunec.load refuses the file and the marker never appears.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -500,3 +501,48 @@ def test_bfloat16_on_onnx_runtime_is_refused_before_export(backend, monkeypatch)
                                 torch.nn.Linear(16, 4)).eval().bfloat16()
     with pytest.raises(PrunecError, match=r"bfloat16.*float32.*model.float\(\)"):
         prunec.compile(model, torch.randn(2, 8, dtype=torch.bfloat16), backend=backend)
+
+
+# ---------------------------------------------------------------------------- more files
+@pytest.mark.parametrize("backend", ["torch", "onnx", "onnxruntime"])
+def test_every_loaded_artifact_has_its_metadata(backend, tmp_path):
+    from tests.backends.crafted import SUFFIX, _artifact
+
+    for artifact in (_artifact(backend), prunec.load(_artifact(backend).save(
+            tmp_path / f"m{SUFFIX[backend]}"))):
+        meta = artifact.metadata
+        assert meta["backend"] == backend and meta["prunec_version"]
+        assert isinstance(meta["plans"], list) and json.loads(meta["io"])["input_names"]
+
+
+def test_saving_into_a_read_only_directory_names_the_path(tmp_path, monkeypatch):
+    from prunec import fileio
+    from tests.backends.crafted import _artifact
+
+    real_open = os.open
+
+    def read_only(path, flags, *args):  # what a read-only folder answers (root ignores chmod)
+        if flags & os.O_CREAT:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(fileio.os, "open", read_only)
+    with pytest.raises(PermissionError) as info:
+        _artifact("torch").save(tmp_path / "model.pt2")
+    assert info.value.filename == str(tmp_path / "model.pt2")
+    assert "Permission denied" in str(info.value) and list(tmp_path.iterdir()) == []
+
+
+def test_an_onnx_file_whose_weight_shape_was_edited_is_a_clear_error(tmp_path):
+    model = _onnx(tmp_path)
+    tensor = max(model.graph.initializer, key=lambda t: len(t.dims))
+    tensor.dims[0], tensor.dims[1] = tensor.dims[1], tensor.dims[0]
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key != "prunec.sha256"]
+    del model.metadata_props[:]
+    for key, value in kept:
+        model.metadata_props.add(key=key, value=value)
+    path = tmp_path / "edited.onnx"
+    path.write_bytes(model.SerializeToString())
+    with pytest.raises(PrunecError) as info:  # at load or at the first call
+        prunec.load(path)(mlp_input())
+    assert "\n" not in str(info.value) and "ONNX Runtime" in str(info.value)
