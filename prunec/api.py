@@ -145,8 +145,8 @@ def compile(  # noqa: A001 - the public name the design asks for
     start = time.perf_counter()
     source = None
     if is_onnx_model(model):  # ONNX in, ONNX out: passes run on a stand-in of the file
-        source, model, example_inputs, dynamic = _onnx_stand_in(model, example_inputs, backend,
-                                                                 train)
+        source, model, example_inputs, dynamic, passes = _onnx_stand_in(
+            model, example_inputs, backend, train, passes)
     # Every argument is checked before capture, the expensive part (DESIGN contract 9).
     example_inputs, example_kwargs, passes, backend_options = check_compile(
         model, example_inputs, passes, example_kwargs=example_kwargs, backend=backend,
@@ -214,8 +214,12 @@ def _lower(program: Program, backend: str, options: dict):
     return backends.lower(program, backend, **options)
 
 
-def _onnx_stand_in(model: Any, example_inputs: Any, backend: str, train: bool) -> tuple:
-    """``(source, stand-in module, its example args, dynamic=False)`` for an ONNX model."""
+def _onnx_stand_in(model: Any, example_inputs: Any, backend: str, train: bool,
+                   passes: Sequence = ()) -> tuple:
+    """``(source, stand-in module, its example args, dynamic=False, passes)`` for an ONNX
+    model; passes with calibration items are copied with the items in the stand-in's form
+    (numpy -> torch; dicts by input name as keywords, or in input order where names are not
+    identifiers). The caller's pass objects are left as they are."""
     from prunec.backends.onnx_original import ORIGINAL_BACKENDS
     from prunec.errors import InvalidArgumentError
     from prunec.frontends.onnx import open_onnx
@@ -227,7 +231,19 @@ def _onnx_stand_in(model: Any, example_inputs: Any, backend: str, train: bool) -
         raise InvalidArgumentError("train=True needs an nn.Module; an ONNX file is pruned "
                                    "in eval mode.")
     source = open_onnx(model, example_inputs)
-    return source, source.module, source.example_args, False
+    if isinstance(passes, (list, tuple)):
+        passes = [_with_calibration(p, source) for p in passes]
+    return source, source.module, source.example_args, False, passes
+
+
+def _with_calibration(pass_: Any, source: Any) -> Any:
+    if not isinstance(getattr(pass_, "calibration", None), (list, tuple)):
+        return pass_
+    import copy
+
+    pass_ = copy.copy(pass_)
+    pass_.calibration = source.calibration_items(pass_.calibration)
+    return pass_
 
 
 def load(path: str | Path, *, trust: bool = False) -> Any:

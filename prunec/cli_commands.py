@@ -296,8 +296,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
         if not plot:
             print("note: layers.png (the per-layer plot) was skipped: matplotlib is not "
                   "installed (pip install matplotlib)")
-        print(f"Next: time it against the unpruned model with\n  prunec bench {_quote(out)}"
-              f" --backend onnxruntime")
+        if isinstance(setup.model, str):  # an .onnx file: the user's own graph came back
+            print(f"Next: your ONNX Runtime code loads {_quote(out / 'model.onnx')} unchanged "
+                  f"(same input and output names and dynamic axes as {setup.name})")
+        else:
+            print(f"Next: time it against the unpruned model with\n  prunec bench "
+                  f"{_quote(out)} --backend onnxruntime")
     return 0
 
 

@@ -375,6 +375,9 @@ def save_model(model: "onnx.ModelProto", path: str | Path, *, external: bool) ->
                 os.fsync(handle.fileno())
             os.chmod(produced, 0o644)  # temporary files are private; the result is not
             os.replace(produced, path.parent / produced.name)  # the .onnx last
+    from prunec.fileio import fsync_directory
+
+    fsync_directory(path.parent)  # the renames themselves survive a crash
     return path
 
 

@@ -116,6 +116,25 @@ class OnnxSource:
         """The file's name, or ``ModelProto`` (for the report)."""
         return self.path.name if self.path is not None else "ModelProto"
 
+    def calibration_items(self, items: Any) -> Any:
+        """Calibration items as the stand-in takes them: numpy leaves become torch tensors;
+        a dict stays a dict (keyword inputs) when every graph input name is an identifier,
+        else becomes a tuple in graph-input order. A non-list iterable is returned as is."""
+        if not isinstance(items, (list, tuple)):
+            return items
+        plain = all(n.isidentifier() for n in self.input_names)
+
+        def convert(item: Any) -> Any:
+            if isinstance(item, dict):
+                values = {k: _as_tensor(v) for k, v in item.items()}
+                return values if plain else tuple(values[n] for n in self.input_names
+                                                  if n in values)
+            if isinstance(item, (list, tuple)):
+                return tuple(_as_tensor(v) for v in item)
+            return _as_tensor(item)
+
+        return [convert(item) for item in items]
+
     def node(self, key: str) -> Any:
         """The original graph's node whose first output is ``key``."""
         for node in self.model.graph.node:
@@ -271,6 +290,12 @@ def check_feeds(model: "onnx.ModelProto", inputs: Any, what: str = "example_inpu
                                        f"(* = any size), got {list(array.shape)}.")
         feeds[spec.name] = array
     return feeds
+
+
+def _as_tensor(value: Any) -> Any:
+    if isinstance(value, (np.ndarray, np.generic)):
+        return torch.from_numpy(np.ascontiguousarray(value))
+    return value
 
 
 def _as_array(value: Any, name: str, what: str) -> np.ndarray:

@@ -150,6 +150,19 @@ def test_vbp_folds_means_into_gemm_and_conv_biases():
         assert compiled.plans[0].compensations
 
 
+def test_numpy_calibration_and_input_names_that_are_not_identifiers():
+    model = graphs.mlp(bias=False)
+    model.graph.input[0].name = "input.1"  # as torch's legacy exporter names inputs
+    model.graph.node[0].input[0] = "input.1"
+    items = [{"input.1": RNG.standard_normal((4, 8)).astype(np.float32)} for _ in range(2)]
+    pass_ = VarianceBasedPruning(0.5, calibration=items)
+    compiled = prunec.compile(model, items[0], passes=[pass_], backend="onnxruntime")
+    assert "zeroed original" in compiled.artifact.verified
+    assert pass_.calibration is items or pass_.calibration == items  # the caller's pass as given
+    assert isinstance(items[0]["input.1"], np.ndarray)
+    assert compiled.plans[0].compensations
+
+
 def test_no_rule_keeps_channels():
     """CumSum mixes the channels it sums over: the group stays, the file is unchanged."""
     original = graphs.mlp()
