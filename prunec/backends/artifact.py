@@ -23,6 +23,7 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from prunec.backends.integrity import check_zip_entries, open_zip, parse_metadata, record_digests
 from prunec.errors import PrunecError
 from prunec.version import __version__
 
@@ -48,8 +49,6 @@ def metadata_for(program: "Program", backend: str, io: Any = None) -> dict:
 def add_zip_metadata(path: Path | BinaryIO, metadata: dict, *, digests: bool = False) -> None:
     """Add ``<root>/extra/prunec.json`` to a PT2 archive; with ``digests``, the metadata
     first records the SHA-256 of every other entry (checked by ``prunec.load``)."""
-    from prunec.backends.integrity import record_digests
-
     meta_rel = f"extra/{METADATA_NAME}"
     if digests:
         metadata = {**metadata, "sha256": record_digests(path, exclude=meta_rel)}
@@ -83,8 +82,6 @@ def read_pt2_metadata(path: Path) -> tuple[str, dict]:
         PrunecError: the archive is damaged, has an entry that would land outside its
             folder, or its metadata is not a JSON object.
     """
-    from prunec.backends.integrity import check_zip_entries, open_zip, parse_metadata
-
     with open_zip(path, path) as archive:
         names = check_zip_entries(archive, path)
         meta_name = next((n for n in names if n.endswith(f"/extra/{METADATA_NAME}")), None)

@@ -27,14 +27,19 @@ import torch
 import torch.utils._pytree as pytree
 
 from prunec.errors import BackendUnavailable, InvalidArgumentError, PrunecError
+from prunec.ir.channels import static_shape
+from prunec.ir.interpret import scratch_state
 
 if TYPE_CHECKING:
     from types import ModuleType
 
     from prunec.ir.program import Program
 
+ONNX_PIP_HINT = "'prunec[onnx]'  (onnx onnxruntime onnx-graphsurgeon onnxscript)"
+"""What to install for the ONNX lowerings and for reading ONNX files."""
+
 __all__ = [
-    "Artifact", "IOSpec", "require",
+    "Artifact", "IOSpec", "require", "ONNX_PIP_HINT",
     "check_parity", "max_abs_diff", "sample_inputs", "verify_artifact",
 ]
 
@@ -120,8 +125,6 @@ class IOSpec:
         names = [_identifier(n.name) for n in placeholders]
         if len(names) != len(leaves):
             names = [f"input_{i}" for i in range(len(leaves))]
-        from prunec.ir.interpret import scratch_state
-
         with torch.no_grad(), scratch_state(program.gm):
             out = program.gm(*program.example_args, **program.example_kwargs)
         out_leaves = pytree.tree_flatten_with_path(out)[0]
@@ -254,8 +257,6 @@ def _input_shapes(placeholders: list, leaves: list) -> list[list[int | None]] | 
     """Per tensor input, its sizes with ``None`` for axes the program keeps dynamic."""
     if len(placeholders) != len(leaves):
         return None
-    from prunec.ir.channels import static_shape
-
     shapes = []
     for node, x in zip(placeholders, leaves):
         if _is_tensor(x):
@@ -346,8 +347,6 @@ def verify_artifact(program: "Program", artifact: Any, io: IOSpec, *, atol: floa
                     rtol: float, backend: str) -> float:
     """Parity of ``artifact`` against the program on random example-shaped inputs
     (plus batch + 1 when the batch is dynamic); returns the largest error seen."""
-    from prunec.ir.interpret import scratch_state
-
     batches = [None] + ([_example_batch(program, io) + 1] if any(io.batch_inputs) else [])
     worst = 0.0
     for seed, batch in enumerate(batches):

@@ -44,6 +44,7 @@ import zlib
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, Iterable
 
+from prunec.backends.base import ONNX_PIP_HINT, IOSpec, require
 from prunec.errors import PrunecError
 
 __all__ = [
@@ -450,10 +451,8 @@ def load_onnx_file(path: Path, *, external_data: bool = True) -> Any:
             external data is missing or outside its folder, or it fails its checksum.
         OSError: the file cannot be read (naming it).
     """
-    from prunec.backends.base import require
-    from prunec.backends.onnx_backend import PIP_HINT
 
-    onnx = require("onnx", backend="onnx", pip=PIP_HINT)
+    onnx = require("onnx", backend="onnx", pip=ONNX_PIP_HINT)
     path = Path(path)
     data = path.read_bytes()
     try:
@@ -520,8 +519,6 @@ def read_io(text: Any, path: Path | str) -> Any:
     Raises:
         PrunecError: the recorded interface is damaged.
     """
-    from prunec.backends.base import IOSpec
-
     if not text:
         return None
     try:

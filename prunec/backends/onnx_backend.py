@@ -39,7 +39,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from prunec.backends.artifact import metadata_for
-from prunec.backends.base import Artifact, IOSpec, require, sample_inputs, verify_artifact
+from prunec.backends.base import (
+    ONNX_PIP_HINT, Artifact, IOSpec, require, sample_inputs, verify_artifact,
+)
 from prunec.backends.registry import BackendSpec, Requirement, register
 from prunec.errors import PrunecError
 from prunec.ir.interpret import scratch_state
@@ -60,7 +62,7 @@ TOLERANCES: dict[str, tuple[float, float]] = {"fp32": (1e-4, 1e-4), "fp16": (1e-
 """Parity tolerances ``(atol, rtol)`` per precision."""
 IO_METADATA_KEY = "prunec.io"
 BATCH_DIM = "batch"
-PIP_HINT = "'prunec[onnx]'  (onnx onnxruntime onnx-graphsurgeon onnxscript)"
+PIP_HINT = ONNX_PIP_HINT
 ONNX_REQUIREMENTS = (Requirement("onnx", "onnx"), Requirement("onnxruntime", "onnxruntime"),
                      Requirement("onnx_graphsurgeon", "onnx-graphsurgeon"),
                      Requirement("onnxscript", "onnxscript"))

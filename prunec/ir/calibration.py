@@ -30,8 +30,10 @@ import torch
 import torch.fx as fx
 
 from prunec.errors import CalibrationError
+from prunec.ir.calibration_checks import check_calibration, check_program_inputs
 from prunec.ir.interpret import ProgramInterpreter, describe_node, resolve_nodes, split_inputs
 from prunec.ir.program import Program
+from prunec.validate import user_items
 
 __all__ = ["ChannelStats", "collect_statistics", "MaskSpec"]
 
@@ -242,8 +244,6 @@ def collect_statistics(
             items or masks, NaN/inf values (naming the node), or no data (zero items or zero
             counted positions, over all ranks).
     """
-    from prunec.validate import check_calibration
-
     check_calibration(calibration, "collect_statistics")
     axes = _check_targets(program, targets)
     distributed = _distributed()
@@ -268,8 +268,6 @@ def _run_pass(program: Program, calibration: Iterable[Any], acc: _Accumulator, m
 
     interp = ProgramInterpreter(program, observers={n: acc.observer(n) for n in acc.axes})
     total = _length(calibration, max_batches)
-    from prunec.validate import user_items
-
     items = user_items(calibration)  # the loader's own errors pass through unchanged
     items = items if max_batches is None else itertools.islice(items, max_batches)
     bar = progress_bar(items, total=total, desc="calibration", unit="batch", progress=progress)
@@ -291,8 +289,6 @@ def _run_pass(program: Program, calibration: Iterable[Any], acc: _Accumulator, m
 def _checked_item(program: Program, item: Any, index: int) -> tuple[tuple, dict]:
     """The item as ``(args, kwargs)``, checked against the captured inputs (structure, rank,
     static sizes) so that a malformed batch fails here, naming itself, not deep in an op."""
-    from prunec.validate import check_program_inputs
-
     args, kwargs = split_inputs(item)
     check_program_inputs(program, args, kwargs, where=f"calibration item {index}",
                          error=CalibrationError, dtypes=False)
@@ -303,8 +299,6 @@ def _explain_failure(program: Program, args: tuple, kwargs: dict, index: int,
                      exc: BaseException) -> None:
     """After a failed run: a :class:`CalibrationError` naming the input whose dtype differs
     from the captured one, if one does (else the caller re-raises ``exc``)."""
-    from prunec.validate import check_program_inputs
-
     try:
         check_program_inputs(program, args, kwargs, where=f"calibration item {index}",
                              error=CalibrationError)

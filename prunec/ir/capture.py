@@ -47,6 +47,7 @@ import torch.fx as fx
 import torch.utils._pytree as pytree
 
 from prunec.errors import CaptureError
+from prunec.ir.capture_checks import check_dynamic, check_example_inputs, check_model, clone_inputs
 from prunec.ir.interpret import is_written
 from prunec.ir.program import BATCH_SYMBOLS, Program, refresh_meta, rehint
 
@@ -78,16 +79,6 @@ _LADDER = (
 
 
 # ---------------------------------------------------------------------------- boundary copies
-def clone_inputs(tree: Any) -> Any:
-    """Detached clones of every tensor leaf (other leaves as they are).
-
-    Examples and calibration items pass through this at the boundary so that nothing prunec
-    runs can write into the caller's tensors.
-    """
-    return pytree.tree_map(
-        lambda x: x.detach().clone() if isinstance(x, torch.Tensor) else x, tree)
-
-
 def share_weights_copy(model: torch.nn.Module) -> torch.nn.Module:
     """A copy of ``model``'s module tree that shares its parameters and copies its buffers.
 
@@ -184,8 +175,6 @@ def capture(
     Raises:
         CaptureError: naming the module and op where tracing failed, and what to try.
     """
-    from prunec.validate import check_dynamic, check_example_inputs, check_model
-
     check_model(model)
     check_dynamic(dynamic)
     args, kwargs = check_example_inputs(model, example_inputs, example_kwargs)

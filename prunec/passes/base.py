@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Iterable, Mapping, Protocol
 
 import torch
 
@@ -25,7 +25,7 @@ from prunec.ir.program import Program
 from prunec.rewrite import PruningPlan, apply_plan
 
 __all__ = ["Pass", "PassResult", "PassContext", "PassManager", "PruningPass", "candidate_groups",
-           "check_ratio", "describe_pass"]
+           "check_ratio", "check_passes", "describe_pass"]
 
 
 @dataclass
@@ -101,7 +101,7 @@ class PassManager:
     """
 
     def __init__(self, passes, instruments=(), *, progress: bool = False):
-        self.passes = validate.check_passes(passes)
+        self.passes = check_passes(passes)
         self.instruments = list(instruments)
         self.progress = progress
         self.results: list[PassResult] = []
@@ -147,6 +147,37 @@ class PassManager:
                 pass
         return PassError(f"{message} ({type(exc).__name__}). If the model and options are "
                          f"valid, please report this with the model's class.")
+
+
+def check_passes(passes: Any, argument: str = "passes") -> list:
+    """A list (or tuple) of pass instances.
+
+    Raises:
+        InvalidArgumentError: a single pass not in a list, a pass class instead of an
+            instance, or an element that is not callable.
+    """
+    if passes is None:
+        return []
+    if callable(passes) and not isinstance(passes, (list, tuple)):
+        shown = passes.__name__ if isinstance(passes, type) else type(passes).__name__
+        raise InvalidArgumentError(
+            f"{argument} must be a list of passes, got a single {shown}; wrap it in a list: "
+            f"{argument}=[{shown}(...)].")
+    if isinstance(passes, (str, bytes, Mapping)) or not isinstance(passes, Iterable):
+        raise InvalidArgumentError(f"{argument} must be a list of pass objects, e.g. "
+                                   f"[prunec.passes.MagnitudePruning(0.5)], got "
+                                   f"{type(passes).__name__}.")
+    items = list(passes)
+    for i, p in enumerate(items):
+        if isinstance(p, type):
+            raise InvalidArgumentError(
+                f"{argument}[{i}] is the class {p.__name__}, not a pass: configure an "
+                f"instance, e.g. {p.__name__}(0.5).")
+        if not callable(p):
+            raise InvalidArgumentError(
+                f"{argument}[{i}] is {type(p).__name__} {p!r}, not a pass; passes are objects "
+                f"such as prunec.passes.MagnitudePruning(0.5).")
+    return items
 
 
 def _noop(*_args) -> None:

@@ -50,6 +50,7 @@ import torch.fx as fx
 from prunec.errors import PlanError
 from prunec.ir.channels import ChannelGroup, analyze_channels
 from prunec.ir.program import Program
+from prunec.version import __version__
 
 __all__ = ["MeasureSpec", "Structure", "LatencyTable", "cache_dir", "group_structure",
            "block_structure", "program_structure", "measure_tables", "measure_reference", "time_callables",
@@ -175,9 +176,7 @@ def software_versions(backend: str) -> dict:
     """Versions of the software the latency depends on."""
     from importlib import metadata
 
-    import prunec
-
-    versions = {"prunec": getattr(prunec, "__version__", "?"), "torch": torch.__version__}
+    versions = {"prunec": __version__, "torch": torch.__version__}
     extra = {"onnxruntime": "onnxruntime", "onnx": "onnxruntime", "tensorrt": "tensorrt"}
     if backend in extra:
         with contextlib.suppress(metadata.PackageNotFoundError):

@@ -41,6 +41,7 @@ import torch
 from prunec import validate
 from prunec.errors import CalibrationError, InvalidArgumentError, PrunecError
 from prunec.ir.calibration import ChannelStats, MaskSpec, collect_statistics
+from prunec.ir.calibration_checks import check_calibration
 from prunec.ir.channels import ChannelGroup, Slot
 from prunec.ir.program import Program
 from prunec.passes.base import PassContext, PruningPass
@@ -147,7 +148,7 @@ class VarianceBasedPruning(PruningPass):
         super().__init__(ratio=ratio, scope=scope, targets=targets, round_to=round_to,
                          latency=latency)
         where = type(self).__name__
-        self.calibration = validate.check_calibration(calibration, where)
+        self.calibration = check_calibration(calibration, where)
         if mask is not None and not isinstance(mask, str) and not callable(mask):
             raise InvalidArgumentError(f"{where}: mask must be None, a key of the items (e.g. "
                                        f"'attention_mask') or a callable item -> [B, N] mask, "

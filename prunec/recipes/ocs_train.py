@@ -36,6 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from prunec.backends.compiled import CompiledModel
 from prunec.errors import PrunecError
 from prunec.ir.program import Program
 from prunec.recipes.ocs_pruner import OneCyclePruner
@@ -327,8 +328,6 @@ def _compiled(model: nn.Module, pruner: OneCyclePruner, report: OCSReport, devic
               program: Program | None, seconds: float):
     """The eval-mode result: ``program`` (the evaluator's, already pruned) or a fresh
     :func:`eval_program`, given copies of the trained parameters and buffers."""
-    from prunec.api import CompiledModel
-
     if program is None:
         program = eval_program(model, pruner)
         program.gm.to(device)

@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from prunec.backends.compiled import CompiledModel
 from prunec.errors import PrunecError
 from prunec.ir.blocks import analyze_blocks
 from prunec.ir.capture import capture
@@ -284,8 +285,6 @@ def peeao(model: torch.nn.Module, example_inputs: Any, train_data: Any, val_data
                       f"macs_reduction={macs_reduction} ({stop}).", stacklevel=2)
     report.finish(parent.program)
     report.iterations.extend(iterations)
-    from prunec.api import CompiledModel
-
     return CompiledModel(parent.program, report)
 
 

@@ -40,13 +40,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from torch.utils.data import Dataset
+
 from prunec.errors import InvalidArgumentError, PrunecError
+from prunec.ir.capture_checks import check_model
 from prunec.ir.interpret import split_inputs
 from prunec.ir.program import Program
 from prunec.progress import bar as progress_bar
 from prunec.rewrite import recapture
+from prunec.validate import check_positive, is_real
 
-__all__ = ["finetune", "train_program", "assign_state", "distillation_loss", "logits_of"]
+__all__ = ["finetune", "train_program", "assign_state", "distillation_loss", "logits_of", "check_finetune"]
 
 
 # ---------------------------------------------------------------------------- train program
@@ -108,6 +112,39 @@ def assign_state(source: nn.Module, target: Program, *, clone: bool = False) -> 
                 f"plan in program.lineage (through prunec.rewrite.apply_plan).")
         value = tensor.detach().clone() if clone else tensor.detach()
         target.set_tensor(name, value.to(dst[name].device))
+
+
+def check_finetune(*, epochs: Any, lr: Any, weight_decay: Any, batch_size: Any,
+                   temperature: Any, alpha: Any, train_data: Any, teacher: Any,
+                   original: Any, loss_fn: Any, label_key: Any) -> None:
+    """The options of :func:`prunec.finetune`.
+
+    Raises:
+        InvalidArgumentError: naming the option and its allowed range.
+    """
+    where = "finetune"
+    check_positive(epochs, where, "epochs", integer=True)
+    check_positive(lr, where, "lr", allow_zero=True)  # 0: a run that only updates BN stats
+    check_positive(weight_decay, where, "weight_decay", allow_zero=True)
+    check_positive(batch_size, where, "batch_size", integer=True)
+    check_positive(temperature, where, "temperature")
+    if not is_real(alpha) or not 0.0 <= float(alpha) <= 1.0:
+        raise InvalidArgumentError(f"{where}: alpha must be in [0, 1] (the weight of the "
+                                   f"distillation term), got {alpha!r}.")
+    iterable = isinstance(train_data, (Iterable, Dataset)) or hasattr(train_data, "__getitem__")
+    if train_data is None or isinstance(train_data, (str, bytes, torch.Tensor)) or not iterable:
+        raise InvalidArgumentError(
+            f"{where}: train_data must be a Dataset, DataLoader or list of (inputs, target) "
+            f"items, got {type(train_data).__name__}.")
+    for argument, value in (("teacher", teacher), ("original", original)):
+        if value is not None:
+            check_model(value, f"{where}: {argument}")
+    if loss_fn is not None and not callable(loss_fn):
+        raise InvalidArgumentError(f"{where}: loss_fn must be callable (logits, target) -> "
+                                   f"loss, got {type(loss_fn).__name__}.")
+    if not isinstance(label_key, str):
+        raise InvalidArgumentError(f"{where}: label_key must be a string, got "
+                                   f"{type(label_key).__name__}.")
 
 
 # ---------------------------------------------------------------------------- losses
@@ -269,8 +306,6 @@ def finetune(
         PrunecError: no model to capture in train mode, no length for the schedule, items
             of another form, or a structure that the plans do not replay.
     """
-    from prunec.validate import check_finetune
-
     check_finetune(epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
                    temperature=temperature, alpha=alpha, train_data=train_data,
                    teacher=teacher, original=original, loss_fn=loss_fn, label_key=label_key)
