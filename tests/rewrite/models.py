@@ -29,3 +29,17 @@ def tokens(seed: int, batch: int = 4) -> torch.Tensor:
 
 def calibration() -> list[torch.Tensor]:
     return [tokens(s) for s in range(1, 4)]
+
+
+class Residual(nn.Module):
+    """Two residual MLP blocks on ``[B, N, 16]`` (block keys ``0`` and ``1``)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.blocks = nn.ModuleList([Mlp(), Mlp()])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return x
