@@ -18,15 +18,7 @@ import sys
 import torch
 
 import prunec
-from prunec.passes import MagnitudePruning, VarianceBasedPruning
-
-
-class HeadPruning(MagnitudePruning):
-    """Magnitude pruning of attention heads only: the pass's candidate groups narrowed to
-    the ones tagged ``attention`` (the residual stream and the MLPs are left alone)."""
-
-    def plan(self, program, groups, ctx):
-        return super().plan(program, [g for g in groups if "attention" in g.tags], ctx)
+from prunec.passes import HeadPruning, VarianceBasedPruning
 
 
 def build(tiny: bool):
@@ -50,9 +42,8 @@ def main(tiny: bool = False) -> dict:
     example = calibration[0]
 
     passes = [VarianceBasedPruning(0.5, calibration, targets="mlp"),
-              # each layer keeps half its key/value heads; heads are whole units already,
-              # so no rounding of channel counts (round_to=1)
-              HeadPruning(0.5, targets="all", scope="local", round_to=1)]
+              # each layer keeps half its key/value heads (with their query heads)
+              HeadPruning(0.5, uniform=True)]
     compiled = prunec.compile(model, (), passes, example_kwargs=example)
     print(compiled.report)
     print(compiled.report.layers_markdown(changed_only=True))

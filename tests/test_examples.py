@@ -44,6 +44,14 @@ def test_llama_decoder():
     assert out["macs_ratio"] > 1.5
 
 
+@pytest.mark.slow
+def test_prune_hf_causal_lm():
+    out = run_example("prune_hf_causal_lm")
+    assert out["same_class"] and out["round_trip_equal"]
+    assert out["layers"] == 3 and out["generated"] == 40
+    assert out["params"][1] < out["params"][0] * 0.6
+
+
 def test_finetune_distillation():
     out = run_example("finetune_distillation")
     assert out["before"] > 0.95 and out["tuned"] > out["pruned"] + 0.2

@@ -41,9 +41,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -92,11 +89,13 @@ class ModuleArtifact(Artifact):
     def save(self, path: str | Path) -> Path:
         """Write a directory: ``save_pretrained`` for Hugging Face models, else
         ``model.safetensors`` + ``prunec_structure.json``; ``prunec.json`` and ``plan.json``
-        in both. The directory appears whole or not at all (written beside, then renamed)."""
+        in both. The directory appears whole or not at all
+        (:func:`prunec.fileio.atomic_directory`)."""
+        from prunec.fileio import atomic_directory
+
         path = Path(path)
         _check_target_dir(path)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent or "."))
-        try:
+        with atomic_directory(path) as tmp:
             if _is_hf(self.module):
                 from prunec.backends.hf import save_pretrained
 
@@ -109,10 +108,6 @@ class ModuleArtifact(Artifact):
             _write_json(tmp / "prunec.json", self.metadata)
             plans = self.metadata.get("plans") or []
             _write_json(tmp / "plan.json", {"plans": [json.loads(p) for p in plans]})
-            _replace_dir(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return path
 
     @classmethod
@@ -461,10 +456,7 @@ def _is_hf(module: nn.Module) -> bool:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=1)
-        handle.flush()
-        os.fsync(handle.fileno())
+    path.write_text(json.dumps(data, indent=1), encoding="utf-8")  # synced by the caller
 
 
 def _check_target_dir(path: Path) -> None:
@@ -474,17 +466,6 @@ def _check_target_dir(path: Path) -> None:
             f"backend='module' saves a directory; '{path}' exists and is not an empty "
             f"directory or an earlier prunec save: choose another path.")
     path.parent.mkdir(parents=True, exist_ok=True)
-
-
-def _replace_dir(tmp: Path, path: Path) -> None:
-    """Move ``tmp`` to ``path``; an earlier save there is moved aside first, then deleted."""
-    old = None
-    if path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def load_module(path: str | Path, model: nn.Module) -> nn.Module:
