@@ -64,18 +64,13 @@ def test_prune_hf_dir_to_a_hugging_face_directory(hf_dir, tmp_path, capsys):
     assert model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0).shape == (1, 6)
 
 
-def test_depth_layers_and_heads_from_the_command_line(hf_dir, tmp_path, capsys):
+def test_whole_layers_from_the_command_line(hf_dir, tmp_path, capsys):
     out = tmp_path / "short"
     code = main(["prune", "--model", f"hf:{hf_dir}", "--pass", "depth", "--unit", "layer",
                  "--num-blocks", "1", "--no-compensate", "--backend", "module", "--output",
                  str(out), "--quiet"])
     assert code == 0, capsys.readouterr().err
     assert transformers.AutoConfig.from_pretrained(out).num_hidden_layers == 1
-    code = main(["prune", "--model", f"hf:{hf_dir}", "--pass", "heads", "--uniform",
-                 "--ratio", "0.5", "--backend", "module", "--output", str(tmp_path / "h"),
-                 "--quiet"])
-    assert code == 0, capsys.readouterr().err
-    assert transformers.AutoConfig.from_pretrained(tmp_path / "h").num_key_value_heads == 1
 
 
 def test_a_failing_fine_tune_keeps_the_pruned_model(hf_dir, tmp_path, capsys):
@@ -89,11 +84,17 @@ def test_a_failing_fine_tune_keeps_the_pruned_model(hf_dir, tmp_path, capsys):
     assert transformers.AutoModelForCausalLM.from_pretrained(out).config.intermediate_size == 24
 
 
-def test_uneven_widths_from_the_command_line_say_scope_local(hf_dir, tmp_path, capsys):
-    code = main(["prune", "--model", f"hf:{hf_dir}", "--pass", "magnitude", "--targets",
-                 "mlp", "--ratio", "0.4", "--round-to", "1", "--backend", "module",
-                 "--output", str(tmp_path / "u"), "--quiet"])
-    err = capsys.readouterr().err
-    if code == 0:  # global magnitude happened to keep equal widths on this tiny model
-        pytest.skip("equal widths")
-    assert code == 2 and "scope='local'" in err
+def test_llm_pass_options():
+    from prunec.cli import parse_args
+    from prunec.cli_hf import make_llm_pass
+    from prunec.cli_specs import CliError
+    from prunec.passes import DepthPruning, HeadPruning
+
+    heads = make_llm_pass(parse_args(["prune", "--pass", "heads", "--uniform", "--ratio",
+                                      "0.25"]), None)
+    assert isinstance(heads, HeadPruning) and heads.uniform and heads.ratio == 0.25
+    depth = make_llm_pass(parse_args(["prune", "--pass", "depth", "--unit", "layer",
+                                      "--num-blocks", "2", "--no-compensate"]), None)
+    assert isinstance(depth, DepthPruning) and depth.unit == "layer" and depth.num_blocks == 2
+    with pytest.raises(CliError, match="--data"):
+        make_llm_pass(parse_args(["prune", "--pass", "depth", "--criterion", "cosine"]), None)
