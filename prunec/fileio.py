@@ -47,7 +47,8 @@ def _temp_name(path: Path) -> Path:
 def _oserror(exc: OSError, path: Path, doing: str) -> OSError:
     """An ``OSError`` of the same kind whose message and filename name the target."""
     reason = exc.strerror or str(exc)
-    return OSError(exc.errno or errno.EIO, f"cannot {doing} {str(path)!r}: {reason}", str(path))
+    # str() of the result reads "[Errno 13] cannot save: Permission denied: '<path>'"
+    return OSError(exc.errno or errno.EIO, f"cannot {doing}: {reason}", str(path))
 
 
 def fsync_directory(directory: Path) -> None:
@@ -73,7 +74,7 @@ def _create_temp(path: Path) -> Path:
         except FileExistsError:
             continue
         except OSError as exc:
-            raise _oserror(exc, path, "save to") from exc
+            raise _oserror(exc, path, "save") from exc
         os.close(fd)
         return temp
     raise FileExistsError(errno.EEXIST, f"cannot save to {str(path)!r}: no free temporary "
@@ -115,7 +116,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             os.unlink(temp)
         if isinstance(exc, OSError):
-            raise _oserror(exc, path, "save to") from exc
+            raise _oserror(exc, path, "save") from exc
         if isinstance(exc, (PrunecError, KeyboardInterrupt, SystemExit, GeneratorExit)):
             raise
         raise PrunecError(f"saving {str(path)!r} failed ({type(exc).__name__}: "
@@ -173,7 +174,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     try:
         os.mkdir(temp)
     except OSError as exc:
-        raise _oserror(exc, path, "save to") from exc
+        raise _oserror(exc, path, "save") from exc
     try:
         yield temp
         for root, _, files in os.walk(temp):
@@ -184,7 +185,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException as exc:
         shutil.rmtree(temp, ignore_errors=True)
         if isinstance(exc, OSError):
-            raise _oserror(exc, path, "save to") from exc
+            raise _oserror(exc, path, "save") from exc
         if isinstance(exc, (PrunecError, KeyboardInterrupt, SystemExit, GeneratorExit)):
             raise
         raise PrunecError(f"saving {str(path)!r} failed ({type(exc).__name__}: "
