@@ -107,7 +107,10 @@ def compile(  # noqa: A001 - the public name the design asks for
     report = Report.start(program, model=source.name if source else model, backend=backend)
     for plan in plans:
         apply_plan(program, plan)
-        report.passes.append({"pass": "replay", "modified": True, "plan_groups": len(plan.keep)})
+        report.passes.append({"pass": "replay", "modified": bool(plan),
+                              "plan_groups": len(plan.keep),
+                              "plan_blocks": [b.key for b in plan.blocks],
+                              "plan_compensations": len(plan.compensations)})
     # The program before the passes, kept (sharing its tensors) to time the achieved latency.
     dense = program.clone(share_tensors=True) if latency_targets(passes) and not donate else None
     chain = ([CheckOutputs()] if verify else []) + list(instruments or ())

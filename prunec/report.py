@@ -30,7 +30,8 @@ from prunec.errors import PrunecError
 if TYPE_CHECKING:
     from prunec.ir.program import Program
 
-__all__ = ["Report", "LayerWidth", "LayerRow", "layer_widths", "format_count", "describe_pass"]
+__all__ = ["Report", "LayerWidth", "LayerRow", "layer_widths", "format_count", "describe_pass",
+           "activation_product_macs"]
 
 _LAYER_KINDS = ("linear", "conv", "conv_transpose", "attention")
 
@@ -199,9 +200,13 @@ def describe_pass(entry: dict, kinds: dict[str, str] | None = None,
     """
     if entry.get("already_applied"):
         return "nothing: its target was already reached (the pass ran before)"
-    if "plan_groups" in entry:
-        return f"replayed a saved plan on {entry['plan_groups']} groups"
+    if entry.get("pass") == "replay" or "plan_groups" in entry:
+        return _replay_words(entry)
+    if entry.get("dropped"):
+        return _dropped_words(entry)
     if not entry.get("units_removed"):
+        if entry.get("kept_because") and not entry.get("modified", True):
+            return "removed nothing: " + _kept_because(entry["kept_because"])
         if "groups" in entry and not entry.get("modified", True):
             return (f"removed nothing: none of the {entry['groups']} candidate groups "
                     f"could be pruned at this ratio")
@@ -210,10 +215,95 @@ def describe_pass(entry: dict, kinds: dict[str, str] | None = None,
     of_total = f" of {total}" if total else ""
     groups = entry.get("groups")
     in_groups = f" in {entry.get('pruned_groups', '?')} of {groups} groups" if groups else ""
-    text = f"removed {entry['units_removed']}{of_total} {_unit_word(entry, kinds, tags)}{in_groups}"
+    heads = entry.get("heads_total")
+    if heads and total and heads != total:  # heads and channels: never one mixed count
+        other = "channels" if entry.get("targets") == "all" else "units"
+        removed_heads = entry.get("heads_removed", 0)
+        text = (f"removed {removed_heads} of {heads} attention heads and "
+                f"{entry['units_removed'] - removed_heads} of {total - heads} {other}"
+                f"{in_groups}")
+    else:
+        text = (f"removed {entry['units_removed']}{of_total} "
+                f"{_unit_word(entry, kinds, tags)}{in_groups}")
     if entry.get("compensations"):
         text += "; their mean outputs are folded into the next layers"
     return text
+
+
+_PRODUCT_KINDS = ("attention", "matmul", "einsum")
+
+
+def activation_product_macs(program: "Program") -> int:
+    """MACs of products whose operands are both activations: attention's ``Q K^T`` and
+    ``A V`` (``scaled_dot_product_attention`` or explicit ``matmul``/``bmm``/``einsum``).
+
+    prunec counts them (they are real work, quadratic in the sequence); Torch-Pruning's
+    counter (module hooks on conv and linear layers) does not, so its MACs of a transformer
+    are lower by this amount. A product with a parameter operand (``x @ W``) is a layer and
+    not included here.
+    """
+    from prunec.ir.cost import mac_kind, macs_by_node
+
+    per_node = macs_by_node(program)
+    total = 0
+    for node in program.graph.nodes:
+        if node.name in per_node and mac_kind(node) in _PRODUCT_KINDS \
+                and not any(a.op == "get_attr" for a in node.all_input_nodes):
+            total += per_node[node.name]
+    return int(total)
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def _names(keys: list[str], shown: int = 6) -> str:
+    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+    return ", ".join(keys[:shown]) + more
+
+
+def _dropped_words(entry: dict) -> str:
+    """``dropped 2 of 4 residual blocks (stages.0.layers.1, stages.1.layers.1); each is
+    replaced by its mean output``."""
+    layers = "dropped_layers" in entry
+    keys = list(entry.get("dropped_layers") or entry.get("dropped_keys") or [])
+    blocks = list(getattr(entry.get("plan"), "blocks", None) or [])
+    keys = keys or [b.key for b in blocks]
+    of = entry.get("layers") if layers else entry.get("blocks")
+    noun = "layers" if layers else "residual blocks"
+    text = f"dropped {entry['dropped']}{f' of {of}' if of else ''} {noun}"
+    text += f" ({_names(keys)})" if keys else ""
+    if any(getattr(b, "mean", None) is not None for b in blocks):
+        text += "; each is replaced by its mean output"
+    return text
+
+
+def _replay_words(entry: dict) -> str:
+    """``replayed a saved plan: pruned 3 channel groups and dropped 2 residual blocks (...)``."""
+    did = []
+    if entry.get("plan_groups"):
+        did.append(f"pruned {_count(entry['plan_groups'], 'channel group')}")
+    blocks = entry.get("plan_blocks") or []
+    if blocks:
+        did.append(f"dropped {_count(len(blocks), 'residual block')} ({_names(blocks)})")
+    if entry.get("plan_compensations"):
+        did.append(f"folded {_count(entry['plan_compensations'], 'mean compensation')}")
+    return "replayed a saved plan: " + (" and ".join(did) if did else "it was empty (no change)")
+
+
+def _kept_because(reasons: list[str], shown: int = 3) -> str:
+    """``group fc1.weight:0 is kept: aten.softmax at node 'softmax' normalises...``: the
+    pass's ``"<group>: <reason>"`` lines, groups with the same reason together, the first
+    few reasons."""
+    by_reason: dict[str, list[str]] = {}
+    for line in reasons:
+        key, _, why = line.partition(": ")
+        by_reason.setdefault(why, []).append(key)
+    lines = [f"group {keys[0]} is kept: {why}" if len(keys) == 1
+             else f"groups {', '.join(keys)} are kept: {why}"
+             for why, keys in list(by_reason.items())[:shown]]
+    more = f"; and {len(by_reason) - shown} more reasons" if len(by_reason) > shown else ""
+    return "; ".join(lines) + more
 
 
 def _options_dict(entry: dict) -> dict:
@@ -281,6 +371,8 @@ class Report:
     group_tags: dict = field(default_factory=dict, repr=False)
     capture_notes: list = field(default_factory=list)  # what capture made static, and why
     latency: dict = field(default_factory=dict)  # latency target: dense and achieved ms
+    product_macs_before: int = 0  # of the MACs: products of two activations (attention)
+    product_macs_after: int = 0
 
     # -- filling it (called by prunec.compile) -----------------------------------------
     @classmethod
@@ -296,7 +388,8 @@ class Report:
         return cls(count_macs(program), count_params(program), backend=backend, model=name,
                    inputs=describe_inputs(program.example_args, program.example_kwargs),
                    batch_size=batch, layers_before=layer_widths(program, batch),
-                   group_tags=tags, capture_notes=list(program.capture_notes))
+                   group_tags=tags, capture_notes=list(program.capture_notes),
+                   product_macs_before=activation_product_macs(program))
 
     def add_pass(self, pass_: Any, result: Any, **extra: Any) -> dict:
         """Record a pass, its options (``pass_.config()`` when it has one) and its result."""
@@ -318,6 +411,7 @@ class Report:
         from prunec.ir.cost import count_macs, count_params
 
         self.macs_after, self.params_after = count_macs(program), count_params(program)
+        self.product_macs_after = activation_product_macs(program)
         self.layers_after = layer_widths(program, self.batch_size)
         if seconds is not None:
             self.seconds = seconds
@@ -377,6 +471,7 @@ class Report:
         mb, ma = self.macs_per_sample_before, self.macs_per_sample_after
         lines = [f"MACs per sample  {format_count(mb):>7} -> {format_count(ma):>7}  "
                  f"({_percent_fewer(mb, ma)}, ideal speedup {self.macs_ratio:.2f}x)",
+                 *self._convention_lines(),
                  f"parameters       {format_count(self.params_before):>7} -> "
                  f"{format_count(self.params_after):>7}  "
                  f"({_percent_fewer(self.params_before, self.params_after)})"]
@@ -390,6 +485,15 @@ class Report:
         if self.seconds is not None:
             lines.append(f"compile took {_seconds(self.seconds)}")
         return lines
+
+    def _convention_lines(self) -> list[str]:
+        """Where MACs are compared, the share that other counters leave out."""
+        if not self.product_macs_before:
+            return []
+        b = max(self.batch_size, 1)
+        return [f"  attention/matmul {format_count(self.product_macs_before / b):>7} -> "
+                f"{format_count(self.product_macs_after / b):>7}  (products of two "
+                f"activations: included above, Torch-Pruning's MACs leave them out)"]
 
     def __str__(self) -> str:
         width = max(len(k) for k, _ in self.header())
@@ -418,6 +522,8 @@ class Report:
                 "macs_before": self.macs_before, "macs_after": self.macs_after,
                 "macs_per_sample_before": self.macs_per_sample_before,
                 "macs_per_sample_after": self.macs_per_sample_after,
+                "product_macs_before": self.product_macs_before,
+                "product_macs_after": self.product_macs_after,
                 "params_before": self.params_before, "params_after": self.params_after,
                 "seconds": self.seconds, "passes": passes, "iterations": _plain(self.iterations),
                 "capture_notes": list(self.capture_notes), "latency": _plain(self.latency),

@@ -145,3 +145,97 @@ def test_setup_logging_levels():
     assert progress.setup_logging(2).level == logging.DEBUG
     assert len([h for h in log.handlers if type(h).__name__ == "_TqdmHandler"]) == 1
     progress.setup_logging(0)
+
+
+class _HiddenMixer(torch.nn.Module):
+    """An MLP whose hidden channels go through softmax or cumsum before the second layer."""
+
+    def __init__(self, op: str) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.op = torch.nn.Linear(8, 16), torch.nn.Linear(16, 4), op
+
+    def forward(self, x):
+        h = self.fc1(x)
+        return self.fc2(torch.softmax(h, -1) if self.op == "softmax" else torch.cumsum(h, -1))
+
+
+@pytest.mark.parametrize("op,says", [
+    ("softmax", "group fc1.weight:0 is kept: aten.softmax at node 'softmax' normalises over"),
+    ("cumsum", "are kept: axis 1 mixes its channels at node 'cumsum'"),
+])
+def test_a_pass_that_removes_nothing_names_the_op_that_keeps_the_channels(op, says):
+    import prunec
+
+    x = torch.randn(4, 8)
+    compiled = prunec.compile(_HiddenMixer(op).eval(), x,
+                              [prunec.passes.VarianceBasedPruning(0.5, [x], round_to=1)])
+    entry = compiled.report.passes[0]
+    assert not entry["modified"] and entry["kept_because"]
+    assert "VarianceBasedPruning: removed nothing: " in str(compiled.report)
+    assert says in str(compiled.report)
+    assert "candidate groups could be pruned" not in str(compiled.report)
+
+
+class _AttentionThenMLP(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        from tests.backends.models import TinyAttention
+
+        self.attn = TinyAttention()
+        self.fc1, self.fc2 = torch.nn.Linear(32, 16), torch.nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(self.attn(x))))
+
+
+def test_heads_and_channels_are_counted_apart():
+    import prunec
+
+    torch.manual_seed(0)
+    compiled = prunec.compile(_AttentionThenMLP().eval(), torch.randn(2, 6, 32),
+                              [MagnitudePruning(0.4, round_to=1)])
+    entry = compiled.report.passes[0]
+    heads, removed_heads = entry["heads_total"], entry["heads_removed"]
+    assert heads == 4 and entry["units_total"] > heads
+    text = describe_pass(entry)
+    assert text.startswith(f"removed {removed_heads} of 4 attention heads and "
+                           f"{entry['units_removed'] - removed_heads} of "
+                           f"{entry['units_total'] - 4} channels in ")
+    # a unit count is never called heads when channels are among them
+    mixed = {"units_removed": 4, "units_total": 3016, "heads_total": 16, "heads_removed": 4,
+             "groups": 9, "pruned_groups": 4, "targets": "all"}
+    assert describe_pass(mixed) == ("removed 4 of 16 attention heads and 0 of 3000 channels "
+                                    "in 4 of 9 groups")
+
+
+def test_replay_and_depth_lines_say_what_was_done():
+    from prunec.rewrite import BlockDrop, PruningPlan
+
+    plan = PruningPlan(blocks=[BlockDrop("layers.1", torch.zeros(4)), BlockDrop("layers.3", None)])
+    assert describe_pass({"pass": "replay", "plan_groups": 0, "modified": True,
+                          "plan_blocks": ["layers.1", "layers.3"]}) == \
+        "replayed a saved plan: dropped 2 residual blocks (layers.1, layers.3)"
+    assert describe_pass({"pass": "replay", "plan_groups": 1, "plan_blocks": []}) == \
+        "replayed a saved plan: pruned 1 channel group"
+    assert "empty" in describe_pass({"pass": "replay", "plan_groups": 0, "plan_blocks": []})
+    depth = {"pass": "DepthPruning", "modified": True, "blocks": 6, "dropped": 2,
+             "dropped_keys": ["layers.1", "layers.3"], "plan": plan}
+    assert describe_pass(depth) == ("dropped 2 of 6 residual blocks (layers.1, layers.3); "
+                                    "each is replaced by its mean output")
+
+
+def test_macs_convention_is_stated_where_attention_is_counted():
+    """The attention products (QK^T and AV) are in prunec's MACs and not in Torch-Pruning's:
+    the report shows how much of the MACs they are, per sample, before and after."""
+    import prunec
+    from tests.backends.models import TinyAttention
+
+    x = torch.randn(2, 6, 32)  # 6 tokens of 32 channels: QK^T and AV are 6 * 6 * 32 each
+    compiled = prunec.compile(TinyAttention().eval(), x, [])
+    report = compiled.report
+    assert report.product_macs_before == report.product_macs_after == 2 * 2 * 6 * 6 * 32
+    line = next(s for s in str(report).splitlines() if s.startswith("  attention/matmul"))
+    assert "2.30K ->   2.30K" in line and "Torch-Pruning" in line
+    assert report.to_dict()["product_macs_before"] == 2 * 2 * 6 * 6 * 32
+    mlp = prunec.compile(_HiddenMixer("softmax").eval(), torch.randn(4, 8), []).report
+    assert mlp.product_macs_before == 0 and "attention/matmul" not in str(mlp)

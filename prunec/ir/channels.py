@@ -25,7 +25,12 @@ from scipy.sparse.csgraph import connected_components
 from prunec.ir.program import Program, node_module_path
 from prunec.ir.rules import rule_for
 
-__all__ = ["ChannelGroup", "Slot", "ChannelAnalysis", "analyze_channels", "static_shape", "outputs_of"]
+__all__ = ["ChannelGroup", "Slot", "ChannelAnalysis", "analyze_channels", "static_shape", "outputs_of",
+           "UNCHOOSABLE"]
+
+# Reasons a group is never a choice (a pass that removes nothing does not cite them).
+UNCHOOSABLE = ("model input/output shape is kept", "a single unit (nothing to choose)",
+               "no activation carries these channels")
 
 DimKey = tuple  # (node name, axis)
 
@@ -351,7 +356,7 @@ def _couple_node(ctx: CoupleContext, node: fx.Node, first_attr: dict, param_targ
         return
     if node.op in ("placeholder", "output"):
         for arg in _tensor_args(node) if node.op == "output" else [node]:
-            ctx.block(arg, why="model input/output shape is kept")
+            ctx.block(arg, why=UNCHOOSABLE[0])
         return
     if node.op == "call_module":  # export's _guards_fn: reads input shapes only
         return
@@ -486,9 +491,9 @@ def _make_group(space, keys, dims, comps, comp, blocked, comp_blocked, param_tar
     tags = frozenset(t for s in result_slots for t in space.tags.get((s.node, s.axis), ()))
     anchor = next(s for s in result_slots if (s.node, s.axis) == anchor_key)
     if not is_blocked and len(comps) < 2:
-        is_blocked, reason = True, "a single unit (nothing to choose)"
+        is_blocked, reason = True, UNCHOOSABLE[1]
     if not is_blocked and all(s.param is not None for s in result_slots):
-        is_blocked, reason = True, "no activation carries these channels"
+        is_blocked, reason = True, UNCHOOSABLE[2]
     return ChannelGroup(f"{anchor.param}:{anchor.axis}", len(comps), result_slots, not is_blocked,
                         reason, tags, unit_index)
 

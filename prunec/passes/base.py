@@ -20,7 +20,7 @@ import torch
 
 from prunec import validate
 from prunec.errors import InvalidArgumentError, PassError, PrunecError
-from prunec.ir.channels import ChannelAnalysis, ChannelGroup, analyze_channels
+from prunec.ir.channels import UNCHOOSABLE, ChannelAnalysis, ChannelGroup, analyze_channels
 from prunec.ir.program import Program
 from prunec.rewrite import PruningPlan, apply_plan
 
@@ -270,6 +270,20 @@ class PruningPass:
         """The groups this pass may prune (by default :func:`candidate_groups`)."""
         return candidate_groups(analysis, self.targets)
 
+    def kept_because(self, program: Program, analysis: ChannelAnalysis,
+                     groups: list[ChannelGroup]) -> list[str]:
+        """Why a run removed nothing, as ``"<group>: <reason>"`` lines for the report: the
+        blocked groups this pass would otherwise target (their analysis reason names the op:
+        ``cumsum``, a reshape it cannot follow...). Model inputs/outputs and single units
+        are left out (never a choice). Subclasses add their own reasons."""
+        out = []
+        for g in analysis.groups:
+            if g.prunable or g.reason.startswith(UNCHOOSABLE) \
+                    or (self.targets == "mlp" and {"residual", "attention"} & g.tags):
+                continue
+            out.append(f"{g.key}: {g.reason}")
+        return out
+
     # -- fixed skeleton ----------------------------------------------------------------
     def __call__(self, program: Program, ctx: PassContext | None = None) -> PassResult:
         ctx = ctx or PassContext()
@@ -277,6 +291,9 @@ class PruningPass:
         groups = self.candidates(analysis)
         stats = {"targets": self.targets, "groups": len(groups),
                  "units_total": sum(g.size for g in groups)}
+        heads = [g for g in groups if "attention" in g.tags]  # units that are heads
+        if heads:  # the report counts heads apart from channels
+            stats["heads_total"] = sum(g.size for g in heads)
         if self.config() in program.history:  # its target is already reached
             return PassResult(program, False, stats={**stats, "already_applied": True})
         self.latency_stats = None
@@ -285,10 +302,16 @@ class PruningPass:
         if self.latency_stats is not None:
             stats["latency"] = self.latency_stats
         if not plan:
-            return PassResult(program, False, stats={**stats, "pruned_groups": 0, "units_removed": 0})
+            stats = {**stats, "pruned_groups": 0, "units_removed": 0}
+            if active:  # the report says why nothing went, naming the op that keeps it
+                stats["kept_because"] = self.kept_because(program, analysis, groups)
+            return PassResult(program, False, stats=stats)
         self.compensate(program, groups, plan, ctx)
         apply_plan(program, plan, config=self.config())
         removed = sum(g.size - len(plan.keep[g.key]) for g in groups if g.key in plan.keep)
+        if heads:
+            stats["heads_removed"] = sum(g.size - len(plan.keep[g.key]) for g in heads
+                                         if g.key in plan.keep)
         return PassResult(program, True, plan, {**stats, "pruned_groups": len(plan.keep),
                                                 "units_removed": removed})
 

@@ -48,7 +48,8 @@ from prunec.passes.base import PassContext, PruningPass
 from prunec.rewrite.compensation import compensations_for, fold_axis
 from prunec.rewrite.plan import MeanCompensation, PruningPlan
 
-__all__ = ["VarianceBasedPruning", "MeasuredValue", "measured_values", "unit_variances"]
+__all__ = ["VarianceBasedPruning", "MeasuredValue", "measured_values", "unmeasured_reason",
+           "unit_variances"]
 
 aten = torch.ops.aten
 
@@ -70,11 +71,27 @@ def measured_values(program: Program, group: ChannelGroup) -> list[MeasuredValue
     contracting the channels with a weight whose axis 1 is in the group. A measured value must
     feed only such consumers (each takes the bias fold).
     """
-    if "norm" in group.tags:
-        return None
+    return _measure(program, group)[0]
+
+
+def unmeasured_reason(program: Program, group: ChannelGroup) -> str:
+    """Why VBP does not describe ``group`` (``""`` when it does), naming the op."""
+    return _measure(program, group)[1]
+
+
+# Ops that normalise over an axis (the channel rules tag their input ``norm``).
+_NORMALISING = {"softmax", "_softmax", "log_softmax", "_log_softmax", "_safe_softmax",
+                "layer_norm", "native_layer_norm", "rms_norm", "group_norm", "batch_norm",
+                "instance_norm", "native_batch_norm", "_native_batch_norm_legit_no_training",
+                "_native_batch_norm_legit_functional"}
+
+
+def _measure(program: Program, group: ChannelGroup) -> tuple[list[MeasuredValue] | None, str]:
     nodes = {n.name: n for n in program.graph.nodes}
     slot_nodes = {s.node for s in group.slots}
     act_slots = {(s.node, s.axis): s for s in group.slots if s.param is None}
+    if "norm" in group.tags:
+        return None, _normalised_reason(nodes, act_slots)
     weight_axes = {(s.param, s.axis) for s in group.params}
     found: dict[str, MeasuredValue] = {}
     for name in dict.fromkeys(node for node, _ in act_slots):
@@ -85,12 +102,36 @@ def measured_values(program: Program, group: ChannelGroup) -> list[MeasuredValue
             axis = fold_axis(user, value)
             if axis is None or (user.args[1].target, 1) not in weight_axes \
                     or (name, axis) not in act_slots:
-                return None
+                return None, _consumer_reason(user)
             found[name] = MeasuredValue(name, axis, act_slots[(name, axis)])
     for mv in found.values():  # every user of a measured value must take the fold
-        if any(fold_axis(u, nodes[mv.node]) != mv.axis for u in nodes[mv.node].users):
-            return None
-    return list(found.values()) or None
+        for user in nodes[mv.node].users:
+            if fold_axis(user, nodes[mv.node]) != mv.axis:
+                return None, _consumer_reason(user)
+    if not found:
+        return None, "no linear or convolution consumer reads its channels"
+    return list(found.values()), ""
+
+
+def _normalised_reason(nodes: dict, act_slots: dict) -> str:
+    for name, _axis in act_slots:
+        for user in nodes[name].users:
+            packet = getattr(getattr(user.target, "overloadpacket", None), "__name__", "")
+            if packet in _NORMALISING:
+                return (f"{_op(user)} normalises over its channels, so a removed neuron's mean "
+                        f"would change the others")
+    return "it is normalised over, so a removed neuron's mean would change the others"
+
+
+def _consumer_reason(user) -> str:
+    return (f"its channels reach {_op(user)}, not a linear or convolution whose bias can "
+            f"take their mean")
+
+
+def _op(node) -> str:
+    """``aten.softmax at node 'softmax'``."""
+    packet = getattr(getattr(node.target, "overloadpacket", None), "__name__", None)
+    return f"aten.{packet} at node '{node.name}'" if packet else f"node '{node.name}'"
 
 
 def unit_variances(group: ChannelGroup, values: list[MeasuredValue],
@@ -173,6 +214,11 @@ class VarianceBasedPruning(PruningPass):
         measured = self._measured(program, groups)
         described = [g for g in groups if g.key in measured]
         return super().plan(program, described, ctx) if described else PruningPlan()
+
+    def kept_because(self, program: Program, analysis, groups: list[ChannelGroup]) -> list[str]:
+        """The base reasons, plus every candidate group VBP cannot describe and why."""
+        reasons = [f"{g.key}: {why}" for g in groups if (why := unmeasured_reason(program, g))]
+        return reasons + super().kept_because(program, analysis, groups)
 
     def score(self, program, groups, ctx: PassContext) -> dict[str, torch.Tensor]:
         measured = self._measured(program, groups)
