@@ -138,3 +138,39 @@ def heads(seed: int = 0) -> onnx.ModelProto:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", 16])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", 16])
     return _model(nodes, [x], [y], inits, "attention")
+
+
+def gqa(seed: int = 0) -> onnx.ModelProto:
+    """Grouped-query attention over ``x[N, S, 16]``: 4 query heads of 4 share 2 key/value
+    heads, repeated as exporters write ``repeat_kv``: ``Unsqueeze -> Expand(constant shape)
+    -> Reshape(constant shape)``; the batch and sequence sizes come in as ``0`` (copy)."""
+    rng = np.random.default_rng(seed)
+    h = helper.make_node
+    const = {"q_shape": [0, 0, 4, 4], "kv_shape": [0, 0, 2, 4], "axes2": [2],
+             "expand_kv": [1, 2, 2, 1, 1], "merge_kv": [0, 4, -1, 4], "out_shape": [0, 0, 16]}
+    inits = [numpy_helper.from_array(np.array(v, np.int64), k) for k, v in const.items()]
+    inits.append(numpy_helper.from_array(np.array(0.5, np.float32), "scale"))
+    nodes = []
+    for name, width in (("q", 16), ("k", 8), ("v", 8)):
+        inits.append(_init(f"w{name}", (16, width), rng))
+        shape = "q_shape" if name == "q" else "kv_shape"
+        nodes += [h("MatMul", ["x", f"w{name}"], [f"{name}0"], name=f"{name}/MatMul"),
+                  h("Reshape", [f"{name}0", shape], [f"{name}1"], name=f"{name}/Reshape"),
+                  h("Transpose", [f"{name}1"], [f"{name}2"], name=f"{name}/Transpose",
+                    perm=[0, 2, 1, 3])]
+        if name != "q":  # repeat_kv: [N, 2, S, 4] -> [N, 2, 2, S, 4] -> [N, 4, S, 4]
+            nodes += [h("Unsqueeze", [f"{name}2", "axes2"], [f"{name}3"], name=f"{name}/Unsqueeze"),
+                      h("Expand", [f"{name}3", "expand_kv"], [f"{name}4"], name=f"{name}/Expand"),
+                      h("Reshape", [f"{name}4", "merge_kv"], [f"{name}5"], name=f"{name}/repeat")]
+    inits.append(_init("wo", (16, 16), rng))
+    nodes += [h("Transpose", ["k5"], ["kt"], name="k/T", perm=[0, 1, 3, 2]),
+              h("MatMul", ["q2", "kt"], ["s0"], name="scores"),
+              h("Mul", ["s0", "scale"], ["s1"], name="scale_mul"),
+              h("Softmax", ["s1"], ["p"], name="softmax", axis=-1),
+              h("MatMul", ["p", "v5"], ["c0"], name="context"),
+              h("Transpose", ["c0"], ["c1"], name="merge/Transpose", perm=[0, 2, 1, 3]),
+              h("Reshape", ["c1", "out_shape"], ["c2"], name="merge/Reshape"),
+              h("MatMul", ["c2", "wo"], ["y"], name="out/MatMul")]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", 16])
+    return _model(nodes, [x], [y], inits, "gqa")

@@ -119,6 +119,27 @@ def test_computed_reshape_shapes_are_patched_at_their_constant():
     assert "Shape" in {n.op_type for n in compiled.artifact.model.graph.node}  # still computed
 
 
+def test_grouped_query_attention_repeat_shapes_are_patched():
+    """4 query heads share 2 key/value heads through Unsqueeze -> Expand -> Reshape with
+    constant shapes (shared by k and v): pruning one kv group (and its 2 query heads) patches
+    the kv count in the Expand and Reshape shapes and the query head count."""
+    original = graphs.gqa()
+    compiled = prunec.compile(original, _feeds(original),
+                              passes=[MagnitudePruning(0.5, round_to=1)], backend="onnxruntime")
+    assert "zeroed original" in compiled.artifact.verified
+    model = compiled.artifact.model
+    inits = {t.name: onnx.numpy_helper.to_array(t).tolist() for t in model.graph.initializer}
+    shape_of = {n.name: inits[n.input[1]] for n in model.graph.node
+                if n.op_type in ("Reshape", "Expand")}
+    assert shape_of["q/Reshape"] == [0, 0, 2, 4]
+    for name in "kv":
+        assert shape_of[f"{name}/Reshape"] == [0, 0, 1, 4]
+        assert shape_of[f"{name}/Expand"] == [1, 1, 2, 1, 1]
+        assert shape_of[f"{name}/repeat"] == [0, 2, -1, 4]
+    assert shape_of["merge/Reshape"] == [0, 0, 8]
+    assert compiled.report.macs_after * 2 == compiled.report.macs_before
+
+
 def test_shared_initializer_is_copied_on_write_and_vbp_adds_a_bias():
     original = graphs.shared_bias()
     feeds = _feeds(original)

@@ -1,0 +1,62 @@
+"""prunec's onnx2torch converters: each op's stand-in equals ONNX Runtime on the file."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from prunec.frontends.onnx import open_onnx
+
+
+def _ints(name: str, values) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.array(values, np.int64), name)
+
+
+def _graph(opset: int) -> onnx.ModelProto:
+    """x[2, 6, 4] through the ops whose converters prunec supplies, every output kept."""
+    h = helper.make_node
+    nodes = [
+        h("ReduceMean", ["x", "axes1"], ["mean"], keepdims=1),                 # v18: axes input
+        h("GreaterOrEqual", ["x", "mean"], ["ge"]), h("LessOrEqual", ["x", "mean"], ["le"]),
+        h("Cast", ["ge"], ["gef"], to=TensorProto.FLOAT),
+        h("Reshape", ["x", "shape0"], ["r0"], allowzero=1),                   # allowzero
+        h("Reshape", ["x", "shape_copy"], ["r1"]),                            # 0 copies
+        h("Slice", ["x", "starts", "ends", "axes1", "steps"], ["sl"]),        # negative step
+        h("Expand", ["mean", "expand_to"], ["ex"]),
+        h("Tile", ["mean", "reps"], ["ti"]),
+        h("CumSum", ["x", "axis1"], ["cs"], reverse=1),
+        h("Flatten", ["x"], ["fl"], axis=3),                                  # axis == rank
+        h("Split", ["x", "split"], ["s0", "s1"], axis=1),
+        h("ReduceMax", ["x", "axes1"], ["mx"], keepdims=0),
+    ]
+    inits = [_ints("axes1", [1]), _ints("shape0", [2, 24]), _ints("shape_copy", [0, 0, 2, 2]),
+             _ints("starts", [-1]), _ints("ends", [-100]), _ints("steps", [-2]),
+             _ints("expand_to", [3, 2, 6, 4]), _ints("reps", [1, 6, 1]),
+             numpy_helper.from_array(np.array(1, np.int64), "axis1"), _ints("split", [2, 4])]
+    outs = ["mean", "ge", "le", "gef", "r0", "r1", "sl", "ex", "ti", "cs", "fl", "s0", "s1", "mx"]
+    graph = helper.make_graph(
+        nodes, "ops", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6, 4])],
+        [helper.make_tensor_value_info(o, TensorProto.UNDEFINED, None) for o in outs], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return onnx.shape_inference.infer_shapes(model)
+
+
+@pytest.mark.parametrize("opset", [18, 20])
+def test_converters_match_onnx_runtime(opset):
+    model = _graph(opset)
+    x = np.random.default_rng(0).standard_normal((2, 6, 4)).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString(),
+                                providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    source = open_onnx(model, {"x": x})
+    with torch.no_grad():
+        got = source.module(torch.from_numpy(x))
+    got = [t.numpy() for t in torch.utils._pytree.tree_leaves(got)]
+    assert len(got) == len(want)
+    for name, g, w in zip([o.name for o in model.graph.output], got, want):
+        assert g.shape == w.shape, name
+        np.testing.assert_allclose(g.astype(np.float64), w.astype(np.float64), rtol=1e-6,
+                                   atol=1e-6, err_msg=name)
