@@ -24,7 +24,7 @@ from prunec.ir.channels import UNCHOOSABLE, ChannelAnalysis, ChannelGroup, analy
 from prunec.ir.program import Program
 from prunec.rewrite import PruningPlan, apply_plan
 
-__all__ = ["Pass", "PassResult", "PassContext", "PassManager", "PruningPass", "candidate_groups",
+__all__ = ["Pass", "PassBase", "PassResult", "PassContext", "PassManager", "PruningPass", "Timing", "candidate_groups",
            "check_ratio", "check_passes", "describe_pass"]
 
 
@@ -68,85 +68,134 @@ def describe_pass(pass_) -> str:
     return f"{type(pass_).__name__}({options})"
 
 
+class PassBase:
+    """What every pass shares (DESIGN.md contract 3): its identity and the lineage check.
+
+    A pass is configured in its constructor and called as ``pass_(program, ctx)``. Its
+    identity, :meth:`config`, is its class name and its scalar options: the lineage records
+    it with every plan the pass applies (``apply_plan(..., config=self.config())``), and
+    :meth:`already_applied` reads it back, so a pass whose target is reached is a no-op when
+    run again, on the same program or on a replay of it (:func:`prunec.rewrite.recapture`).
+
+    ``guarantee``: what holds between the program before and after the pass when it
+    modifies it (see :class:`Pass`).
+    """
+
+    guarantee: str | None = None
+
+    def config(self) -> dict:
+        """The pass's identity: its class and constructor options (scalars)."""
+        return {"pass": type(self).__name__, **{k: v for k, v in vars(self).items()
+                                               if isinstance(v, (int, float, str, bool))}}
+
+    def already_applied(self, program: Program) -> bool:
+        """Whether this pass, with these options, is in ``program``'s lineage."""
+        return self.config() in program.history
+
+    def __call__(self, program: Program, ctx: "PassContext | None" = None) -> PassResult:
+        raise NotImplementedError
+
+
+class Timing:
+    """Wall time of every pass, in ``result.stats["seconds"]`` and :attr:`seconds`.
+
+    Every :class:`PassContext` runs one (the caller's, when it passes one): its ``before``
+    runs last and its ``after`` first, so it times the pass alone, not the other
+    instruments around it.
+    """
+
+    def __init__(self):
+        self.seconds: list[tuple[str, float]] = []
+        self._start = 0.0
+
+    def before(self, pass_, program) -> None:
+        self._start = time.perf_counter()
+
+    def after(self, pass_, program, result) -> None:
+        elapsed = time.perf_counter() - self._start
+        result.stats["seconds"] = elapsed
+        self.seconds.append((describe_pass(pass_), elapsed))
+
+
 class PassContext:
-    """What a running pass sees: the instruments and options of the pipeline.
+    """What a running pass sees, and the runner of passes: it owns the instruments.
 
     Instruments are objects with any of ``should_run(pass_, program) -> bool``,
-    ``before(pass_, program)`` and ``after(pass_, program, result)``.
+    ``before(pass_, program)`` and ``after(pass_, program, result)``; ``before`` hooks run in
+    order, ``after`` hooks in reverse order (each instrument wraps the ones after it). A
+    :class:`Timing` instrument is always among them (appended when not given), so every
+    result has its ``seconds``.
+
+    When a pass raises, the error is re-raised as a :class:`~prunec.errors.PrunecError`
+    (the same subclass when it already was one, else :class:`~prunec.errors.PassError`)
+    whose message names the failing pass with its options and the passes run before it in
+    this context; the original exception is chained (``__cause__``). An exception raised by
+    the caller's own data iterator passes through unchanged.
     """
 
-    def __init__(self, instruments: tuple = (), *, progress: bool = False):
+    def __init__(self, instruments: Iterable = ()):
         self.instruments = list(instruments)
-        self.progress = progress
+        if not any(isinstance(i, Timing) for i in self.instruments):
+            self.instruments.append(Timing())
+        self.done: list = []
 
     def run(self, pass_: Pass, program: Program) -> PassResult:
-        """Run one pass with the instruments around it (see :class:`PassManager`)."""
-        return PassManager([pass_], self.instruments, progress=self.progress).run_one(
-            pass_, program, self)
-
-
-class PassManager:
-    """Runs passes in order, each on the program the previous one returned.
-
-    Around each pass the instruments run: ``should_run`` (any False skips the pass),
-    ``before`` and ``after``. When a pass raises, the error is re-raised as a
-    :class:`~prunec.errors.PrunecError` (the same subclass when it already was one, else
-    :class:`~prunec.errors.PassError`) whose message names the failing pass with its options
-    and the passes that ran before it; the original exception is chained (``__cause__``).
-
-    Args:
-        passes: Pass objects (instances, not classes).
-        instruments: Instruments run around every pass (verification, timing, IR dumps).
-        progress: Passed to passes through the context (progress bars).
-    """
-
-    def __init__(self, passes, instruments=(), *, progress: bool = False):
-        self.passes = check_passes(passes)
-        self.instruments = list(instruments)
-        self.progress = progress
-        self.results: list[PassResult] = []
-
-    def run(self, program: Program) -> Program:
-        """Run every pass; returns the final program (results in :attr:`results`)."""
-        ctx = PassContext(tuple(self.instruments), progress=self.progress)
-        self.results = []
-        for pass_ in self.passes:
-            result = self.run_one(pass_, program, ctx)
-            self.results.append(result)
-            program = result.program
-        return program
-
-    def run_one(self, pass_: Pass, program: Program, ctx: PassContext) -> PassResult:
-        if not all(getattr(i, "should_run", _yes)(pass_, program) for i in ctx.instruments):
+        """Run one pass with the instruments around it."""
+        earlier = list(self.done)
+        self.done.append(pass_)
+        if not all(getattr(i, "should_run", _yes)(pass_, program) for i in self.instruments):
             return PassResult(program, False, stats={"skipped": True})
         try:
-            for inst in ctx.instruments:
+            for inst in self.instruments:
                 getattr(inst, "before", _noop)(pass_, program)
-            start = time.perf_counter()
-            result = pass_(program, ctx)
+            result = pass_(program, self)
             if not isinstance(result, PassResult):
                 raise TypeError(f"a pass must return a PassResult, got {type(result).__name__}")
-            result.stats.setdefault("seconds", time.perf_counter() - start)
-            for inst in ctx.instruments:
+            for inst in reversed(self.instruments):
                 getattr(inst, "after", _noop)(pass_, program, result)
         except Exception as exc:  # every failure is re-raised with the pipeline's context
             if validate.is_user_error(exc):  # the caller's own data loader failed: theirs
                 raise
-            raise self._failure(pass_, exc) from exc
+            raise _failure(pass_, earlier, exc) from exc
         return result
 
-    def _failure(self, pass_, exc: Exception) -> PrunecError:
-        done = [describe_pass(r) for r in self.passes[:self.passes.index(pass_)]] \
-            if pass_ in self.passes else []
-        before = f" after {', '.join(done)}" if done else " (the first pass)"
-        message = f"pass {describe_pass(pass_)} failed{before}: {exc}"
-        if isinstance(exc, PrunecError):
-            try:
-                return type(exc)(message)
-            except TypeError:  # a subclass with another constructor
-                pass
-        return PassError(f"{message} ({type(exc).__name__}). If the model and options are "
-                         f"valid, please report this with the model's class.")
+
+class PassManager:
+    """Runs passes in order, each on the program the previous one returned, through one
+    :class:`PassContext` (which runs the instruments and names a failing pass).
+
+    Args:
+        passes: Pass objects (instances, not classes).
+        instruments: Instruments run around every pass (verification, timing, IR dumps).
+    """
+
+    def __init__(self, passes, instruments=()):
+        self.passes = check_passes(passes)
+        self.instruments = list(instruments)
+        self.results: list[PassResult] = []
+
+    def run(self, program: Program) -> Program:
+        """Run every pass; returns the final program (results in :attr:`results`)."""
+        ctx = PassContext(self.instruments)
+        self.results = []
+        for pass_ in self.passes:
+            result = ctx.run(pass_, program)
+            self.results.append(result)
+            program = result.program
+        return program
+
+
+def _failure(pass_, earlier: list, exc: Exception) -> PrunecError:
+    done = [describe_pass(p) for p in earlier]
+    before = f" after {', '.join(done)}" if done else " (the first pass)"
+    message = f"pass {describe_pass(pass_)} failed{before}: {exc}"
+    if isinstance(exc, PrunecError):
+        try:
+            return type(exc)(message)
+        except TypeError:  # a subclass with another constructor
+            pass
+    return PassError(f"{message} ({type(exc).__name__}). If the model and options are "
+                     f"valid, please report this with the model's class.")
 
 
 def check_passes(passes: Any, argument: str = "passes") -> list:
@@ -216,7 +265,7 @@ def unit_step(group: ChannelGroup, round_to: int) -> int:
     return max(1, round_to // math.gcd(round_to, width))
 
 
-class PruningPass:
+class PruningPass(PassBase):
     """Base of pruning passes: subclasses implement :meth:`score`.
 
     Args:
@@ -252,11 +301,6 @@ class PruningPass:
         targets = validate.check_choice(targets, ("all", "mlp"), where, "targets")
         round_to = validate.check_round_to(round_to, where)
         self.scope, self.targets, self.round_to = scope, targets, round_to
-
-    def config(self) -> dict:
-        """The pass's identity: its class and constructor options."""
-        return {"pass": type(self).__name__, **{k: v for k, v in vars(self).items()
-                                               if isinstance(v, (int, float, str, bool))}}
 
     # -- to implement ------------------------------------------------------------------
     def score(self, program: Program, groups: list[ChannelGroup], ctx: PassContext) -> dict[str, torch.Tensor]:
@@ -294,7 +338,7 @@ class PruningPass:
         heads = [g for g in groups if "attention" in g.tags]  # units that are heads
         if heads:  # the report counts heads apart from channels
             stats["heads_total"] = sum(g.size for g in heads)
-        if self.config() in program.history:  # its target is already reached
+        if self.already_applied(program):  # its target is already reached
             return PassResult(program, False, stats={**stats, "already_applied": True})
         self.latency_stats = None
         active = self.ratio > 0 or self.latency_target is not None

@@ -15,7 +15,7 @@ from prunec.backends.base import max_abs_diff
 from prunec.errors import VerificationError
 from prunec.ir.interpret import ProgramInterpreter, scratch_state
 from prunec.ir.program import Program
-from prunec.passes.base import describe_pass
+from prunec.passes.base import Timing, describe_pass
 from prunec.rewrite.reference import reference_program
 
 __all__ = ["CheckOutputs", "DumpIR", "Timing", "random_inputs"]
@@ -179,19 +179,3 @@ class DumpIR:
         self._count += 1
         path = self.directory / f"{self._count:02d}_{type(pass_).__name__}.py"
         path.write_text(program.gm.code)
-
-
-class Timing:
-    """Wall time of every pass, in ``result.stats["seconds"]`` and :attr:`seconds`."""
-
-    def __init__(self):
-        self.seconds: list[tuple[str, float]] = []
-        self._start = 0.0
-
-    def before(self, pass_, program) -> None:
-        self._start = time.perf_counter()
-
-    def after(self, pass_, program, result) -> None:
-        elapsed = time.perf_counter() - self._start
-        result.stats["seconds"] = elapsed
-        self.seconds.append((describe_pass(pass_), elapsed))

@@ -37,7 +37,7 @@ from prunec.ir.blocks import Block, analyze_blocks
 from prunec.ir.calibration import MaskSpec, collect_statistics
 from prunec.ir.interpret import ProgramInterpreter, record_values
 from prunec.ir.program import Program
-from prunec.passes.base import PassContext, PassResult
+from prunec.passes.base import PassBase, PassContext, PassResult
 from prunec.rewrite import apply_plan
 from prunec.rewrite.plan import BlockDrop, PruningPlan
 
@@ -51,7 +51,7 @@ def dropped_blocks(program: Program) -> int:
     return sum(len(step.plan.blocks) for step in program.lineage)
 
 
-class DepthPruning:
+class DepthPruning(PassBase):
     """Remove the residual blocks that matter least; optionally replace them by their mean.
 
     Args:
@@ -79,8 +79,9 @@ class DepthPruning:
             (``unit="block"`` only).
 
     Raises:
-        PrunecError: not exactly one of ``num_blocks``, ``ratio`` and ``latency``, an unknown
-            criterion, a program captured in train mode with a data criterion.
+        InvalidArgumentError: not exactly one of ``num_blocks``, ``ratio`` and ``latency``,
+            a bad count, ratio, unit or criterion.
+        PrunecError: a program captured in train mode with a data criterion.
         CalibrationError: no calibration data where the criterion or compensation needs it.
     """
 
@@ -92,7 +93,7 @@ class DepthPruning:
                  mask: MaskSpec = None, max_batches: int | None = None, progress: bool = False,
                  unit: str = "block", latency=None):
         if unit not in ("block", "layer"):
-            raise PrunecError(f"DepthPruning: unit must be 'block' or 'layer', got {unit!r}.")
+            raise InvalidArgumentError(f"DepthPruning: unit must be 'block' or 'layer', got {unit!r}.")
         if sum(v is not None for v in (num_blocks, ratio, latency)) != 1:
             raise InvalidArgumentError("DepthPruning: pass exactly one of num_blocks (blocks to "
                                        "remove), ratio (fraction of the removable blocks) and "
@@ -108,11 +109,11 @@ class DepthPruning:
             self.latency_target = check_latency(latency, "DepthPruning")
             self.latency = self.latency_target.fraction
         if num_blocks is not None and (not isinstance(num_blocks, int) or num_blocks < 0):
-            raise PrunecError(f"DepthPruning: num_blocks must be an int >= 0, got {num_blocks!r}.")
+            raise InvalidArgumentError(f"DepthPruning: num_blocks must be an int >= 0, got {num_blocks!r}.")
         if ratio is not None and not 0.0 <= float(ratio) <= 1.0:
-            raise PrunecError(f"DepthPruning: ratio must be in [0, 1], got {ratio!r}.")
+            raise InvalidArgumentError(f"DepthPruning: ratio must be in [0, 1], got {ratio!r}.")
         if criterion not in CRITERIA:
-            raise PrunecError(f"DepthPruning: criterion must be one of {CRITERIA}, got {criterion!r}.")
+            raise InvalidArgumentError(f"DepthPruning: criterion must be one of {CRITERIA}, got {criterion!r}.")
         if calibration is None and (criterion != "magnitude" or compensate):
             raise CalibrationError(
                 f"DepthPruning(criterion={criterion!r}, compensate={compensate}) needs "
@@ -129,10 +130,6 @@ class DepthPruning:
     def guarantee(self) -> str:
         """What holds between the program before and after: ``"mean"`` or ``"zeroing"``."""
         return "mean" if self.compensate else "zeroing"
-
-    def config(self) -> dict:
-        return {"pass": type(self).__name__, **{k: v for k, v in vars(self).items()
-                                               if isinstance(v, (int, float, str, bool))}}
 
     # ------------------------------------------------------------------------ run
     def __call__(self, program: Program, ctx: PassContext | None = None) -> PassResult:

@@ -156,3 +156,42 @@ def test_result_plan_is_typed_and_in_the_lineage():
     result = MagnitudePruning(0.5)(p)
     assert isinstance(result.plan, PruningPlan) and p.plans == [result.plan]
     assert "plan" not in result.stats
+
+
+def test_the_context_owns_the_instruments_and_always_times():
+    from prunec.passes.base import PassContext
+
+    ctx = PassContext()
+    assert [type(i).__name__ for i in ctx.instruments] == ["Timing"]
+    order = []
+
+    class Trace:
+        def __init__(self, name):
+            self.name = name
+
+        def before(self, pass_, program):
+            order.append(f"before {self.name}")
+
+        def after(self, pass_, program, result):
+            order.append(f"after {self.name}")
+
+    ctx = PassContext([Trace("a"), Trace("b")])
+    result = ctx.run(MagnitudePruning(0.5), program())
+    assert result.stats["seconds"] > 0  # the one timer: no pass and no runner sets it
+    assert order == ["before a", "before b", "after b", "after a"]  # each wraps the next
+    with pytest.raises(PassError, match=r"failed after MagnitudePruning\(ratio=0.5"):
+        ctx.run(Boom(), program())
+
+
+def test_every_pass_builds_on_pass_base_and_refuses_bad_options_alike():
+    from prunec.errors import InvalidArgumentError
+    from prunec.passes import DepthPruning, HeadPruning, PassBase
+
+    for cls in (MagnitudePruning, RandomPruning, VarianceBasedPruning, DepthPruning, HeadPruning):
+        assert issubclass(cls, PassBase)
+    depth = DepthPruning(1, criterion="magnitude", compensate=False)
+    assert depth.config()["pass"] == "DepthPruning" and depth.config()["num_blocks"] == 1
+    for bad in ({"num_blocks": -1}, {"num_blocks": 1, "criterion": "loss"},
+                {"num_blocks": 1, "unit": "stage"}, {"num_blocks": None, "ratio": 2.0}):
+        with pytest.raises(InvalidArgumentError):
+            DepthPruning(**{"criterion": "magnitude", "compensate": False, **bad})
