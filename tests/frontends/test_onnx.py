@@ -412,3 +412,20 @@ def test_llama_with_grouped_query_attention(tmp_path):
     assert compiled.report.macs_after < compiled.report.macs_before
     out = compiled({"input_ids": torch.randint(0, 64, (3, 13))})
     assert out["logits"].shape == (3, 13, 64)
+
+
+@pytest.mark.gpu
+def test_tensorrt_engine_from_the_pruned_file():
+    pytest.importorskip("tensorrt")
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    original = graphs.mlp()
+    feeds = _feeds(original, 4)
+    engine = prunec.compile(original, feeds, passes=[MagnitudePruning(0.5)], backend="tensorrt")
+    onnx_rt = prunec.compile(original, feeds, passes=[MagnitudePruning(0.5)],
+                             backend="onnxruntime")
+    x = torch.from_numpy(feeds["x"])
+    got = engine(x.cuda())
+    got = got[0] if isinstance(got, (tuple, list)) else got
+    torch.testing.assert_close(got.float().cpu(), torch.from_numpy(onnx_rt(feeds)["y"]),
+                               atol=1e-3, rtol=1e-3)
