@@ -11,11 +11,11 @@ from pathlib import Path
 import torch
 import torch.utils._pytree as pytree
 
-from prunec.backends.base import max_abs_diff
+from prunec.backends.base import _batch_inputs, max_abs_diff
 from prunec.errors import VerificationError
 from prunec.ir.interpret import ProgramInterpreter, scratch_state
 from prunec.ir.program import Program
-from prunec.passes.base import Timing, describe_pass
+from prunec.passes.base import describe_pass, Timing
 from prunec.rewrite.reference import reference_program
 
 __all__ = ["CheckOutputs", "DumpIR", "Timing", "random_inputs"]
@@ -117,8 +117,6 @@ def random_inputs(program: Program, seed: int = 0) -> tuple[str, tuple[tuple, di
     """``(label, (args, kwargs))``: a random batch shaped like the examples, one larger along
     a dynamic batch axis. Floating inputs ~ N(0, 1); integer and boolean inputs (token ids,
     masks) reuse the example values (random ids could be out of range)."""
-    from prunec.backends.base import _batch_inputs
-
     leaves, spec = pytree.tree_flatten((tuple(program.example_args), dict(program.example_kwargs)))
     placeholders = [n for n in program.graph.nodes if n.op == "placeholder"]
     tensor_leaves = [x for x in leaves if isinstance(x, torch.Tensor)]

@@ -140,7 +140,7 @@ class DepthPruning(PassBase):
         analysis = analyze_blocks(program)
         done = dropped_blocks(program)
         if self.latency_target is not None:
-            if self.config() in program.history:  # its target is already reached
+            if self.already_applied(program):  # its target is already reached
                 return PassResult(program, False, stats={"already_applied": True})
             target = done + len(analysis.removable())  # the knapsack decides how many
         else:

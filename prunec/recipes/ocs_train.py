@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from prunec.backends.compiled import CompiledModel
 from prunec.errors import PrunecError
 from prunec.ir.program import Program
+from prunec.progress import bar
 from prunec.recipes.ocs_pruner import OneCyclePruner
 from prunec.report import Report
 from prunec.rewrite import recapture
@@ -275,8 +276,6 @@ class _Progress:
     ``progress`` says otherwise; rank 0 only)."""
 
     def __init__(self, epochs: int, progress: bool | None, rank: int):
-        from prunec.progress import bar
-
         self.bar = bar(total=epochs, desc="ocspruner", unit="epoch",
                        progress=False if rank else progress)
 

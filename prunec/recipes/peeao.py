@@ -37,13 +37,18 @@ from prunec.backends.compiled import CompiledModel
 from prunec.errors import PrunecError
 from prunec.ir.blocks import analyze_blocks
 from prunec.ir.capture import capture
-from prunec.ir.cost import count_macs, count_params
+from prunec.ir.cost import count_macs, count_params, mac_kind
+from prunec.ir.interpret import scratch_state
 from prunec.ir.program import Program
 from prunec.ir.similarity import linear_cka, penultimate_features
 from prunec.passes.prune_depth import CRITERIA, DepthPruning, dropped_blocks
+from prunec.progress import bar
 from prunec.recipes.neuron_kl import inner_groups, neuron_kl_exact, neuron_kl_scores, select_units
+from prunec.report import Report
 from prunec.rewrite import apply_plan, recapture
 from prunec.rewrite.plan import PruningPlan
+from prunec.train import finetune
+from prunec.train.finetune import assign_state, logits_of
 
 __all__ = ["peeao", "Candidate", "filters_removed", "choose", "class_balanced"]
 
@@ -69,8 +74,6 @@ class Candidate:
 
     def sync(self) -> None:
         """Copy the twin's trained parameters and buffers into the eval-mode Program."""
-        from prunec.train.finetune import assign_state
-
         assign_state(self.twin.gm, self.program)
 
 
@@ -87,9 +90,6 @@ def choose(cka_layer: float | None, cka_neuron: float | None) -> str:
 
 def filters_removed(program: Program, keys: list[str]) -> int:
     """Output channels of the weighted layers (conv, linear) in the named blocks' branches."""
-    from prunec.ir.blocks import analyze_blocks
-    from prunec.ir.cost import mac_kind
-
     nodes = {n.name: n for n in program.graph.nodes}
     blocks = analyze_blocks(program).by_key()
     total = 0
@@ -141,10 +141,6 @@ def _batches(data: Iterable):
 @torch.no_grad()
 def accuracy(program: Program, data: Iterable) -> float:
     """Top-1 accuracy of ``program`` on ``(inputs, target)`` batches."""
-    from prunec.train.finetune import logits_of
-
-    from prunec.ir.interpret import scratch_state
-
     correct = total = 0
     for x, y in _batches(data):
         with scratch_state(program.gm):  # evaluation leaves the state the forward writes
@@ -156,8 +152,6 @@ def accuracy(program: Program, data: Iterable) -> float:
 
 def _default_trainer(train_data, *, lr: float, batch_size: int, options: dict) -> Trainer:
     def train(twin: Program, epochs: int) -> None:
-        from prunec.train import finetune
-
         if epochs > 0:
             finetune(twin, train_data, epochs=epochs, lr=lr, batch_size=batch_size, **options)
     return train
@@ -253,13 +247,9 @@ def peeao(model: torch.nn.Module, example_inputs: Any, train_data: Any, val_data
                           f"use prunec.compile with a width pass for other models).")
     parent = Candidate(program, recapture(model, program, train=True))
     calibration = list(calibration) if calibration is not None else class_balanced(train_data, per_class)
-    from prunec.report import Report
-
     report = Report.start(parent.program, model=model)
     macs0 = count_macs(parent.program)
     iterations: list[dict] = []
-    from prunec.progress import bar
-
     stop = f"max_iterations={max_iterations} reached"  # why a run ends short of the target
     with bar(total=max_iterations, desc="PEEAO", unit="iter", progress=progress) as pbar:
         for it in range(max_iterations):

@@ -20,10 +20,10 @@ import torch
 import torch.fx as fx
 
 from prunec.errors import PlanError
-from prunec.ir.channels import ChannelAnalysis, analyze_channels, static_shape
-from prunec.ir.program import Program
+from prunec.ir.channels import analyze_channels, ChannelAnalysis, static_shape
+from prunec.ir.cost import concrete_shapes, node_macs
+from prunec.ir.program import Program, Step
 from prunec.ir.rules import rule_for
-from prunec.ir.program import Step
 from prunec.rewrite.compensation import convert_value_compensation, fold_mean
 from prunec.rewrite.drop import drop_blocks
 from prunec.rewrite.fold import fold_constants
@@ -178,8 +178,6 @@ def estimate_macs(program: Program, plan: PruningPlan) -> int:
     Every counted op is re-costed with its axes shrunk to their kept sizes (what a threshold
     search over hypothetical plans needs, e.g. OCSPruner's MACs-targeted selection).
     """
-    from prunec.ir.cost import concrete_shapes, node_macs
-
     analysis = analyze_channels(program)
     keep = element_keep(analysis, plan)
     shapes = concrete_shapes(program)

@@ -29,6 +29,7 @@ import torch.fx as fx
 from prunec.errors import PlanError
 from prunec.ir.channels import static_shape
 from prunec.ir.rules.conv import conv_arg, conv_groups
+from prunec.rewrite.plan import MeanCompensation
 
 __all__ = ["fold_mean", "fold_axis", "consumer_node", "compensations_for", "convert_value_compensation",
            "WEIGHT_INPUT_AXIS"]
@@ -85,8 +86,6 @@ def compensations_for(value: fx.Node, mean: torch.Tensor, program) -> list:
         PlanError: a consumer that cannot take a fold (only linear and ungrouped convolution
             layers with a parameter weight can).
     """
-    from prunec.rewrite.plan import MeanCompensation
-
     comps = []
     for user in value.users:
         if fold_axis(user, value) is None:
