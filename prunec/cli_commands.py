@@ -441,7 +441,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
               f"removed whole; 'prunec analyze --after' shows the widths after pruning.")
         return 0
     with progress.step("capturing and pruning"):
-        compiled = compile_model(args, setup, [make_pass(args, setup)], backend="torch")
+        backend = "onnxruntime" if isinstance(setup.model, str) else "torch"  # .onnx: its file
+        compiled = compile_model(args, setup, [make_pass(args, setup)], backend=backend)
     compiled.report.model = setup.name
     print(compiled.report)
     print()

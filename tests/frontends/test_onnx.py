@@ -158,6 +158,11 @@ def test_shared_initializer_is_copied_on_write_and_vbp_adds_a_bias():
     bias_adds = [n for n in pruned.graph.node if n.op_type == "Add" and "prunec_bias" in n.name]
     assert len(bias_adds) == 2
     assert compiled.plans[0].compensations
+    # the plan (compensations keyed by the file's consumer weights) replays from JSON
+    plan = prunec.PruningPlan.from_json(compiled.plans[0].to_json())
+    replay = prunec.compile(original, feeds, plans=[plan], backend="onnxruntime")
+    other = _feeds(original, 5)
+    np.testing.assert_array_equal(replay(other)["y"], compiled(other)["y"])
 
 
 def test_vbp_folds_means_into_gemm_and_conv_biases():
@@ -372,6 +377,9 @@ def test_cli_prunes_an_onnx_file(tmp_path, capsys):
     pruned = onnx.load(str(tmp_path / "out" / "model.onnx"))
     assert_same_interface(graphs.heads(), pruned)
     assert _n_params(pruned) < _n_params(graphs.heads())
+    code = main(["analyze", "--model", str(tmp_path / "attn.onnx"), "--input",
+                 "x:float32:1x6x16", "--after", "--pass", "magnitude", "--quiet"])
+    assert code == 0 and "out/MatMul" in capsys.readouterr().out
     code = main(["prune", "--model", str(tmp_path / "attn.onnx"), "--pass", "magnitude",
                  "--no-save", "--quiet"])
     assert code == 2
