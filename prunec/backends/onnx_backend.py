@@ -108,6 +108,7 @@ def export_onnx(program: "Program", *, opset: int = DEFAULT_OPSET, dynamic_batch
                 fp16: bool = False) -> tuple["onnx.ModelProto", IOSpec]:
     """Export the program to an optimised, checked ONNX model (steps 1-4 above)."""
     require("onnxscript", backend="onnx", pip=PIP_HINT)
+    _check_stateless(program)
     io = IOSpec.from_program(program)
     if not dynamic_batch:
         io.batch_inputs = [False] * len(io.batch_inputs)
@@ -141,6 +142,27 @@ def export_onnx(program: "Program", *, opset: int = DEFAULT_OPSET, dynamic_batch
     model = optimize_onnx(onnx_program.model_proto, batch_inputs=batched)
     _set_metadata(model, IO_METADATA_KEY, io.to_json())
     return model, io
+
+
+def _check_stateless(program: "Program") -> None:
+    """Refuse a program whose forward updates its own buffers (a step counter, a cache).
+
+    An ONNX graph has no state: every call would start from the saved values, so from the
+    second call on its outputs would differ from the model's (with ``steps += 1``, the ONNX
+    Runtime artifact answered 2x and 3x the model's on calls 2 and 3).
+
+    Raises:
+        PrunecError: naming the buffers and the backends that keep state.
+    """
+    from prunec.ir.interpret import written_attributes
+
+    written = written_attributes(program.gm) if not program.training else []
+    if written:
+        raise PrunecError(
+            f"ONNX export: the model's forward updates {', '.join(map(repr, written[:4]))} "
+            f"(state kept from one call to the next, e.g. a step counter); an ONNX graph has "
+            f"no state, so from the second call on its outputs would differ from the "
+            f"model's. Use backend='torch' or 'inductor', or make the forward stateless.")
 
 
 def optimize_onnx(model: "onnx.ModelProto", batch_inputs: list[str] | None = None

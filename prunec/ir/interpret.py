@@ -188,8 +188,9 @@ def describe_node(node: fx.Node) -> str:
 
 
 # ---------------------------------------------------------------------------- written state
-# Ops whose schema does not mark the arguments they write: batch norm in training updates
-# its running mean and variance (positions 3 and 4) inside a composite kernel.
+# Ops whose schema does not mark the arguments they write: batch norm in training (its
+# argument 5, ``training`` / ``use_input_stats``) updates its running mean and variance
+# (positions 3 and 4) inside a composite kernel.
 _UNDECLARED_WRITES = {
     "batch_norm": (3, 4), "native_batch_norm": (3, 4), "_native_batch_norm_legit": (3, 4),
     "_batch_norm_impl_index": (3, 4), "cudnn_batch_norm": (3, 4), "miopen_batch_norm": (3, 4),
@@ -211,8 +212,9 @@ def is_written(source: fx.Node) -> bool:
             if any(_writes(schema, i, arg, node) for i, arg in enumerate(user.args)):
                 return True
             packet = getattr(getattr(user.target, "overloadpacket", None), "__name__", "")
-            if any(i < len(user.args) and user.args[i] is node
-                   for i in _UNDECLARED_WRITES.get(packet, ())):
+            training = len(user.args) <= 5 or user.args[5] is not False
+            if training and any(i < len(user.args) and user.args[i] is node
+                                for i in _UNDECLARED_WRITES.get(packet, ())):
                 return True
             returns = schema.returns
             if returns and returns[0].alias_info is not None:  # a view: follow it

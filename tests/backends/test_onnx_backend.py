@@ -206,3 +206,17 @@ def test_optimize_onnx_folds_shape_with_start_and_end(start, end):
     assert expected.shape[1:] == x.shape[slice(start, end)]
     got = run(optimize_onnx(original))
     assert got.shape == expected.shape and np.array_equal(got, expected)
+
+
+def test_a_forward_that_updates_its_buffers_is_refused():
+    """An ONNX graph cannot keep a step counter: the artifact would answer the first call's
+    value forever. The export says so, naming the buffer; batch-norm statistics of an
+    eval-mode model are read, not written, and export as before."""
+    import prunec
+    from tests.test_api import StepCounter
+
+    with pytest.raises(PrunecError, match=r"updates 'steps'.*backend='torch'"):
+        prunec.compile(StepCounter().eval(), torch.randn(3, 4), backend="onnx")
+    from prunec.ir.interpret import written_attributes
+
+    assert written_attributes(program("cnn").gm) == []  # eval-mode batch norm writes nothing
