@@ -21,8 +21,9 @@ metadata, plus ``prunec.*`` metadata.
 4. **Check and verify** (:mod:`prunec.backends.onnx_verify`): the pruned file passes
    ``onnx.checker.check_model(full_check=True)``; ONNX Runtime runs it against the pruned
    program at the example, and against the original with the removed units zeroed (or
-   mean-compensated) at the example and at another batch size and sequence length. A
-   mismatch is a :class:`~prunec.errors.VerificationError` naming the output.
+   mean-compensated) at the example and at another batch size and sequence length (where
+   zeroing is not removal: against the plans replayed on a stand-in frozen at that shape).
+   A mismatch is a :class:`~prunec.errors.VerificationError` naming the output.
 """
 from __future__ import annotations
 

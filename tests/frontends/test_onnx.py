@@ -189,6 +189,25 @@ def test_numpy_calibration_and_input_names_that_are_not_identifiers():
     assert compiled.plans[0].compensations
 
 
+def test_layer_normalised_width_is_checked_against_a_replayed_stand_in():
+    """Cutting a LayerNorm'd width is not zeroing it (no zeroed reference): at other shapes
+    the file is compared with the plan replayed on the original frozen there."""
+    model = graphs.mlp()
+    act = next(n for n in model.graph.node if n.name == "act")
+    act.input[0] = "normed"
+    model.graph.node.insert(2, onnx.helper.make_node(
+        "LayerNormalization", ["h1", "ln_w", "ln_b"], ["normed"], name="ln", axis=-1))
+    model.graph.initializer.extend([
+        onnx.numpy_helper.from_array(RNG.uniform(0.5, 1.5, 16).astype(np.float32), "ln_w"),
+        onnx.numpy_helper.from_array(RNG.standard_normal(16).astype(np.float32), "ln_b")])
+    compiled = prunec.compile(model, _feeds(model), passes=[MagnitudePruning(0.5)],
+                              backend="onnxruntime")
+    assert "norm-coupled" in compiled.artifact.verified
+    assert "equal to the plans replayed on a stand-in frozen at {'x': [3, 8]}" in \
+        compiled.artifact.verified
+    assert _n_params(compiled.artifact.model) < _n_params(model)
+
+
 def test_no_rule_keeps_channels():
     """CumSum mixes the channels it sums over: the group stays, the file is unchanged."""
     original = graphs.mlp()
