@@ -266,9 +266,16 @@ def test_successful_retry_keeps_torch_error_log_off_stderr(capfd, caplog, monkey
     # Only caplog listens to the prunec log here: the CLI's setup (run by other tests) stops
     # it propagating and prints it at the level asked, which -v users want to see.
     monkeypatch.setattr(logging.getLogger("prunec"), "handlers", [caplog.handler])
+    # The CLI (run in-process by other tests) silences this logger; here torch logs as usual.
+    fake_log = logging.getLogger("torch._subclasses.fake_tensor")
+    level = fake_log.level
+    fake_log.setLevel(logging.NOTSET)
     x, mask = torch.randn(2, 5, 8), torch.ones(2, 5)
     model = Alibi().eval()
-    program = capture(model, (x,), {"mask": mask})
+    try:
+        program = capture(model, (x,), {"mask": mask})
+    finally:
+        fake_log.setLevel(level)
     err = capfd.readouterr().err
     assert "fake_tensor" not in err and "SymIntArrayRef" not in err and "Traceback" not in err
     notes = " | ".join(program.capture_notes)
