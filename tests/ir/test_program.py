@@ -4,14 +4,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prunec.ir.capture import capture
 from prunec.ir.program import Program, Step
 from prunec.rewrite import PruningPlan, apply_plan
-from tests.rewrite.models import mlp, tokens
+from tests.rewrite.models import captured_mlp, mlp, tokens
 
 
 def _program() -> Program:
-    return capture(mlp(), tokens(0))
+    return captured_mlp()
 
 
 def test_plans_and_history_are_views_of_the_lineage():

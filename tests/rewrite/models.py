@@ -1,8 +1,12 @@
 """Tiny models shared by the rewrite room's tests."""
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn as nn
+
+from prunec.ir.capture import capture
 
 
 class Mlp(nn.Module):
@@ -43,3 +47,18 @@ class Residual(nn.Module):
         for block in self.blocks:
             x = block(x)
         return x
+
+
+@functools.lru_cache(maxsize=None)
+def _captured(kind: str):
+    return capture(mlp() if kind == "mlp" else Residual().eval(), tokens(0))
+
+
+def captured_mlp():
+    """A private copy of the eval-mode capture of :func:`mlp` (captured once per session)."""
+    return _captured("mlp").clone()
+
+
+def captured_residual():
+    """A private copy of the eval-mode capture of :class:`Residual`."""
+    return _captured("residual").clone()

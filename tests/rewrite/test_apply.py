@@ -5,21 +5,20 @@ import pytest
 import torch
 
 from prunec.errors import PlanError
-from prunec.ir.capture import capture
 from prunec.ir.channels import analyze_channels
 from prunec.ir.interpret import run_with_overrides
 from prunec.rewrite import PruningPlan, apply_plan, estimate_macs
 from prunec.rewrite.reference import reference_program
 from prunec.ir.cost import count_macs
 from tests.helpers import max_diff, zeroed_copy
-from tests.rewrite.models import mlp, tokens
+from tests.rewrite.models import captured_mlp, mlp, tokens
 
 aten = torch.ops.aten
 KEEP = {"0.fc1.weight:0": [1, 4, 5, 9, 12, 20, 30, 31]}
 
 
 def _program():
-    return capture(mlp(), tokens(0))
+    return captured_mlp()
 
 
 def test_numerical_pruned_equals_the_original_with_removed_units_zeroed():

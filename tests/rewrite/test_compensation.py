@@ -9,7 +9,7 @@ from prunec.errors import PlanError
 from prunec.ir.capture import capture
 from prunec.rewrite import MeanCompensation, PruningPlan, apply_plan
 from prunec.rewrite.compensation import compensations_for, consumer_node
-from tests.rewrite.models import mlp, tokens
+from tests.rewrite.models import captured_mlp, mlp, tokens
 
 aten = torch.ops.aten
 
@@ -19,7 +19,7 @@ def _mean() -> torch.Tensor:
 
 
 def test_linear_fold_is_b_plus_w_times_mu_of_the_removed():
-    model, program = mlp(), capture(mlp(), tokens(0))
+    model, program = mlp(), captured_mlp()
     kept = list(range(0, 32, 2))
     plan = PruningPlan({"0.fc1.weight:0": kept}, [MeanCompensation("0.fc2.weight", 1, _mean())])
     apply_plan(program, plan)
@@ -31,7 +31,7 @@ def test_linear_fold_is_b_plus_w_times_mu_of_the_removed():
 
 
 def test_a_bias_free_consumer_gets_a_new_bias():
-    program = capture(mlp(), tokens(0))
+    program = captured_mlp()
     plan = PruningPlan({"1.fc1.weight:0": list(range(16))}, [MeanCompensation("1.fc2.weight", 1, _mean())])
     apply_plan(program, plan)
     fc2 = consumer_node(program.graph, "1.fc2.weight", 1)
@@ -39,7 +39,7 @@ def test_a_bias_free_consumer_gets_a_new_bias():
 
 
 def test_compensations_for_a_value_name_every_consumer():
-    program = capture(mlp(), tokens(0))
+    program = captured_mlp()
     fc2 = consumer_node(program.graph, "0.fc2.weight", 1)
     (comp,) = compensations_for(fc2.args[0], _mean(), program)
     assert (comp.consumer, comp.axis) == ("0.fc2.weight", 1)
@@ -56,7 +56,7 @@ class Shared(nn.Module):
 
 
 def test_refusals_name_the_consumer():
-    program = capture(mlp(), tokens(0))
+    program = captured_mlp()
     with pytest.raises(PlanError, match="no layer"):
         consumer_node(program.graph, "0.nothing.weight", 1)
     with pytest.raises(PlanError, match="input axis"):

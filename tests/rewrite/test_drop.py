@@ -7,16 +7,15 @@ import torch
 
 from prunec.errors import PlanError
 from prunec.ir.blocks import analyze_blocks
-from prunec.ir.capture import capture
 from prunec.ir.interpret import run_with_overrides
 from prunec.rewrite import BlockDrop, PruningPlan, apply_plan
 from prunec.rewrite.drop import block_overrides
 from tests.helpers import max_diff
-from tests.rewrite.models import Residual, tokens
+from tests.rewrite.models import captured_residual, Residual, tokens
 
 
 def _program():
-    return capture(Residual().eval(), tokens(0))
+    return captured_residual()
 
 
 @pytest.mark.parametrize("mean", [None, torch.linspace(-1, 1, 16, dtype=torch.float64)])

@@ -7,17 +7,16 @@ import pytest
 import torch
 
 from prunec.errors import PlanError
-from prunec.ir.capture import capture
 from prunec.passes import VarianceBasedPruning
 from prunec.rewrite import (BlockDrop, MeanCompensation, PruningPlan, ValueCompensation, apply_plan,
                             convert_plan)
 from prunec.rewrite.compensation import consumer_node
 from tests.helpers import max_diff
-from tests.rewrite.models import calibration, mlp, tokens
+from tests.rewrite.models import calibration, captured_mlp, mlp, tokens
 
 
 def _vbp_plan():
-    program = capture(mlp(), tokens(0))
+    program = captured_mlp()
     return VarianceBasedPruning(0.5, calibration())(program).plan
 
 
@@ -60,14 +59,14 @@ def _old_json(plan: PruningPlan, program) -> str:
 
 def test_old_value_keyed_plan_converts_on_its_capture_and_equals_the_new_one():
     plan = _vbp_plan()
-    program = capture(mlp(), tokens(0))
+    program = captured_mlp()
     old = PruningPlan.from_json(_old_json(plan, program))
     assert old.needs_conversion()
     assert all(isinstance(c, ValueCompensation) for c in old.compensations)
     converted = convert_plan(program, old)
     assert [(c.consumer, c.axis) for c in converted.compensations] == \
         [(c.consumer, c.axis) for c in plan.compensations]
-    new = capture(mlp(), tokens(0))
+    new = captured_mlp()
     apply_plan(new, plan)
     apply_plan(program, old)
     assert max_diff(program.run(tokens(7)), new.run(tokens(7))) == 0.0
@@ -80,7 +79,7 @@ def test_old_plan_on_another_graph_says_how_to_convert():
                                             "compensations": [{"value": "no_such_node", "axis": 2,
                                                                "mean": [0.0] * 32}]}))
     with pytest.raises(PlanError, match="older prunec.*convert_plan"):
-        apply_plan(capture(mlp(), tokens(0)), old)
+        apply_plan(captured_mlp(), old)
 
 
 @pytest.mark.parametrize("text", ["not json", "[]", '{"keep": 3}', '{"blocks": []}'])

@@ -8,7 +8,7 @@ from prunec.ir.channels import analyze_channels
 from prunec.ir.interpret import run_with_overrides
 from prunec.rewrite import MeanCompensation, PruningPlan
 from prunec.rewrite.reference import compensated_values, reference_program, zeroer
-from tests.rewrite.models import mlp, tokens
+from tests.rewrite.models import captured_mlp, mlp, tokens
 
 
 def test_zeroer_zeroes_the_given_indices_on_each_axis():
@@ -19,7 +19,7 @@ def test_zeroer_zeroes_the_given_indices_on_each_axis():
 
 
 def test_mean_reference_replaces_the_consumer_input_channels():
-    program = capture(mlp(), tokens(0))
+    program = captured_mlp()
     mean = torch.full((32,), 0.25, dtype=torch.float64)
     plan = PruningPlan({"0.fc1.weight:0": list(range(16))}, [MeanCompensation("0.fc2.weight", 1, mean)])
     ((name, (axis, _)),) = compensated_values(program, plan).items()

@@ -5,18 +5,18 @@ import pytest
 import torch
 
 from prunec.errors import PlanError
-from prunec.ir.capture import capture
 from prunec.passes import MagnitudePruning, VarianceBasedPruning
 from prunec.rewrite import recapture
 from prunec.train import assign_state
 from tests.helpers import max_diff
-from tests.rewrite.models import calibration, mlp, tokens
+from tests.rewrite.models import calibration, captured_mlp, mlp, tokens
 
 aten = torch.ops.aten
 
 
 def _pruned(model):
-    program = capture(model, tokens(0))
+    """``model`` (an :func:`mlp`) captured and pruned by two passes."""
+    program = captured_mlp()
     VarianceBasedPruning(0.5, calibration())(program)
     MagnitudePruning(0.75, targets="mlp")(program)
     return program
