@@ -44,6 +44,7 @@ import torch.utils._pytree as pytree
 
 from prunec.errors import CalibrationError
 from prunec.ir.program import Program, node_module_path
+from prunec.ir.state import has_mutation, is_written, scratch_state, written_attributes
 
 __all__ = [
     "ProgramInterpreter",
@@ -187,113 +188,6 @@ def describe_node(node: fx.Node) -> str:
     return f"node {node.name!r} ({op}{' in ' + where if where else ''})"
 
 
-# ---------------------------------------------------------------------------- written state
-# Ops whose schema does not mark the arguments they write: batch norm in training (its
-# argument 5, ``training`` / ``use_input_stats``) updates its running mean and variance
-# (positions 3 and 4) inside a composite kernel.
-_UNDECLARED_WRITES = {
-    "batch_norm": (3, 4), "native_batch_norm": (3, 4), "_native_batch_norm_legit": (3, 4),
-    "_batch_norm_impl_index": (3, 4), "cudnn_batch_norm": (3, 4), "miopen_batch_norm": (3, 4),
-    "instance_norm": (3, 4),
-}
-
-
-def is_written(source: fx.Node) -> bool:
-    """Whether a mutable op writes into ``source`` (a placeholder or a ``get_attr`` tensor)
-    or into a view of it (``aten.add_``, ``aten.copy_`` after ``aten.select``...)."""
-    stack, seen = [source], set()
-    while stack:
-        node = stack.pop()
-        for user in node.users:
-            schema = getattr(user.target, "_schema", None)
-            if user.op != "call_function" or schema is None or user in seen:
-                continue
-            seen.add(user)
-            if any(_writes(schema, i, arg, node) for i, arg in enumerate(user.args)):
-                return True
-            packet = getattr(getattr(user.target, "overloadpacket", None), "__name__", "")
-            training = len(user.args) <= 5 or user.args[5] is not False
-            if training and any(i < len(user.args) and user.args[i] is node
-                                for i in _UNDECLARED_WRITES.get(packet, ())):
-                return True
-            returns = schema.returns
-            if returns and returns[0].alias_info is not None:  # a view: follow it
-                stack.append(user)
-    return False
-
-
-def _writes(schema: Any, index: int, arg: Any, node: fx.Node) -> bool:
-    if arg is not node or index >= len(schema.arguments):
-        return False
-    alias = schema.arguments[index].alias_info
-    return alias is not None and alias.is_write
-
-
-def written_attributes(gm: fx.GraphModule) -> list[str]:
-    """The ``get_attr`` targets (buffers, parameters, constants) the forward writes into."""
-    if not _writes_state(gm):
-        return []
-    return list(dict.fromkeys(n.target for n in gm.graph.nodes
-                              if n.op == "get_attr" and is_written(n)))
-
-
-@contextlib.contextmanager
-def scratch_state(gm: fx.GraphModule, targets: Iterable[str] | None = None):
-    """Run ``gm`` on copies of the tensors its forward writes, then restore the originals.
-
-    Inside the block every written attribute (``targets``, default
-    :func:`written_attributes`) is replaced by a detached clone of the same kind (buffer,
-    parameter with its ``requires_grad``, plain attribute); on exit the original tensor
-    objects are put back untouched. Runs that only observe the program (calibration,
-    verification, shape recording, a backend's example run) go through this, so a forward
-    that updates its own state (``steps += 1``) leaves that state where the caller had it.
-    Training does not: its updates (batch-norm statistics) are the point.
-    """
-    saved = []
-    try:
-        for target in (written_attributes(gm) if targets is None else targets):
-            mod_path, _, attr = target.rpartition(".")
-            mod = gm.get_submodule(mod_path) if mod_path else gm
-            old = getattr(mod, attr)
-            if not isinstance(old, torch.Tensor):
-                continue
-            new = old.detach().clone()
-            if isinstance(old, torch.nn.Parameter):
-                new = torch.nn.Parameter(new, requires_grad=old.requires_grad)
-            _put(mod, attr, new)
-            saved.append((mod, attr, old))
-        yield gm
-    finally:
-        for mod, attr, old in reversed(saved):
-            _put(mod, attr, old)
-
-
-def _put(mod: torch.nn.Module, attr: str, value: torch.Tensor) -> None:
-    if attr in mod._parameters:
-        mod._parameters[attr] = value
-    elif attr in mod._buffers:
-        mod._buffers[attr] = value
-    else:
-        setattr(mod, attr, value)
-
-
-def _has_mutation(gm: fx.GraphModule) -> bool:
-    """Whether any op writes into one of its inputs (``aten.relu_``, ``aten.add_`` ...)."""
-    for node in gm.graph.nodes:
-        schema = getattr(node.target, "_schema", None)
-        if schema is not None and schema.is_mutable:
-            return True
-    return False
-
-
-def _writes_state(gm: fx.GraphModule) -> bool:
-    """Whether any op may write into a tensor: a mutable schema or a batch norm's
-    running statistics."""
-    return _has_mutation(gm) or any(
-        getattr(getattr(n.target, "overloadpacket", None), "__name__", "") in _UNDECLARED_WRITES
-        for n in gm.graph.nodes if n.op == "call_function")
-
-
 # ---------------------------------------------------------------------------- interpreter
 class ProgramInterpreter(fx.Interpreter):
     """An ``fx.Interpreter`` over ``program.gm`` with per-node overrides and observers.
@@ -316,7 +210,7 @@ class ProgramInterpreter(fx.Interpreter):
         super().__init__(program.gm, garbage_collect_values=True)
         self.program = program
         self.nodes = {n.name: n for n in program.graph.nodes}
-        self.mutating = _has_mutation(program.gm)
+        self.mutating = has_mutation(program.gm)
         self.written = written_attributes(program.gm)
         self.overrides: dict[str, Override] = dict(overrides or {})
         self.observers: dict[str, Observer] = dict(observers or {})
@@ -394,7 +288,7 @@ def record_values(
     """
     names = list(dict.fromkeys(node_names))
     recorded: dict[str, Any] = {}
-    copy = _has_mutation(program.gm)  # clone now: a later in-place op would change the value
+    copy = has_mutation(program.gm)  # clone now: a later in-place op would change the value
 
     def observer(name: str) -> Observer:
         def keep(value: Any) -> None:

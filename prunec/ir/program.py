@@ -43,6 +43,8 @@ from typing import Any, Callable
 import torch
 import torch.fx as fx
 
+from prunec.ir.state import scratch_state
+
 __all__ = ["Program", "Step", "param_nodes", "node_module_path"]
 
 
@@ -259,8 +261,6 @@ def refresh_meta(gm: fx.GraphModule) -> None:
         rehint(gm, symbols, None, nodes=phs)
     # The in/out pytree codegen is bypassed: propagate over the flat placeholders.
     interp = FakeTensorProp(gm, mode=fake_mode)
-    from prunec.ir.interpret import scratch_state
-
     try:  # fake propagation runs in-place ops on the real buffers: give it copies
         with scratch_state(gm):
             interp.propagate_dont_convert_inputs(*[n.meta.get("val") for n in phs])

@@ -12,7 +12,7 @@ import operator
 
 import torch
 
-from prunec.ir.rules import register
+from prunec.ir.rules.registry import register
 
 aten = torch.ops.aten
 

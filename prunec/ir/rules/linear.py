@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from prunec.ir.rules import register
+from prunec.ir.rules.registry import register
 
 aten = torch.ops.aten
 

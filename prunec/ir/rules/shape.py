@@ -18,7 +18,7 @@ import sympy
 import torch
 import torch.fx as fx
 
-from prunec.ir.rules import register
+from prunec.ir.rules.registry import register
 
 aten = torch.ops.aten
 
