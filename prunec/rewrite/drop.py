@@ -10,7 +10,8 @@ For a block of :mod:`prunec.ir.blocks` with skip ``s`` and branch output ``f``:
   expected squared error ``E||f - c||^2`` at the residual, as a mean-folded neuron does in VBP.
 
 Either way the branch's nodes are erased, the tensors only it read are unregistered, and the
-program's MACs and parameters fall by exactly the branch's own. An in-place ``add_`` that
+program's MACs fall by exactly the branch's own, its parameters by the branch's own less the
+``C`` values of ``mu`` when compensated (counted: the deployed model stores them). An in-place ``add_`` that
 wrote into the skip stays in place (later readers of the skip see the same values).
 
 :func:`block_overrides` gives the reference a verification instrument needs: the program

@@ -129,7 +129,9 @@ def test_structure_ops_and_parameters_are_gone():
     assert not any(k.startswith("blocks.1.") for k in named) and "blocks.0.gamma" in named
     assert "blocks.1.prunec_block_mean" in dict(program.gm.named_buffers())
     assert count_macs(program) == macs - block.macs
-    assert count_params(program) == params - block.param_count
+    # the branch's parameters go; its per-channel mean (8 values) is stored in its place
+    mean = result.plan.blocks[0].mean
+    assert count_params(program) == params - block.param_count + mean.numel()
     assert [b.key for b in analyze_blocks(program)] == ["blocks.0", "blocks.2", "blocks.3"]
 
 
@@ -223,7 +225,8 @@ def test_zoo_models(name, criterion):
     blocks = analyze_blocks(original).by_key()
     assert count_macs(original) - count_macs(program) == sum(blocks[b.key].macs for b in plan.blocks)
     assert count_params(original) - count_params(program) == \
-        sum(blocks[b.key].param_count for b in plan.blocks)
+        sum(blocks[b.key].param_count - (b.mean.numel() if b.mean is not None else 0)
+            for b in plan.blocks)
 
 
 def test_bottleneck_resnet():
