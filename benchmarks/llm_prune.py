@@ -358,6 +358,10 @@ def render(p: dict) -> str:
         one, two = g["1_thread"]["tokens_per_s"], g["2_thread"]["tokens_per_s"]
         lines.append(f"| {name} | {one:.0f} | {one / gen['dense']['1_thread']['tokens_per_s']:.2f}x"
                      f" | {two:.0f} | {two / gen['dense']['2_thread']['tokens_per_s']:.2f}x |")
+    if all(g["2_thread"]["tokens_per_s"] < g["1_thread"]["tokens_per_s"] for g in gen.values()):
+        lines += ["", "With 2 threads every model ran slower than with 1: the machine's other "
+                  "processes took the second core, so the 1-thread ratios are the informative "
+                  "ones here."]
     lines += ["", "## Memory (a fresh process: load with `from_pretrained`, generate 256 tokens)",
               "", "Weights and the KV cache after 32 + 256 tokens are the tensors' own bytes; "
               "the resident set of the process is dominated by torch and transformers at this "
