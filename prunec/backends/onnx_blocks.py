@@ -8,7 +8,7 @@ value and the branch's output. Dropping the branch rewires that Add, keeping its
   ``Add(skip, mu)`` with ``mu`` a new initializer shaped to broadcast on the channel axis.
 
 The branch's nodes and initializers, now unread, are removed with the other dead code
-(:meth:`~prunec.backends.onnx_original.GraphEditor.drop_dead`). Block keys are resolved on
+(:meth:`~prunec.backends.onnx_graph.GraphEditor.drop_dead`). Block keys are resolved on
 a fresh capture of the stand-in, replaying the plans before them, so each drop sees the
 program its plan was made for.
 """
@@ -21,7 +21,7 @@ import torch
 from prunec.errors import UnsupportedOpError
 
 if TYPE_CHECKING:
-    from prunec.backends.onnx_original import GraphEditor
+    from prunec.backends.onnx_graph import GraphEditor
     from prunec.frontends.onnx import OnnxSource
     from prunec.ir.program import Program
 

@@ -40,6 +40,9 @@ from prunec.backends.base import Artifact
 from prunec.backends.onnx_backend import ONNX_REQUIREMENTS, is_onnx_file, saved_backend
 from prunec.backends.registry import BackendSpec, register
 from prunec.backends.onnx_blocks import BLOCK_MEAN, drop_blocks_in_file
+from prunec.backends.onnx_graph import GraphEditor
+from prunec.backends.onnx_shapes import patch_shapes
+from prunec.backends.onnx_verify import verify_file
 from prunec.errors import InvalidArgumentError, PrunecError, UnsupportedOpError
 from prunec.frontends.onnx import check_feeds, onnx_source
 
@@ -58,119 +61,10 @@ ORIGINAL_BACKENDS = ("onnx", "onnxruntime", "tensorrt")
 EXTERNAL_LIMIT = 2**31 - 2**24  # protobuf's 2 GB limit, with room for the graph itself
 
 
-class GraphEditor:
-    """Edits of a model copy by node key (first output) with copy-on-write initializers."""
-
-    def __init__(self, model: "onnx.ModelProto") -> None:
-        self.model = model
-        self.nodes = {n.output[0]: n for n in model.graph.node if n.output}
-        self.inits = {t.name: t for t in model.graph.initializer}
-        self.used_before = self._used()
-        self._count = 0
-
-    def _used(self) -> set[str]:
-        used = {i for n in self.model.graph.node for i in n.input}
-        return used | {o.name for o in self.model.graph.output}
-
-    def readers(self, name: str) -> int:
-        outputs = sum(o.name == name for o in self.model.graph.output)
-        return outputs + sum(list(n.input).count(name) for n in self.model.graph.node)
-
-    def fresh(self, base: str) -> str:
-        names = set(self.inits) | {o for n in self.model.graph.node for o in n.output}
-        while True:
-            self._count += 1
-            name = f"{base}__prunec{self._count}"
-            if name not in names:
-                return name
-
-    def value(self, name: str) -> np.ndarray | None:
-        from onnx import numpy_helper
-
-        tensor = self.inits.get(name)
-        return None if tensor is None else numpy_helper.to_array(tensor)
-
-    def set_input(self, key: str, index: int, value: np.ndarray) -> None:
-        """Make input ``index`` of node ``key`` the constant ``value``: in place when the
-        initializer has no other reader, else in a new initializer (copy on write)."""
-        from onnx import numpy_helper
-
-        node = self.nodes[key]
-        name = node.input[index] if index < len(node.input) else ""
-        via = self.nodes.get(name)
-        if via is not None and via.op_type == "Identity" and self.readers(name) == 1 \
-                and via.input[0] in self.inits:  # keep the exporter's Identity node
-            self.set_input(name, 0, value)
-            return
-        old = self.inits.get(name)
-        if old is not None:
-            value = value.astype(numpy_helper.to_array(old).dtype, copy=False)
-        if old is not None and self.readers(name) == 1:
-            old.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(value), name))
-            return
-        new = self.fresh(name or f"{node.name or key}_input{index}")
-        tensor = numpy_helper.from_array(np.ascontiguousarray(value), new)
-        self.model.graph.initializer.append(tensor)
-        self.inits[new] = self.model.graph.initializer[-1]
-        while len(node.input) <= index:
-            node.input.append("")
-        node.input[index] = new
-
-    def insert_after(self, key: str, op: str, other: str, name: str) -> str:
-        """``y = op(x, other)`` after node ``key``'s first output ``x``; readers of ``x``
-        (and a graph output named ``x``) then read ``y``."""
-        from onnx import helper
-
-        source = self.nodes[key]
-        x = source.output[0]
-        is_output = any(o.name == x for o in self.model.graph.output)
-        inner = self.fresh(x) if is_output else x
-        result = x if is_output else self.fresh(x)
-        if is_output:
-            source.output[0] = inner
-            for node in self.model.graph.node:
-                if node is not source:
-                    node.input[:] = [inner if i == x else i for i in node.input]
-        else:
-            for node in self.model.graph.node:
-                node.input[:] = [result if i == x else i for i in node.input]
-        new = helper.make_node(op, [inner, other], [result], name=name)
-        nodes = list(self.model.graph.node)
-        at = next(i for i, n in enumerate(nodes) if n is source or (n.output and n.output[0] == inner))
-        nodes.insert(at + 1, new)
-        del self.model.graph.node[:]
-        self.model.graph.node.extend(nodes)
-        self.nodes = {n.output[0]: n for n in self.model.graph.node if n.output}
-        return result
-
-    def drop_dead(self) -> None:
-        """Remove nodes and initializers that the edits left unread (those unread before
-        the edits stay, as the user had them)."""
-        while True:
-            used = self._used()
-            dead = {tuple(n.output) for n in self.model.graph.node
-                    if all(o not in used and o in self.used_before for o in n.output if o)}
-            if not dead:
-                break
-            keep = [n for n in self.model.graph.node if tuple(n.output) not in dead]
-            del self.model.graph.node[:]
-            self.model.graph.node.extend(keep)
-        used = self._used()
-        keep_inits = [t for t in self.model.graph.initializer
-                      if t.name in used or t.name not in self.used_before]
-        if len(keep_inits) != len(self.model.graph.initializer):
-            del self.model.graph.initializer[:]
-            self.model.graph.initializer.extend(keep_inits)
-        self.inits = {t.name: t for t in self.model.graph.initializer}
-        self.nodes = {n.output[0]: n for n in self.model.graph.node if n.output}
-
-
 # ---------------------------------------------------------------------------- write-back
 def write_back(source: "OnnxSource", program: "Program") -> "onnx.ModelProto":
     """A copy of the original model carrying ``program``'s changes (module docstring)."""
     import onnx
-
-    from prunec.backends.onnx_shapes import patch_shapes
 
     model = onnx.ModelProto()
     model.CopyFrom(source.model)
@@ -421,8 +315,6 @@ def lower_original(program: "Program", backend: str = "onnxruntime", *, check: b
     model = write_back(source, program)
     verified = "not verified (check=False)"
     if check:
-        from prunec.backends.onnx_verify import verify_file
-
         verified = verify_file(source, model, program)
     if backend == "tensorrt":
         return _tensorrt_engine(source, model, program, **options)

@@ -24,7 +24,7 @@ import torch
 from prunec.errors import UnsupportedOpError
 
 if TYPE_CHECKING:
-    from prunec.backends.onnx_original import GraphEditor
+    from prunec.backends.onnx_graph import GraphEditor
     from prunec.frontends.onnx import OnnxSource
     from prunec.ir.program import Program
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from prunec.backends.onnx_graph import GraphEditor
 from prunec.errors import VerificationError
 
 if TYPE_CHECKING:
@@ -209,7 +210,6 @@ def zeroed_reference(source: "OnnxSource", program: "Program"
     ``(None, why)`` where that reference is not defined."""
     import onnx
 
-    from prunec.backends.onnx_original import GraphEditor
     from prunec.ir.capture import capture
     from prunec.rewrite.reference import reference_program
 

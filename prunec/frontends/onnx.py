@@ -35,7 +35,6 @@ Steps (:func:`open_onnx`):
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +42,8 @@ import numpy as np
 import torch
 
 from prunec.errors import BackendUnavailable, InvalidArgumentError, PrunecError, UnsupportedOpError
+from prunec.frontends.source import PIP_HINT, SOURCE_KEY, OnnxSource, Use
+from prunec.frontends.stand_in import convert
 
 if TYPE_CHECKING:
     import onnx
@@ -50,97 +51,9 @@ if TYPE_CHECKING:
 __all__ = ["Use", "OnnxSource", "open_onnx", "is_onnx_model", "load_model", "check_feeds",
            "onnx_source", "PIP_HINT"]
 
-PIP_HINT = "'prunec[onnx]' (onnx, onnxruntime, onnxscript) and pip install --no-deps onnx2torch"
-SOURCE_KEY = "prunec_onnx_source"
-"""``program.gm.meta`` key of the :class:`OnnxSource` a stand-in program came from."""
-
 # Nodes never folded: their value is not a function of their inputs, or holds a subgraph.
 _NEVER_FOLD = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
                "Multinomial", "Bernoulli", "If", "Loop", "Scan", "Dropout"}
-
-
-@dataclass(frozen=True)
-class Use:
-    """Where a stand-in tensor lives in the ONNX graph: input ``input`` of node ``node``
-    (a node is named by its first output). The stand-in holds ``scale * T`` of the ONNX
-    tensor, transposed when ``transpose`` (Gemm without ``transB``; a MatMul weight)."""
-
-    node: str
-    input: int
-    transpose: bool = False
-    scale: float = 1.0
-
-    def to_onnx(self, value: np.ndarray) -> np.ndarray:
-        """The ONNX tensor for a stand-in value (inverse of the mapping)."""
-        value = value.T if self.transpose else value
-        return value / self.scale if self.scale != 1.0 else value
-
-
-@dataclass
-class OnnxSource:
-    """An ONNX model, its example feeds, and its stand-in with the name map.
-
-    Attributes:
-        model: The user's model (a private copy, external data loaded).
-        path: Its file, or ``None`` for a ``ModelProto``.
-        external: The original kept its weights in external data files.
-        feeds: Example inputs by graph-input name (numpy).
-        input_names: Graph inputs in order (initializers excluded).
-        module: The stand-in (a ``torch.fx.GraphModule``), eval mode.
-        uses: Stand-in tensor name (``get_attr`` target) -> :class:`Use`.
-        modules: Stand-in module name -> ONNX node key (first output).
-        fused: Fused ``Linear`` key -> ``(MatMul key, Add key or None, bias input index)``.
-    """
-
-    model: "onnx.ModelProto"
-    path: Path | None
-    external: bool
-    feeds: dict[str, np.ndarray]
-    input_names: list[str]
-    module: torch.nn.Module | None = None
-    uses: dict[str, Use] = field(default_factory=dict)
-    modules: dict[str, str] = field(default_factory=dict)
-    fused: dict[str, tuple] = field(default_factory=dict)
-
-    def __deepcopy__(self, memo: dict) -> "OnnxSource":
-        return self  # shared by every clone of a stand-in program: it is never mutated
-
-    @property
-    def example_args(self) -> tuple[torch.Tensor, ...]:
-        """The feeds as torch tensors in graph-input order (the stand-in's arguments)."""
-        return tuple(torch.from_numpy(np.ascontiguousarray(self.feeds[n]))
-                     for n in self.input_names)
-
-    @property
-    def name(self) -> str:
-        """The file's name, or ``ModelProto`` (for the report)."""
-        return self.path.name if self.path is not None else "ModelProto"
-
-    def calibration_items(self, items: Any) -> Any:
-        """Calibration items as the stand-in takes them: numpy leaves become torch tensors;
-        a dict stays a dict (keyword inputs) when every graph input name is an identifier,
-        else becomes a tuple in graph-input order. A non-list iterable is returned as is."""
-        if not isinstance(items, (list, tuple)):
-            return items
-        plain = all(n.isidentifier() for n in self.input_names)
-
-        def convert(item: Any) -> Any:
-            if isinstance(item, dict):
-                values = {k: _as_tensor(v) for k, v in item.items()}
-                return values if plain else tuple(values[n] for n in self.input_names
-                                                  if n in values)
-            if isinstance(item, (list, tuple)):
-                return tuple(_as_tensor(v) for v in item)
-            return _as_tensor(item)
-
-        return [convert(item) for item in items]
-
-    def node(self, key: str) -> Any:
-        """The original graph's node whose first output is ``key``."""
-        for node in self.model.graph.node:
-            if node.output and node.output[0] == key:
-                return node
-        raise KeyError(key)
 
 
 def is_onnx_model(model: Any) -> bool:
@@ -292,12 +205,6 @@ def check_feeds(model: "onnx.ModelProto", inputs: Any, what: str = "example_inpu
     return feeds
 
 
-def _as_tensor(value: Any) -> Any:
-    if isinstance(value, (np.ndarray, np.generic)):
-        return torch.from_numpy(np.ascontiguousarray(value))
-    return value
-
-
 def _as_array(value: Any, name: str, what: str) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         return value.detach().cpu().contiguous().numpy().copy()
@@ -321,8 +228,6 @@ def open_onnx(model: Any, example_inputs: Any) -> OnnxSource:
     _bypass_identities(work)
     work = _infer_shapes(work)  # before fusing: onnx cannot infer through prunec.Linear
     source.fused = _fuse_linear(work)
-    from prunec.frontends.stand_in import convert
-
     source.module, source.uses, source.modules = convert(work, source)
     return source
 

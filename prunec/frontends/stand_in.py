@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from prunec.errors import BackendUnavailable, UnsupportedOpError
-from prunec.frontends.onnx import PIP_HINT, Use
+from prunec.frontends.source import PIP_HINT, Use
 
 if TYPE_CHECKING:
     import onnx
 
-    from prunec.frontends.onnx import OnnxSource
+    from prunec.frontends.source import OnnxSource
 
 __all__ = ["convert", "PARAMETER_INPUTS"]
 

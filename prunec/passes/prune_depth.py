@@ -26,18 +26,17 @@ already reached changes nothing (``modified=False``).
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Iterable
 
 import torch
-import torch.nn.functional as F
 
 from prunec.errors import CalibrationError, InvalidArgumentError, PrunecError
 from prunec.ir.blocks import Block, analyze_blocks
 from prunec.ir.calibration import MaskSpec, collect_statistics
-from prunec.ir.interpret import ProgramInterpreter, record_values
 from prunec.ir.program import Program
 from prunec.passes.base import PassBase, PassContext, PassResult
+from prunec.passes.depth_scores import block_scores
+from prunec.passes.prune_layers import run_layer_depth
 from prunec.rewrite import apply_plan
 from prunec.rewrite.plan import BlockDrop, PruningPlan
 
@@ -134,8 +133,6 @@ class DepthPruning(PassBase):
     # ------------------------------------------------------------------------ run
     def __call__(self, program: Program, ctx: PassContext | None = None) -> PassResult:
         if self.unit == "layer":
-            from prunec.passes.prune_layers import run_layer_depth
-
             return run_layer_depth(self, program)
         analysis = analyze_blocks(program)
         done = dropped_blocks(program)
@@ -207,92 +204,3 @@ class DepthPruning(PassBase):
                                    max_batches=self.max_batches, mask=self.mask)
         return [stats[b.output].mean if b.channel_axis is not None
                 else stats[b.output].mean.mean().reshape(1) for b in blocks]
-
-
-# ---------------------------------------------------------------------------- scoring
-def block_scores(program: Program, blocks: list[Block], criterion: str,
-                 calibration: Iterable[Any] | None, *, max_batches: int | None = None,
-                 progress: bool = False, mask: MaskSpec = None) -> dict[str, float]:
-    """Importance of every block (higher = keep) under ``criterion``."""
-    if criterion == "magnitude":
-        return {b.key: _branch_scale(program, b) for b in blocks}
-    items = _items(calibration, max_batches)
-    if criterion == "kl":
-        return _kl_scores(program, blocks, items, progress)
-    return _similarity_scores(program, blocks, items, criterion, mask)
-
-
-def _items(calibration: Iterable[Any] | None, max_batches: int | None) -> list:
-    import itertools
-
-    if calibration is None:
-        raise CalibrationError("this criterion needs calibration data; pass calibration=...")
-    items = list(calibration if max_batches is None else itertools.islice(calibration, max_batches))
-    if not items:
-        raise CalibrationError("the calibration data is empty; pass at least one item.")
-    return items
-
-
-def _branch_scale(program: Program, block: Block) -> float:
-    nodes = {n.name: n for n in program.graph.nodes}
-    for name in reversed(block.nodes):
-        node = nodes[name]
-        if node.op != "call_function":
-            continue
-        for arg in node.all_input_nodes:
-            if arg.op == "get_attr":
-                w = program.get_tensor(arg.target)
-                if isinstance(w, torch.nn.Parameter):
-                    return float(w.detach().double().pow(2).mean().sqrt())
-    return 0.0
-
-
-def _similarity_scores(program, blocks, items, criterion, mask: MaskSpec = None) -> dict[str, float]:
-    from prunec.ir.calibration import _resolve_mask
-
-    names = [n for b in blocks for n in (b.input, b.add)]
-    sums = {b.key: 0.0 for b in blocks}
-    counts = {b.key: 0 for b in blocks}
-    for index, item in enumerate(items):
-        values = record_values(program, item, names)
-        keep = _resolve_mask(mask, item, index)
-        for b in blocks:
-            cos = _cosine(values[b.input], values[b.add], b.channel_axis)
-            if keep is not None and cos.shape == keep.shape:  # [B, N] positions: drop padding
-                cos = cos[keep.bool()]
-            dist = 1.0 - cos if criterion == "cosine" else torch.arccos(cos.clamp(-1, 1)) / math.pi
-            sums[b.key] += float(dist.sum())
-            counts[b.key] += dist.numel()
-    return {k: sums[k] / max(counts[k], 1) for k in sums}
-
-
-def _cosine(x: torch.Tensor, y: torch.Tensor, axis: int | None) -> torch.Tensor:
-    """Cosine along the channel axis per position (per sample when the axis is unknown)."""
-    x, y = x.double(), y.double()
-    if axis is None:
-        return F.cosine_similarity(x.reshape(x.shape[0], -1), y.reshape(y.shape[0], -1), dim=1)
-    return F.cosine_similarity(x, y, dim=axis, eps=1e-12)
-
-
-def _kl_scores(program, blocks, items, progress: bool) -> dict[str, float]:
-    from tqdm.auto import tqdm
-
-    from prunec.train.finetune import logits_of
-
-    interp = ProgramInterpreter(program)
-    sums = {b.key: 0.0 for b in blocks}
-    rows = 0
-    with torch.no_grad():
-        for item in tqdm(items, desc="block KL", disable=not progress):
-            interp.overrides = {}
-            log_p = _log_softmax(logits_of(interp.call_item(item)))
-            rows += log_p.shape[0]
-            for b in blocks:
-                interp.overrides = {b.output: torch.zeros_like}
-                log_q = _log_softmax(logits_of(interp.call_item(item)))
-                sums[b.key] += float((log_q.exp() * (log_q - log_p)).sum())
-    return {k: v / max(rows, 1) for k, v in sums.items()}
-
-
-def _log_softmax(logits: torch.Tensor) -> torch.Tensor:
-    return F.log_softmax(logits.reshape(-1, logits.shape[-1]).double(), dim=-1)

@@ -31,6 +31,8 @@ from prunec.ir.blocks import Block, analyze_blocks
 from prunec.ir.interpret import ProgramInterpreter
 from prunec.ir.program import Program
 from prunec.passes.base import PassResult
+from prunec.passes.depth_scores import (branch_scale, calibration_items, log_softmax_rows,
+                                        similarity_scores)
 from prunec.rewrite import apply_plan
 from prunec.rewrite.plan import BlockDrop, PruningPlan
 
@@ -102,20 +104,17 @@ def run_layer_depth(pass_, program: Program) -> PassResult:
 
 def layer_scores(program: Program, layers: list[Layer], pass_) -> dict[str, float]:
     """Importance of every layer (higher = keep) under ``pass_.criterion``."""
-    from prunec.passes.prune_depth import _branch_scale, _items, _similarity_scores
-
     if pass_.criterion == "magnitude":
-        return {l.path: sum(_branch_scale(program, b) for b in l.blocks) for l in layers}
-    items = _items(pass_.calibration, pass_.max_batches)
+        return {l.path: sum(branch_scale(program, b) for b in l.blocks) for l in layers}
+    items = calibration_items(pass_.calibration, pass_.max_batches)
     if pass_.criterion == "kl":
         return _kl_layer_scores(program, layers, items)
     # A layer as one span: its first block's input against its last block's output.
     spans = [dataclasses.replace(l.blocks[0], key=l.path, add=l.blocks[-1].add) for l in layers]
-    return _similarity_scores(program, spans, items, pass_.criterion, pass_.mask)
+    return similarity_scores(program, spans, items, pass_.criterion, pass_.mask)
 
 
 def _kl_layer_scores(program: Program, layers: list[Layer], items: list) -> dict[str, float]:
-    from prunec.passes.prune_depth import _log_softmax
     from prunec.train.finetune import logits_of
 
     interp = ProgramInterpreter(program)
@@ -124,10 +123,10 @@ def _kl_layer_scores(program: Program, layers: list[Layer], items: list) -> dict
     with torch.no_grad():
         for item in items:
             interp.overrides = {}
-            log_p = _log_softmax(logits_of(interp.call_item(item)))
+            log_p = log_softmax_rows(logits_of(interp.call_item(item)))
             rows += log_p.shape[0]
             for layer in layers:
                 interp.overrides = {b.output: torch.zeros_like for b in layer.blocks}
-                log_q = _log_softmax(logits_of(interp.call_item(item)))
+                log_q = log_softmax_rows(logits_of(interp.call_item(item)))
                 sums[layer.path] += float((log_q.exp() * (log_q - log_p)).sum())
     return {k: v / max(rows, 1) for k, v in sums.items()}
