@@ -231,12 +231,26 @@ class ProgramInterpreter(fx.Interpreter):
     def run_node(self, n: fx.Node) -> Any:
         value = super().run_node(n)
         override = self.overrides.get(n.name)
+        observer = self.observers.get(n.name)
+        if override is not None and n.op == "get_attr" and observer is None and len(n.users) == 1:
+            # A weight's override (zeroing pruned channels) yields a full-size copy. Weights'
+            # get_attr nodes often all come first in the graph, so replacing them here would
+            # keep one copy of every overridden weight alive at once (the whole MLP of a
+            # model); the copy is made when its one consumer runs and dropped after it.
+            return _Deferred(n, value, override)
         if override is not None:
             value = self._replace(n, value, override)
-        observer = self.observers.get(n.name)
         if observer is not None:
             observer(value)
         return value
+
+    def fetch_args_kwargs_from_env(self, n: fx.Node) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        args, kwargs = super().fetch_args_kwargs_from_env(n)
+        if not any(isinstance(self.env.get(a), _Deferred) for a in n.all_input_nodes):
+            return args, kwargs
+        resolve = lambda v: (self._replace(v.node, v.value, v.override)  # noqa: E731
+                             if isinstance(v, _Deferred) else v)
+        return fx.node.map_aggregate(args, resolve), fx.node.map_aggregate(kwargs, resolve)
 
     def _replace(self, node: fx.Node, value: Any, override: Override) -> Any:
         new = override(value)
@@ -255,6 +269,16 @@ class ProgramInterpreter(fx.Interpreter):
             if self.mutating and new is not value:
                 new = new.clone()  # a later in-place op must not write into the caller's tensor
         return new
+
+
+class _Deferred:
+    """An overridden ``get_attr`` value not yet replaced: ``override(value)`` is computed once,
+    when the node's single consumer runs, so the replacement lives only while it is needed."""
+
+    __slots__ = ("node", "value", "override")
+
+    def __init__(self, node: fx.Node, value: Any, override: Override) -> None:
+        self.node, self.value, self.override = node, value, override
 
 
 def _grad_context(grad: bool) -> contextlib.AbstractContextManager:

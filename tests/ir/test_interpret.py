@@ -256,3 +256,38 @@ def test_runs_leave_written_buffers_as_they_were():
         torch.testing.assert_close(tensor, values[target], rtol=0, atol=0)
     program.gm(x)  # a plain call (training) still updates them
     assert float(program.get_tensor("1.num_batches_tracked")) == 1.0
+
+
+def test_weight_overrides_live_only_while_their_consumer_runs():
+    """Zeroing a weight through its ``get_attr`` override makes a full-size copy; the copies
+    of a deep model's weights must not all be alive at once (weights are read at the top of
+    the graph), only while the layer using each runs, and the outputs stay those of the
+    model with the weights zeroed."""
+    import weakref
+
+    torch.manual_seed(3)
+    model = nn.Sequential(*[nn.Linear(8, 8) for _ in range(6)]).eval()
+    x = torch.randn(2, 8)
+    program = capture(model, (x,))
+    weights = [n for n in program.graph.nodes
+               if n.op == "get_attr" and n.target.endswith("weight")]
+    assert len(weights) == 6
+    live, most = [0], [0]
+
+    def released() -> None:
+        live[0] -= 1
+
+    def zero_first_row(value: torch.Tensor) -> torch.Tensor:
+        new = value.index_fill(0, torch.tensor([0]), 0.0)
+        live[0] += 1
+        most[0] = max(most[0], live[0])
+        weakref.finalize(new, released)
+        return new
+
+    out = run_with_overrides(program, x, {n.name: zero_first_row for n in weights})
+    with torch.no_grad():
+        for layer in model:
+            layer.weight[0] = 0.0
+        expected = model(x)
+    torch.testing.assert_close(out, expected)
+    assert most[0] == 1
