@@ -64,6 +64,8 @@ class CheckOutputs:
     def before(self, pass_, program: Program) -> None:
         self._version = program.version
         self._before = None if program.training else program.clone(share_tensors=True)
+        if self._before is not None:
+            _share_channel_analysis(program, self._before)
 
     def after(self, pass_, program: Program, result) -> None:
         before, self._before = self._before, None
@@ -105,6 +107,19 @@ class CheckOutputs:
         if self.random_batch:
             sets.append(random_inputs(program, seed=self.seed))
         return sets
+
+
+def _share_channel_analysis(program: Program, clone: Program) -> None:
+    """Give ``clone`` the channel analysis ``program`` already holds for its version.
+
+    The clone has the same graph (same node names, same version), so the analysis is the
+    same; it names nodes and parameters by string, so sharing it is safe. Without this the
+    reference of every verified pass analyses the whole graph again (on a Llama-shaped 1B:
+    about 4 s and 0.1 GiB held through the check).
+    """
+    key = ("channels", program.version)
+    if key in program._cache:  # noqa: SLF001 - the per-version cache of Program.analysis
+        clone._cache[key] = program._cache[key]  # noqa: SLF001
 
 
 def _fresh(args: tuple, kwargs: dict) -> tuple[tuple, dict]:

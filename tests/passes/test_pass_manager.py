@@ -195,3 +195,16 @@ def test_every_pass_builds_on_pass_base_and_refuses_bad_options_alike():
                 {"num_blocks": 1, "unit": "stage"}, {"num_blocks": None, "ratio": 2.0}):
         with pytest.raises(InvalidArgumentError):
             DepthPruning(**{"criterion": "magnitude", "compensate": False, **bad})
+
+
+def test_verification_does_not_analyse_the_program_again(monkeypatch):
+    """The reference CheckOutputs builds reuses the channel analysis of the program before
+    the pass (same graph, same version) instead of analysing it anew: one analysis per
+    program version in a verified compile, and the check still runs."""
+    import prunec.ir.channels as channels
+
+    versions, real = [], channels._analyze
+    monkeypatch.setattr(channels, "_analyze", lambda p: versions.append(p.version) or real(p))
+    compiled = prunec.compile(Net().eval(), (torch.randn(4, 8),), [MagnitudePruning(0.5)])
+    assert compiled.report.passes[0]["verified"].startswith("zeroing equivalence")
+    assert versions and len(versions) == len(set(versions))
