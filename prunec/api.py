@@ -22,7 +22,7 @@ from prunec.ir.channels import ChannelAnalysis, analyze_channels
 from prunec.ir.program import Program
 from prunec.passes.base import PassManager
 from prunec.passes.instruments import CheckOutputs
-from prunec.report import Report
+from prunec.report import PassStats, Report
 from prunec.rewrite import PruningPlan, apply_plan
 from prunec.ir.capture_checks import check_dynamic, check_example_inputs, check_model
 from prunec.passes.base import check_passes
@@ -107,10 +107,9 @@ def compile(  # noqa: A001 - the public name the design asks for
     report = Report.start(program, model=source.name if source else model, backend=backend)
     for plan in plans:
         apply_plan(program, plan)
-        report.passes.append({"pass": "replay", "modified": bool(plan),
-                              "plan_groups": len(plan.keep),
-                              "plan_blocks": [b.key for b in plan.blocks],
-                              "plan_compensations": len(plan.compensations)})
+        stats = PassStats(plan_groups=len(plan.keep), plan_blocks=[b.key for b in plan.blocks],
+                          plan_compensations=len(plan.compensations))
+        report.passes.append({"pass": "replay", "modified": bool(plan), **stats, "stats": stats})
     # The program before the passes, kept (sharing its tensors) to time the achieved latency.
     dense = program.clone(share_tensors=True) if latency_targets(passes) and not donate else None
     chain = ([CheckOutputs()] if verify else []) + list(instruments or ())

@@ -19,7 +19,8 @@ of heads). A layer is named by its module path (``layer1.0.conv1``) and keyed by
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator, Mapping, MutableMapping
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,8 +31,8 @@ from prunec.errors import PrunecError
 if TYPE_CHECKING:
     from prunec.ir.program import Program
 
-__all__ = ["Report", "LayerWidth", "LayerRow", "layer_widths", "format_count", "describe_pass",
-           "activation_product_macs"]
+__all__ = ["Report", "PassStats", "pass_entry", "LayerWidth", "LayerRow", "layer_widths", "format_count",
+           "describe_pass", "activation_product_macs"]
 
 _LAYER_KINDS = ("linear", "conv", "conv_transpose", "attention")
 
@@ -167,12 +168,137 @@ def describe_inputs(args: tuple, kwargs: dict | None = None) -> str:
     return ", ".join(parts) or "(none)"
 
 
+# ---------------------------------------------------------------------------- pass statistics
+@dataclass(eq=True)
+class PassStats(MutableMapping):
+    """What one pass did, typed: a pass returns it in ``PassResult.stats`` and the report
+    reads it by attribute. A field left ``None`` was not reported by the pass.
+
+    It is also a mapping of the reported fields (``stats["units_removed"]``, ``dict(stats)``,
+    ``stats["key"] = value``) so code written against the plain dict keeps working; a key
+    that is no field lands in :attr:`extra`.
+
+    Attributes:
+        targets: Which groups a channel pass targets (``"all"`` or ``"mlp"``).
+        groups: Candidate channel groups.
+        units_total: Units (channels, neurons, heads) in the candidate groups.
+        heads_total: Of those, units that are attention heads (counted apart).
+        already_applied: The pass's target was already reached (it ran before).
+        latency: The latency target's numbers (``predicted_fraction``, ``dense_ms``...).
+        pruned_groups: Groups that lost units.
+        units_removed: Units removed, heads included.
+        kept_because: ``"<group>: <reason>"`` lines where a pass removed nothing.
+        heads_removed: Of ``units_removed``, attention heads.
+        compensations: Mean compensations folded (from the plan).
+        unit: What a depth pass drops (``"layer"``; blocks when ``None``).
+        blocks: Residual blocks in the program.
+        removable: Of those, blocks that can be dropped.
+        layers: Layers in the program (``unit="layer"``).
+        candidates: Blocks or layers the pass could drop.
+        dropped_before: Blocks or layers dropped by earlier passes.
+        dropped: Blocks or layers dropped by this pass.
+        dropped_layers: Module paths of the layers dropped.
+        dropped_keys: Keys of the blocks dropped.
+        macs_removed: MACs of the dropped blocks.
+        scores: Score of every candidate block or layer (higher = keep).
+        plan_groups: A replayed plan's channel groups.
+        plan_blocks: A replayed plan's dropped blocks.
+        plan_compensations: A replayed plan's compensations.
+        skipped: An instrument skipped the pass.
+        seconds: Wall time of the pass (the timing instrument).
+        verified: What the output check found (the check instrument).
+        extra: Anything else a pass reports, by name.
+    """
+
+    targets: str | None = None
+    groups: int | None = None
+    units_total: int | None = None
+    heads_total: int | None = None
+    already_applied: bool | None = None
+    latency: dict | None = None
+    heads_removed: int | None = None
+    pruned_groups: int | None = None
+    units_removed: int | None = None
+    kept_because: list | None = None
+    unit: str | None = None
+    blocks: int | None = None
+    removable: int | None = None
+    layers: int | None = None
+    candidates: int | None = None
+    dropped_before: int | None = None
+    dropped: int | None = None
+    dropped_layers: list | None = None
+    dropped_keys: list | None = None
+    macs_removed: int | None = None
+    scores: dict | None = None
+    plan_groups: int | None = None
+    plan_blocks: list | None = None
+    plan_compensations: int | None = None
+    skipped: bool | None = None
+    seconds: float | None = None
+    verified: str | None = None
+    compensations: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, value: "PassStats | Mapping[str, Any] | None") -> "PassStats":
+        """A new :class:`PassStats` from another one or a mapping of its keys (``None``:
+        empty); unknown keys go to :attr:`extra`."""
+        stats = cls()
+        if value is not None:
+            stats.update(value)
+        return stats
+
+    # -- the mapping view: reported fields, then extra ----------------------------------
+    def __getitem__(self, key: str) -> Any:
+        if key in _STAT_FIELDS:
+            value = getattr(self, key)
+            if value is None:
+                raise KeyError(key)
+            return value
+        return self.extra[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key in _STAT_FIELDS:
+            setattr(self, key, value)
+        else:
+            self.extra[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        if key in _STAT_FIELDS:
+            if getattr(self, key) is None:
+                raise KeyError(key)
+            setattr(self, key, None)
+        else:
+            del self.extra[key]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from (k for k in _STAT_FIELDS if getattr(self, k) is not None)
+        yield from self.extra
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    __eq__ = MutableMapping.__eq__  # equal to a dict of the same keys and values
+
+
+_STAT_FIELDS = tuple(f.name for f in fields(PassStats) if f.name != "extra")
+
+
+def _stats_of(entry: Mapping[str, Any]) -> PassStats:
+    """The typed statistics of a report entry: the pass's own, or (an entry written by hand)
+    its keys read once into a :class:`PassStats`."""
+    stats = entry.get("stats")
+    return stats if isinstance(stats, PassStats) else PassStats.of(
+        {k: v for k, v in entry.items() if k in _STAT_FIELDS})
+
+
 # ---------------------------------------------------------------------------- passes in words
-def _unit_word(entry: dict, kinds: dict[str, str] | None,
+def _unit_word(entry: Mapping[str, Any], stats: PassStats, kinds: dict[str, str] | None,
                tags: dict[str, list] | None = None) -> str:
     """What the pass's units are, from its targets, the tags of the pruned groups and the
     kinds of their anchor weights (group keys are ``<weight>:<axis>``)."""
-    targets = entry.get("targets") or _options_dict(entry).get("targets")
+    targets = stats.targets or _options_dict(entry).get("targets")
     plan = entry.get("plan")
     keys = list(getattr(plan, "keep", {}))
     if keys and tags and all("attention" in tags.get(k, ()) for k in keys):
@@ -189,43 +315,47 @@ def _unit_word(entry: dict, kinds: dict[str, str] | None,
     return "channels" if targets == "all" else "units"
 
 
-def describe_pass(entry: dict, kinds: dict[str, str] | None = None,
+def describe_pass(entry: Mapping[str, Any], kinds: dict[str, str] | None = None,
                   tags: dict[str, list] | None = None) -> str:
     """What a pass did, in words: ``removed 112 of 240 MLP neurons in 6 of 9 groups``.
 
-    Reads the entry's stats (``groups``, ``pruned_groups``, ``units_removed``, ``units_total``
-    when the pass reports it, ``compensations``, ``already_applied``) and its options
-    (``targets``); ``kinds`` (weight name -> layer kind) and ``tags`` (group key -> tags)
-    name the units.
+    Reads the entry's :class:`PassStats` (``groups``, ``pruned_groups``, ``units_removed``,
+    ``units_total`` when the pass reports it, ``compensations``, ``already_applied``; an
+    entry written by hand has its keys read into one) and its options (``targets``);
+    ``kinds`` (weight name -> layer kind) and ``tags`` (group key -> tags) name the units.
     """
-    if entry.get("already_applied"):
+    stats = _stats_of(entry)
+    modified = entry.get("modified")
+    unmodified = not entry.get("modified", True)
+    if stats.already_applied:
         return "nothing: its target was already reached (the pass ran before)"
-    if entry.get("pass") == "replay" or "plan_groups" in entry:
-        return _replay_words(entry)
-    if entry.get("dropped"):
-        return _dropped_words(entry)
-    if not entry.get("units_removed"):
-        if entry.get("kept_because") and not entry.get("modified", True):
-            return "removed nothing: " + _kept_because(entry["kept_because"])
-        if "groups" in entry and not entry.get("modified", True):
-            return (f"removed nothing: none of the {entry['groups']} candidate groups "
+    if entry.get("pass") == "replay" or stats.plan_groups is not None:
+        return _replay_words(stats)
+    if stats.dropped:
+        return _dropped_words(entry, stats)
+    if not stats.units_removed:
+        if stats.kept_because and unmodified:
+            return "removed nothing: " + _kept_because(stats.kept_because)
+        if stats.groups is not None and unmodified:
+            return (f"removed nothing: none of the {stats.groups} candidate groups "
                     f"could be pruned at this ratio")
-        return "changed the program" if entry.get("modified") else "left the program unchanged"
-    total = entry.get("units_total")
+        return "changed the program" if modified else "left the program unchanged"
+    total = stats.units_total
     of_total = f" of {total}" if total else ""
-    groups = entry.get("groups")
-    in_groups = f" in {entry.get('pruned_groups', '?')} of {groups} groups" if groups else ""
-    heads = entry.get("heads_total")
+    groups = stats.groups
+    pruned = "?" if stats.pruned_groups is None else stats.pruned_groups
+    in_groups = f" in {pruned} of {groups} groups" if groups else ""
+    heads = stats.heads_total
     if heads and total and heads != total:  # heads and channels: never one mixed count
-        other = "channels" if entry.get("targets") == "all" else "units"
-        removed_heads = entry.get("heads_removed", 0)
+        other = "channels" if stats.targets == "all" else "units"
+        removed_heads = stats.heads_removed or 0
         text = (f"removed {removed_heads} of {heads} attention heads and "
-                f"{entry['units_removed'] - removed_heads} of {total - heads} {other}"
+                f"{stats.units_removed - removed_heads} of {total - heads} {other}"
                 f"{in_groups}")
     else:
-        text = (f"removed {entry['units_removed']}{of_total} "
-                f"{_unit_word(entry, kinds, tags)}{in_groups}")
-    if entry.get("compensations"):
+        text = (f"removed {stats.units_removed}{of_total} "
+                f"{_unit_word(entry, stats, kinds, tags)}{in_groups}")
+    if stats.compensations:
         text += "; their mean outputs are folded into the next layers"
     return text
 
@@ -262,32 +392,32 @@ def _names(keys: list[str], shown: int = 6) -> str:
     return ", ".join(keys[:shown]) + more
 
 
-def _dropped_words(entry: dict) -> str:
+def _dropped_words(entry: Mapping[str, Any], stats: PassStats) -> str:
     """``dropped 2 of 4 residual blocks (stages.0.layers.1, stages.1.layers.1); each is
     replaced by its mean output``."""
-    layers = "dropped_layers" in entry
-    keys = list(entry.get("dropped_layers") or entry.get("dropped_keys") or [])
+    layers = stats.dropped_layers is not None
+    keys = list(stats.dropped_layers or stats.dropped_keys or [])
     blocks = list(getattr(entry.get("plan"), "blocks", None) or [])
     keys = keys or [b.key for b in blocks]
-    of = entry.get("layers") if layers else entry.get("blocks")
+    of = stats.layers if layers else stats.blocks
     noun = "layers" if layers else "residual blocks"
-    text = f"dropped {entry['dropped']}{f' of {of}' if of else ''} {noun}"
+    text = f"dropped {stats.dropped}{f' of {of}' if of else ''} {noun}"
     text += f" ({_names(keys)})" if keys else ""
     if any(getattr(b, "mean", None) is not None for b in blocks):
         text += "; each is replaced by its mean output"
     return text
 
 
-def _replay_words(entry: dict) -> str:
+def _replay_words(stats: PassStats) -> str:
     """``replayed a saved plan: pruned 3 channel groups and dropped 2 residual blocks (...)``."""
     did = []
-    if entry.get("plan_groups"):
-        did.append(f"pruned {_count(entry['plan_groups'], 'channel group')}")
-    blocks = entry.get("plan_blocks") or []
+    if stats.plan_groups:
+        did.append(f"pruned {_count(stats.plan_groups, 'channel group')}")
+    blocks = stats.plan_blocks or []
     if blocks:
         did.append(f"dropped {_count(len(blocks), 'residual block')} ({_names(blocks)})")
-    if entry.get("plan_compensations"):
-        did.append(f"folded {_count(entry['plan_compensations'], 'mean compensation')}")
+    if stats.plan_compensations:
+        did.append(f"folded {_count(stats.plan_compensations, 'mean compensation')}")
     return "replayed a saved plan: " + (" and ".join(did) if did else "it was empty (no change)")
 
 
@@ -322,12 +452,29 @@ def _pass_text(entry: dict) -> str:
 def latency_line(latency: dict, passes: list) -> str:
     """``latency on onnxruntime (1 threads)  4.1 ms -> 2.5 ms (61 % asked 60 %, predicted
     59 %)``: the achieved latency against the dense one, and what the passes predicted."""
-    predicted = [p["latency"]["predicted_fraction"] for p in passes
-                 if isinstance(p.get("latency"), dict) and "predicted_fraction" in p["latency"]]
+    found = [_stats_of(p).latency for p in passes]
+    predicted = [f["predicted_fraction"] for f in found
+                 if isinstance(f, dict) and "predicted_fraction" in f]
     guess = f", predicted {predicted[-1]:.0%}" if predicted else ""
     return (f"latency on {latency['backend']} ({latency['threads']} threads)  "
             f"{latency['dense_ms']:.3f} ms -> {latency['achieved_ms']:.3f} ms "
             f"({latency['achieved_fraction']:.0%}, asked {latency['fraction']:.0%}{guess})")
+
+
+def pass_entry(name: str, options: Any, modified: bool, stats: PassStats,
+               plan: Any = None) -> dict:
+    """A :attr:`Report.passes` entry: ``pass``, ``options``, ``modified``, the statistics by
+    name (and ``plan`` when there is one) for readers of the dict, and the typed
+    :class:`PassStats` under ``"stats"`` (which :meth:`Report.to_dict` leaves out). A plan
+    sets ``compensations`` when the pass did not."""
+    if plan is not None and stats.compensations is None:
+        stats.compensations = len(getattr(plan, "compensations", ()) or ())
+    entry = {"pass": name, "options": options, "modified": bool(modified)}
+    if plan is not None:
+        entry["plan"] = plan
+    entry.update(stats)
+    entry["stats"] = stats
+    return entry
 
 
 # ---------------------------------------------------------------------------- the report
@@ -341,7 +488,8 @@ class Report:
         macs_after: MACs after the passes (same inputs).
         params_after: Parameters after the passes.
         passes: One dict per pass: ``pass`` (class name), ``options``, ``modified``,
-            ``seconds`` and the pass's own statistics (``plan`` is kept out of
+            ``seconds`` and the pass's own statistics by name, with the typed
+            :class:`PassStats` under ``stats`` (``plan`` and ``stats`` are kept out of
             :meth:`to_dict`).
         backend: The backend the program was lowered to.
         model: The model's class name (or a description).
@@ -392,17 +540,21 @@ class Report:
                    product_macs_before=activation_product_macs(program))
 
     def add_pass(self, pass_: Any, result: Any, **extra: Any) -> dict:
-        """Record a pass, its options (``pass_.config()`` when it has one) and its result."""
+        """Record a pass, its options (``pass_.config()`` when it has one) and its result.
+
+        The entry is a dict (``pass``, ``options``, ``modified``, ``plan`` and every reported
+        statistic by name, as users read it) that also keeps the typed :class:`PassStats`
+        under ``"stats"``, which :func:`describe_pass` reads. ``extra`` statistics (a caller
+        without a pass result) join the typed ones.
+        """
         config = dict(pass_.config()) if hasattr(pass_, "config") else {}
         config.pop("pass", None)
         config.pop("progress", None)  # how it ran, not what it did
-        stats = dict(getattr(result, "stats", {}) or {})
-        plan = stats.get("plan") or getattr(result, "plan", None)
-        if plan is not None:
-            stats["plan"] = plan
-            stats.setdefault("compensations", len(getattr(plan, "compensations", ()) or ()))
-        entry = {"pass": type(pass_).__name__, "options": config,
-                 "modified": bool(getattr(result, "modified", False)), **stats, **extra}
+        plan = extra.pop("plan", None) or getattr(result, "plan", None)
+        modified = extra.pop("modified", bool(getattr(result, "modified", False)))
+        stats = PassStats.of(getattr(result, "stats", None))
+        stats.update(extra)
+        entry = pass_entry(type(pass_).__name__, config, modified, stats, plan)
         self.passes.append(entry)
         return entry
 
@@ -476,10 +628,11 @@ class Report:
                  f"{format_count(self.params_after):>7}  "
                  f"({_percent_fewer(self.params_before, self.params_after)})"]
         for p in self.passes:
-            took = f" ({_seconds(p['seconds'])})" if isinstance(p.get("seconds"), (int, float)) else ""
+            stats = _stats_of(p)
+            took = f" ({_seconds(stats.seconds)})" if isinstance(stats.seconds, (int, float)) else ""
             lines.append(f"{p['pass']}: {describe_pass(p, self._kinds(), self.group_tags)}{took}")
-            if p.get("verified"):
-                lines.append(f"  verified: {p['verified']}")
+            if stats.verified:
+                lines.append(f"  verified: {stats.verified}")
         if self.latency:
             lines.append(latency_line(self.latency, self.passes))
         if self.seconds is not None:
@@ -514,7 +667,7 @@ class Report:
         """Plain data (JSON-ready): everything but the plans (see ``compiled.plans``)."""
         passes = []
         for p in self.passes:
-            entry = {k: _plain(v) for k, v in p.items() if k != "plan"}
+            entry = {k: _plain(v) for k, v in p.items() if k not in ("plan", "stats")}
             entry["summary"] = describe_pass(p, self._kinds(), self.group_tags)
             passes.append(entry)
         return {"model": self.model, "inputs": self.inputs, "batch_size": self.batch_size,

@@ -14,7 +14,7 @@ import torch
 from prunec import progress
 from prunec.ir.capture import capture
 from prunec.passes import MagnitudePruning, PassContext
-from prunec.report import Report, describe_pass, format_count, layer_widths
+from prunec.report import PassStats, Report, describe_pass, format_count, layer_widths
 
 
 class Net(torch.nn.Module):
@@ -222,6 +222,48 @@ def test_replay_and_depth_lines_say_what_was_done():
              "dropped_keys": ["layers.1", "layers.3"], "plan": plan}
     assert describe_pass(depth) == ("dropped 2 of 6 residual blocks (layers.1, layers.3); "
                                     "each is replaced by its mean output")
+
+
+def test_pass_results_carry_typed_stats_that_the_report_reads():
+    """A pass returns a PassStats; the report entry keeps it (the text is read from its
+    attributes) and also lists every reported field by name, as before."""
+    import prunec
+
+    x = torch.randn(4, 3, 6, 6)
+    program = capture(Net().eval(), (x,))
+    result = MagnitudePruning(0.5, round_to=4)(program, PassContext())
+    stats = result.stats
+    assert isinstance(stats, PassStats) and stats.targets == "all" and stats.groups == 3
+    assert stats.units_removed == stats["units_removed"] > 0 and stats.dropped is None
+    assert "dropped" not in stats and stats.get("seconds") is None  # unreported: absent
+    compiled = prunec.compile(Net().eval(), x, [MagnitudePruning(0.5, round_to=4)])
+    entry = compiled.report.passes[0]
+    typed = entry["stats"]
+    assert isinstance(typed, PassStats) and typed.seconds > 0 and typed.compensations == 0
+    assert entry["units_removed"] == typed.units_removed and entry["seconds"] == typed.seconds
+    data = compiled.report.to_dict()["passes"][0]
+    assert "stats" not in data and data["units_removed"] == typed.units_removed
+    # the text comes from the typed object: change it there and the words follow
+    typed.units_removed, typed.pruned_groups = 7, 2
+    assert describe_pass(entry).startswith("removed 7 of ") and "in 2 of 3 groups" in \
+        describe_pass(entry)
+
+
+def test_pass_stats_as_a_mapping():
+    """Code written against the plain dict keeps working: a dict given to PassResult is read
+    into a PassStats, unknown keys land in extra, and it equals the dict of what it reports."""
+    from prunec.passes import PassResult
+
+    result = PassResult(None, True, stats={"units_removed": 3, "groups": 2, "custom": "x"})
+    assert isinstance(result.stats, PassStats) and result.stats.units_removed == 3
+    assert result.stats.extra == {"custom": "x"} and result.stats["custom"] == "x"
+    assert result.stats == {"groups": 2, "units_removed": 3, "custom": "x"}
+    result.stats["dropped"] = 1
+    assert result.stats.dropped == 1 and {**result.stats}["dropped"] == 1
+    del result.stats["dropped"]
+    assert result.stats.dropped is None and "dropped" not in result.stats
+    with pytest.raises(KeyError):
+        result.stats["seconds"]
 
 
 def test_macs_convention_is_stated_where_attention_is_counted():

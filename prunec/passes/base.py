@@ -1,7 +1,8 @@
 """The pass contract (DESIGN.md contract 3) and the score -> select -> plan skeleton.
 
 A pass is configured in its constructor (keyword-only options) and called as
-``pass_(program, ctx) -> PassResult(program, modified, stats)``. :class:`PassContext` runs
+``pass_(program, ctx) -> PassResult(program, modified, plan, stats)`` with typed
+statistics (:class:`~prunec.report.PassStats`) that the report reads. :class:`PassContext` runs
 passes and the instruments around them (verification, timing, IR dumps: contract 8).
 
 :class:`PruningPass` fixes the order of work for every pruning method:
@@ -22,9 +23,10 @@ from prunec import validate
 from prunec.errors import InvalidArgumentError, PassError, PrunecError
 from prunec.ir.channels import UNCHOOSABLE, ChannelAnalysis, ChannelGroup, analyze_channels
 from prunec.ir.program import Program
+from prunec.report import PassStats
 from prunec.rewrite import PruningPlan, apply_plan
 
-__all__ = ["Pass", "PassBase", "PassResult", "PassContext", "PassManager", "PruningPass", "Timing", "candidate_groups",
+__all__ = ["Pass", "PassBase", "PassResult", "PassStats", "PassContext", "PassManager", "PruningPass", "Timing", "candidate_groups",
            "check_ratio", "check_passes", "describe_pass"]
 
 
@@ -37,13 +39,19 @@ class PassResult:
             may also return another Program, which the next pass then receives).
         modified: Whether the program changed. Honest: ``False`` means nothing was rewritten.
         plan: The plan the pass applied, if it pruned (also recorded in ``program.lineage``).
-        stats: What the pass did, for the report (counts, seconds...).
+        stats: What the pass did, typed (:class:`~prunec.report.PassStats`: counts, seconds,
+            verification...), which the report reads by attribute. A mapping given here
+            (a pass written against the plain dict) is read into one.
     """
 
     program: Program
     modified: bool
     plan: PruningPlan | None = None
-    stats: dict = field(default_factory=dict)
+    stats: PassStats = field(default_factory=PassStats)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.stats, PassStats):
+            self.stats = PassStats.of(self.stats)
 
 
 class Pass(Protocol):
@@ -97,7 +105,7 @@ class PassBase:
 
 
 class Timing:
-    """Wall time of every pass, in ``result.stats["seconds"]`` and :attr:`seconds`.
+    """Wall time of every pass, in ``result.stats.seconds`` and :attr:`seconds`.
 
     Every :class:`PassContext` runs one (the caller's, when it passes one): its ``before``
     runs last and its ``after`` first, so it times the pass alone, not the other
@@ -113,7 +121,7 @@ class Timing:
 
     def after(self, pass_, program, result) -> None:
         elapsed = time.perf_counter() - self._start
-        result.stats["seconds"] = elapsed
+        result.stats.seconds = elapsed
         self.seconds.append((describe_pass(pass_), elapsed))
 
 
@@ -144,7 +152,7 @@ class PassContext:
         earlier = list(self.done)
         self.done.append(pass_)
         if not all(getattr(i, "should_run", _yes)(pass_, program) for i in self.instruments):
-            return PassResult(program, False, stats={"skipped": True})
+            return PassResult(program, False, stats=PassStats(skipped=True))
         try:
             for inst in self.instruments:
                 getattr(inst, "before", _noop)(pass_, program)
@@ -333,31 +341,33 @@ class PruningPass(PassBase):
         ctx = ctx or PassContext()
         analysis = analyze_channels(program)
         groups = self.candidates(analysis)
-        stats = {"targets": self.targets, "groups": len(groups),
-                 "units_total": sum(g.size for g in groups)}
+        stats = PassStats(targets=self.targets, groups=len(groups),
+                          units_total=sum(g.size for g in groups))
         heads = [g for g in groups if "attention" in g.tags]  # units that are heads
         if heads:  # the report counts heads apart from channels
-            stats["heads_total"] = sum(g.size for g in heads)
+            stats.heads_total = sum(g.size for g in heads)
         if self.already_applied(program):  # its target is already reached
-            return PassResult(program, False, stats={**stats, "already_applied": True})
+            stats.already_applied = True
+            return PassResult(program, False, stats=stats)
         self.latency_stats = None
         active = self.ratio > 0 or self.latency_target is not None
         plan = self.plan(program, groups, ctx) if active and groups else PruningPlan()
         if self.latency_stats is not None:
-            stats["latency"] = self.latency_stats
+            stats.latency = self.latency_stats
         if not plan:
-            stats = {**stats, "pruned_groups": 0, "units_removed": 0}
+            stats.pruned_groups, stats.units_removed = 0, 0
             if active:  # the report says why nothing went, naming the op that keeps it
-                stats["kept_because"] = self.kept_because(program, analysis, groups)
+                stats.kept_because = self.kept_because(program, analysis, groups)
             return PassResult(program, False, stats=stats)
         self.compensate(program, groups, plan, ctx)
         apply_plan(program, plan, config=self.config())
-        removed = sum(g.size - len(plan.keep[g.key]) for g in groups if g.key in plan.keep)
         if heads:
-            stats["heads_removed"] = sum(g.size - len(plan.keep[g.key]) for g in heads
-                                         if g.key in plan.keep)
-        return PassResult(program, True, plan, {**stats, "pruned_groups": len(plan.keep),
-                                                "units_removed": removed})
+            stats.heads_removed = sum(g.size - len(plan.keep[g.key]) for g in heads
+                                      if g.key in plan.keep)
+        stats.pruned_groups = len(plan.keep)
+        stats.units_removed = sum(g.size - len(plan.keep[g.key]) for g in groups
+                                  if g.key in plan.keep)
+        return PassResult(program, True, plan, stats)
 
     def plan(self, program: Program, groups: list[ChannelGroup], ctx: PassContext) -> PruningPlan:
         for g in groups:  # the first time a group is seen it has its original size

@@ -46,7 +46,7 @@ class CheckOutputs:
 
     A pass with no guarantee, a train-mode program (dropout and batch statistics are not
     deterministic) and a plan pruning groups that are normalised over (where zeroing is not
-    removal) are recorded as unchecked with the reason, in ``result.stats["verified"]``.
+    removal) are recorded as unchecked with the reason, in ``result.stats.verified``.
 
     Raises:
         VerificationError: naming the pass, the input set, the output and the error.
@@ -78,7 +78,7 @@ class CheckOutputs:
         if not why:
             reference, overrides, why = reference_program(before, result.plan)
         if why:
-            result.stats["verified"] = f"not checked: {why}"
+            result.stats.verified = f"not checked: {why}"
             return
         worst = 0.0
         for label, (args, kwargs) in self._input_sets(program):
@@ -90,7 +90,7 @@ class CheckOutputs:
                     got = program.run(*fresh_args, **fresh_kwargs)
             worst = max(worst, _compare(expected, got, f"{name}, {label}", self.TOLERANCES,
                                         pass_.guarantee))
-        result.stats["verified"] = f"{pass_.guarantee} equivalence, max abs diff {worst:.2g}"
+        result.stats.verified = f"{pass_.guarantee} equivalence, max abs diff {worst:.2g}"
 
     @staticmethod
     def _why_unchecked(pass_, program: Program, result) -> str:

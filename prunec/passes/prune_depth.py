@@ -34,7 +34,7 @@ from prunec.errors import CalibrationError, InvalidArgumentError, PrunecError
 from prunec.ir.blocks import Block, analyze_blocks
 from prunec.ir.calibration import MaskSpec, collect_statistics
 from prunec.ir.program import Program
-from prunec.passes.base import PassBase, PassContext, PassResult
+from prunec.passes.base import PassBase, PassContext, PassResult, PassStats
 from prunec.passes.depth_scores import block_scores
 from prunec.passes.prune_layers import run_layer_depth
 from prunec.rewrite import apply_plan
@@ -138,16 +138,17 @@ class DepthPruning(PassBase):
         done = dropped_blocks(program)
         if self.latency_target is not None:
             if self.already_applied(program):  # its target is already reached
-                return PassResult(program, False, stats={"already_applied": True})
+                return PassResult(program, False, stats=PassStats(already_applied=True))
             target = done + len(analysis.removable())  # the knapsack decides how many
         else:
             target = self.num_blocks if self.num_blocks is not None else \
                 round(self.ratio * (len(analysis.removable()) + done))
         candidates = self.candidates(program)
-        stats = {"blocks": len(analysis), "removable": len(analysis.removable()),
-                 "candidates": len(candidates), "dropped_before": done}
+        stats = PassStats(blocks=len(analysis), removable=len(analysis.removable()),
+                          candidates=len(candidates), dropped_before=done)
         if target - done <= 0 or not candidates:
-            return PassResult(program, False, stats={**stats, "dropped": 0})
+            stats.dropped = 0
+            return PassResult(program, False, stats=stats)
         if self.criterion != "magnitude" and program.training:
             raise PrunecError("DepthPruning scores blocks in eval mode, but this program was "
                               "captured with train=True; capture with train=False.")
@@ -156,22 +157,22 @@ class DepthPruning(PassBase):
         if self.latency_target is not None:
             from prunec.passes.latency import drop_blocks
 
-            chosen, stats["latency"] = drop_blocks(program, candidates, scores,
+            chosen, stats.latency = drop_blocks(program, candidates, scores,
                                                    self._room(program), self.latency_target,
                                                    where="DepthPruning")
         else:
             chosen = self.select(program, candidates, scores, target - done)
         if not chosen:  # every stage is at its minimum
-            return PassResult(program, False, stats={**stats, "dropped": 0})
+            stats.dropped = 0
+            return PassResult(program, False, stats=stats)
         plan = PruningPlan(blocks=[BlockDrop(b.key, None) for b in chosen])
         if self.compensate:
             plan.blocks = [BlockDrop(b.key, m) for b, m in zip(chosen, self.means(program, chosen))]
         macs = sum(b.macs for b in chosen)
         apply_plan(program, plan, config=self.config())
-        return PassResult(program, True, plan, {**stats, "dropped": len(chosen),
-                                                "dropped_keys": [b.key for b in chosen],
-                                                "macs_removed": macs,
-                                                "scores": {k: float(v) for k, v in scores.items()}})
+        stats.dropped, stats.dropped_keys = len(chosen), [b.key for b in chosen]
+        stats.macs_removed, stats.scores = macs, {k: float(v) for k, v in scores.items()}
+        return PassResult(program, True, plan, stats)
 
     # ------------------------------------------------------------------------ steps
     def candidates(self, program: Program) -> list[Block]:

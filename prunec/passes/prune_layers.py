@@ -30,7 +30,7 @@ import torch
 from prunec.ir.blocks import Block, analyze_blocks
 from prunec.ir.interpret import ProgramInterpreter
 from prunec.ir.program import Program
-from prunec.passes.base import PassResult
+from prunec.passes.base import PassResult, PassStats
 from prunec.passes.depth_scores import (branch_scale, calibration_items, log_softmax_rows,
                                         similarity_scores)
 from prunec.rewrite import apply_plan
@@ -83,10 +83,11 @@ def run_layer_depth(pass_, program: Program) -> PassResult:
     done = dropped_layers(program)
     target = pass_.num_blocks if pass_.num_blocks is not None else \
         round(pass_.ratio * (len([l for l in layers if l.removable]) + done))
-    stats = {"unit": "layer", "layers": len(layers), "candidates": len(candidates),
-             "dropped_before": done}
+    stats = PassStats(unit="layer", layers=len(layers), candidates=len(candidates),
+                      dropped_before=done)
     if target - done <= 0 or not candidates:
-        return PassResult(program, False, stats={**stats, "dropped": 0})
+        stats.dropped = 0
+        return PassResult(program, False, stats=stats)
     if pass_.criterion != "magnitude" and program.training:
         raise PrunecError("DepthPruning scores layers in eval mode, but this program was "
                           "captured with train=True; capture with train=False.")
@@ -96,10 +97,10 @@ def run_layer_depth(pass_, program: Program) -> PassResult:
     means = pass_.means(program, blocks) if pass_.compensate else [None] * len(blocks)
     plan = PruningPlan(blocks=[BlockDrop(b.key, m) for b, m in zip(blocks, means)])
     apply_plan(program, plan, config=pass_.config())
-    return PassResult(program, True, plan, {
-        **stats, "dropped": len(chosen), "dropped_layers": [l.path for l in chosen],
-        "dropped_keys": [b.key for b in blocks], "macs_removed": sum(b.macs for b in blocks),
-        "scores": {k: float(v) for k, v in scores.items()}})
+    stats.dropped, stats.dropped_layers = len(chosen), [l.path for l in chosen]
+    stats.dropped_keys, stats.macs_removed = [b.key for b in blocks], sum(b.macs for b in blocks)
+    stats.scores = {k: float(v) for k, v in scores.items()}
+    return PassResult(program, True, plan, stats)
 
 
 def layer_scores(program: Program, layers: list[Layer], pass_) -> dict[str, float]:

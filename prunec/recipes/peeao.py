@@ -44,7 +44,7 @@ from prunec.ir.similarity import linear_cka, penultimate_features
 from prunec.passes.prune_depth import CRITERIA, DepthPruning, dropped_blocks
 from prunec.progress import bar
 from prunec.recipes.neuron_kl import inner_groups, neuron_kl_exact, neuron_kl_scores, select_units
-from prunec.report import Report
+from prunec.report import PassStats, Report
 from prunec.rewrite import apply_plan, recapture
 from prunec.rewrite.plan import PruningPlan
 from prunec.train import finetune
@@ -167,7 +167,7 @@ def _layer_candidate(parent: Candidate, calibration, criterion: str, compensate:
     result = pass_(program)
     if not result.modified:
         return None
-    keys = result.stats["dropped_keys"]
+    keys = result.stats.dropped_keys
     count = filters_removed(parent.program, keys)
     return parent.child(result.plan, "layer", program), count
 
@@ -264,8 +264,9 @@ def peeao(model: torch.nn.Module, example_inputs: Any, train_data: Any, val_data
             iterations.append(row)
             if on_iteration is not None:
                 on_iteration(row, parent.program)
+            stats = PassStats(extra={"choice": row["choice"]})
             report.passes.append({"pass": "PEEAO", "options": {"iteration": it}, "modified": True,
-                                  "plan": parent.plan, "choice": row["choice"]})
+                                  "plan": parent.plan, **stats, "stats": stats})
             pbar.update(1)
             pbar.set_postfix(cut=f"{100 * row['macs_reduction']:.1f}%", choice=row["choice"],
                              acc=f"{row['val_accuracy']:.3f}")
