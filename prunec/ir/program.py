@@ -28,7 +28,8 @@ cached analyses (see :meth:`Program.analysis`) are never read stale.
     input channels of that layer are replaced by ``mean`` and folded into its bias;
 
 * ``changed``: ``{tensor name: shape after}`` for every parameter or buffer the step sliced;
-* ``stats``: the pass's typed statistics (:class:`~prunec.passes.base.PassStats`) or ``None``.
+* ``stats``: the pass's typed statistics (:class:`~prunec.report.PassStats`, the object its
+  result carries: the timing and check instruments fill it in after the step) or ``None``.
 
 ``program.plans`` and ``program.history`` are read-only views of it (the plans, the pass
 configs). :func:`prunec.rewrite.recapture` replays the lineage on a fresh capture of the

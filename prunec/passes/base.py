@@ -360,7 +360,7 @@ class PruningPass(PassBase):
                 stats.kept_because = self.kept_because(program, analysis, groups)
             return PassResult(program, False, stats=stats)
         self.compensate(program, groups, plan, ctx)
-        apply_plan(program, plan, config=self.config())
+        apply_plan(program, plan, config=self.config(), stats=stats)
         if heads:
             stats.heads_removed = sum(g.size - len(plan.keep[g.key]) for g in heads
                                       if g.key in plan.keep)

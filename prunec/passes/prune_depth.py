@@ -169,7 +169,7 @@ class DepthPruning(PassBase):
         if self.compensate:
             plan.blocks = [BlockDrop(b.key, m) for b, m in zip(chosen, self.means(program, chosen))]
         macs = sum(b.macs for b in chosen)
-        apply_plan(program, plan, config=self.config())
+        apply_plan(program, plan, config=self.config(), stats=stats)
         stats.dropped, stats.dropped_keys = len(chosen), [b.key for b in chosen]
         stats.macs_removed, stats.scores = macs, {k: float(v) for k, v in scores.items()}
         return PassResult(program, True, plan, stats)

@@ -96,7 +96,7 @@ def run_layer_depth(pass_, program: Program) -> PassResult:
     blocks = [b for layer in chosen for b in layer.blocks]
     means = pass_.means(program, blocks) if pass_.compensate else [None] * len(blocks)
     plan = PruningPlan(blocks=[BlockDrop(b.key, m) for b, m in zip(blocks, means)])
-    apply_plan(program, plan, config=pass_.config())
+    apply_plan(program, plan, config=pass_.config(), stats=stats)
     stats.dropped, stats.dropped_layers = len(chosen), [l.path for l in chosen]
     stats.dropped_keys, stats.macs_removed = [b.key for b in blocks], sum(b.macs for b in blocks)
     stats.scores = {k: float(v) for k, v in scores.items()}

@@ -208,3 +208,27 @@ def test_verification_does_not_analyse_the_program_again(monkeypatch):
     compiled = prunec.compile(Net().eval(), (torch.randn(4, 8),), [MagnitudePruning(0.5)])
     assert compiled.report.passes[0]["verified"].startswith("zeroing equivalence")
     assert versions and len(versions) == len(set(versions))
+
+
+def test_lineage_steps_hold_the_passes_typed_stats():
+    """Each pass hands its PassStats to apply_plan: the step in program.lineage is the object
+    the result carries, so it also has what the instruments add (seconds, verified) and
+    recapture copies it; a pass that changes nothing records no step."""
+    from prunec.passes import DepthPruning, PassContext, PassStats
+    from prunec.rewrite import recapture
+
+    from prunec.passes.instruments import CheckOutputs
+
+    ctx = PassContext([CheckOutputs()])
+    p = program()
+    result = ctx.run(MagnitudePruning(0.5), p)
+    (step,) = p.lineage
+    assert isinstance(step.stats, PassStats) and step.stats is result.stats
+    assert step.stats.units_removed > 0 and step.stats.seconds > 0
+    assert step.stats.verified.startswith("zeroing equivalence")
+    again = ctx.run(MagnitudePruning(0.5), p)  # already applied: no second step
+    assert not again.modified and again.stats.already_applied and len(p.lineage) == 1
+    fresh = recapture(Net().eval(), p)
+    assert fresh.lineage[0].stats.units_removed == step.stats.units_removed
+    assert isinstance(DepthPruning(1, criterion="magnitude", compensate=False)(program()).stats,
+                      PassStats)
