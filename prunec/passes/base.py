@@ -93,8 +93,11 @@ class PassBase:
 
     def config(self) -> dict:
         """The pass's identity: its class and constructor options (scalars)."""
-        return {"pass": type(self).__name__, **{k: v for k, v in vars(self).items()
-                                               if isinstance(v, (int, float, str, bool))}}
+        config = {"pass": type(self).__name__, **{k: v for k, v in vars(self).items()
+                                                 if isinstance(v, (int, float, str, bool))}}
+        if getattr(self, "latency_target", None) is not None:
+            config.pop("ratio", None)  # a latency target replaces the ratio: no "ratio=0.0"
+        return config
 
     def already_applied(self, program: Program) -> bool:
         """Whether this pass, with these options, is in ``program``'s lineage."""

@@ -247,3 +247,9 @@ def test_real_timing_on_onnxruntime(tmp_path, monkeypatch):
     stats = result.stats["latency"]
     assert stats["backend"] == "onnxruntime" and stats["threads"] == 1
     assert stats["structures"] == 1 and stats["dense_ms"] > 0
+
+
+def test_a_latency_pass_reports_its_target_not_a_ratio():
+    config = MagnitudePruning(latency=0.6, targets="mlp").config()
+    assert config["latency"] == 0.6 and "ratio" not in config
+    assert MagnitudePruning(0.5).config()["ratio"] == 0.5
