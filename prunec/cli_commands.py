@@ -14,6 +14,7 @@ import time
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -142,9 +143,8 @@ def _onnx_setup(args: argparse.Namespace) -> Setup:
     integers are ones, floats random); the backend defaults to onnxruntime."""
     from prunec.frontends.onnx import graph_inputs, load_model
 
-    if args.data:
-        raise CliError("--data is not supported with an .onnx model yet; variance statistics "
-                       "come from the --input examples")
+    # --data on the command line is the user's own opt-in to import it, as for a factory
+    data_fn = resolve_callable(args.data, "--data") if args.data else None
     if getattr(args, "backend", "torch") == "torch":
         args.backend = "onnxruntime"
     model, _, _ = load_model(args.model)
@@ -159,7 +159,31 @@ def _onnx_setup(args: argparse.Namespace) -> Setup:
     generator = torch.Generator().manual_seed(0)
     feeds = {s.name: s.make(generator) for s in specs}
     args.inputs = specs
-    return Setup(args.model, args.model, feeds, {}, Path(args.model).name)
+    setup = Setup(args.model, args.model, feeds, {}, Path(args.model).name)
+    if data_fn is not None:  # (inputs, target) pairs or dicts, as for a factory model
+        setup.calibration = _onnx_calibration(
+            calibration_items(list(call_user(data_fn, args.data, "--data"))), names)
+    return setup
+
+
+def _onnx_calibration(items: list, names: list[str]) -> list:
+    """Calibration inputs for a graph with inputs ``names``: a dict by graph-input name
+    (every name), a tuple in graph-input order, or one tensor for a one-input graph; each
+    becomes a dict by name (the frontend's form). Anything else: a one-line error."""
+    out = []
+    for i, item in enumerate(items):
+        if isinstance(item, Mapping):
+            if sorted(item) != sorted(names):
+                raise CliError(f"--data batch {i}: its inputs {sorted(item)} are not the graph "
+                               f"inputs {names}")
+            out.append({n: item[n] for n in names})
+            continue
+        values = tuple(item) if isinstance(item, (tuple, list)) else (item,)
+        if len(values) != len(names):
+            raise CliError(f"--data batch {i}: {len(values)} input(s) for the graph inputs "
+                           f"{names}; give a tuple in that order or a dict by name")
+        out.append(dict(zip(names, values)))
+    return out
 
 
 def _builtin_setup() -> Setup:
@@ -253,8 +277,12 @@ def _announce(args: argparse.Namespace, name: str, epochs: int) -> None:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     is_builtin = args.model == BUILTIN
+    is_onnx = str(args.model).lower().endswith(".onnx")  # --data only calibrates: no training
+    if is_onnx and args.finetune_epochs:
+        raise CliError("--finetune-epochs does not apply to an .onnx model (prunec cannot "
+                       "train an ONNX graph); --data gives calibration batches only")
     epochs = args.finetune_epochs if args.finetune_epochs is not None else \
-        (3 if is_builtin or args.data else 0)
+        (3 if is_builtin or (args.data and not is_onnx) else 0)
     _announce(args, BUILTIN_NAME if is_builtin else args.model, epochs)
     start = time.perf_counter()
     setup = load_setup(args)
@@ -298,7 +326,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
                   "installed (pip install matplotlib)")
         if isinstance(setup.model, str):  # an .onnx file: the user's own graph came back
             print(f"Next: your ONNX Runtime code loads {_quote(out / 'model.onnx')} unchanged "
-                  f"(same input and output names and dynamic axes as {setup.name})")
+                  f"(same input and output names and dynamic axes as {setup.name}); time it "
+                  f"against {setup.name} with\n  prunec bench {_quote(out)}")
         else:
             print(f"Next: time it against the unpruned model with\n  prunec bench "
                   f"{_quote(out)} --backend onnxruntime")
@@ -348,7 +377,10 @@ def _quote(path: Path) -> str:
 
 def _run_info(args: argparse.Namespace, setup: Setup, epochs: int) -> dict:
     """How the model was made, so that ``prunec bench DIR`` can rebuild the unpruned one."""
-    return {"model": args.model, "inputs": [_input_text(s) for s in args.inputs],
+    model = args.model  # an .onnx file by its absolute path: bench finds it from anywhere
+    if isinstance(model, str) and model.lower().endswith(".onnx"):
+        model = str(Path(model).resolve())
+    return {"model": model, "inputs": [_input_text(s) for s in args.inputs],
             "data": args.data, "static": args.static, "pass": args.pass_name,
             "ratio": args.ratio, "targets": args.targets, "scope": args.scope,
             "round_to": args.round_to, "backend": args.backend, "finetune_epochs": epochs,
@@ -485,6 +517,9 @@ def _saved_setup(args: argparse.Namespace) -> tuple[Setup, list]:
 def cmd_bench(args: argparse.Namespace) -> int:
     from prunec.backends.bench import benchmark
 
+    onnx_run = _saved_onnx_run(args) if args.saved else None
+    if onnx_run is not None:  # pruned from an .onnx file: time the two files
+        return _bench_saved_onnx(args, *onnx_run)
     if args.saved:
         setup, plans = _saved_setup(args)
         label = f"{Path(args.saved)} (plans replayed on {args.backend})"
@@ -512,6 +547,79 @@ def cmd_bench(args: argparse.Namespace) -> int:
         atomic_write_text(args.json, json.dumps({"report": pruned.report.to_dict(),
                                                  "bench": result.to_dict()}, indent=2))
     return 0
+
+
+def _saved_onnx_run(args: argparse.Namespace) -> tuple[dict, dict] | None:
+    """``(run, report)`` of a ``prunec prune`` output made from an ``.onnx`` file; None for
+    anything else (``_saved_setup`` then reads the directory and names what is wrong)."""
+    try:
+        results = json.loads((Path(args.saved) / "report.json").read_text())
+        run, report = results["run"], results.get("report") or {}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    model = run.get("model") if isinstance(run, dict) else None
+    if not (isinstance(model, str) and model.lower().endswith(".onnx")):
+        return None
+    return run, report if isinstance(report, dict) else {}
+
+
+def _bench_saved_onnx(args: argparse.Namespace, run: dict, report: dict) -> int:
+    """Time DIR/model.onnx against the original file it was pruned from, both on ONNX
+    Runtime, interleaved, at the saved ``--input`` shapes with the batch dimension (the
+    first) set to each of ``--batch-sizes``. Loading an ONNX file runs no code, so this
+    needs no ``--trust-code``."""
+    from prunec.backends.bench import benchmark
+    from prunec.backends.onnx_original import OriginalOnnxArtifact
+    from prunec.frontends.onnx import load_model
+
+    folder, original = Path(args.saved), Path(run["model"])
+    if args.backend not in ("torch", "onnx", "onnxruntime"):  # "torch": the default
+        raise CliError(f"{folder} holds an ONNX graph: it is timed on ONNX Runtime only; "
+                       f"drop --backend {args.backend}")
+    pruned_file = folder / "model.onnx"
+    for path, what in ((original, "the original model it was pruned from"),
+                       (pruned_file, "the pruned model")):
+        if not path.is_file():
+            raise CliError(f"{path}: not found ({what}, named in {folder}/report.json); "
+                           f"'prunec bench {folder}' times the pruned file against it")
+    try:
+        specs = [parse_input(str(t)) for t in run["inputs"]]
+    except (KeyError, TypeError, argparse.ArgumentTypeError) as exc:
+        raise CliError(f"{folder}/report.json is malformed: its inputs ({exc})") from None
+    generator = torch.Generator().manual_seed(0)
+    feeds = {s.name: s.make(generator) for s in specs}
+    models = {}
+    with progress.step("loading both files into ONNX Runtime"):
+        for name, path in ((f"unpruned/{original.name}", original),
+                           (f"pruned/{pruned_file.name}", pruned_file)):
+            proto, _, external = load_model(str(path))
+            _check_onnx_batches(proto, args.batch_sizes, path)
+            models[name] = OriginalOnnxArtifact(proto, external=external)
+
+    def make(batch: int) -> tuple[tuple, dict]:
+        return ({n: t[:1].expand(batch, *t.shape[1:]).contiguous() if t.dim() else t
+                 for n, t in feeds.items()},), {}
+
+    before, after = report.get("macs_per_sample_before"), report.get("macs_per_sample_after")
+    macs = dict(zip(models, (before, after))) \
+        if all(isinstance(m, (int, float)) and m > 0 for m in (before, after)) else None
+    result = benchmark(models, make, args.batch_sizes, iters=args.iters,
+                       time_budget=args.time_budget, macs=macs)
+    print(f"\nLatency of {pruned_file} against {original} (ONNX Runtime, CPU):\n")
+    print(result.to_markdown())
+    if args.json:
+        atomic_write_text(args.json, json.dumps({"report": report, "bench": result.to_dict()},
+                                                indent=2))
+    return 0
+
+
+def _check_onnx_batches(proto, batch_sizes: list[int], path: Path) -> None:
+    """A graph input whose first dimension is fixed takes only that batch size."""
+    for value in proto.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_value") and set(batch_sizes) != {dims[0].dim_value}:
+            raise CliError(f"{path}: graph input {value.name!r} fixes the batch size to "
+                           f"{dims[0].dim_value}; pass --batch-sizes {dims[0].dim_value}")
 
 
 def _check_static_batches(args: argparse.Namespace, setup: Setup) -> None:

@@ -1,0 +1,97 @@
+"""The `prunec` command on an .onnx file: calibration data (--data) and `prunec bench DIR`."""
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+
+import numpy as np
+import onnx
+import pytest
+
+from prunec.cli import main
+from tests.frontends import graphs
+
+DATA = textwrap.dedent("""
+    import numpy as np
+    import torch
+
+    def batches():  # (inputs, target) pairs; the inputs a dict by graph-input name
+        rng = np.random.default_rng(1)
+        return [({"x": torch.from_numpy(rng.standard_normal((4, 8)).astype(np.float32))},
+                 torch.zeros(4)) for _ in range(3)]
+
+    def tuples():  # (inputs, target) pairs; the inputs a tuple in graph-input order
+        g = torch.Generator().manual_seed(2)
+        return [((torch.randn(4, 8, generator=g),), torch.zeros(4)) for _ in range(3)]
+
+    def wrong_name():
+        return [({"y": torch.randn(4, 8)}, torch.zeros(4))]
+""")
+
+
+def _hidden(model: onnx.ModelProto) -> int:
+    return {i.name: list(i.dims) for i in model.graph.initializer}["w1"][1]
+
+
+@pytest.fixture
+def onnx_file(tmp_path, monkeypatch):
+    (tmp_path / "onnx_cli_data_w1.py").write_text(DATA)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "onnx_cli_data_w1", raising=False)
+    path = tmp_path / "mlp.onnx"
+    onnx.save(graphs.mlp(hidden=16), str(path))
+    return path
+
+
+@pytest.mark.parametrize("function", ["batches", "tuples"])
+def test_variance_pruning_with_data(onnx_file, tmp_path, capsys, function):
+    out = tmp_path / "out"
+    code = main(["prune", "--model", str(onnx_file), "--input", "x:float32:4x8",
+                 "--pass", "variance", "--ratio", "0.5", "--targets", "all",
+                 "--data", f"onnx_cli_data_w1:{function}", "--output", str(out), "--quiet"])
+    assert code == 0
+    pruned = onnx.load(str(out / "model.onnx"))
+    onnx.checker.check_model(pruned, full_check=True)
+    assert _hidden(pruned) < 16 == _hidden(onnx.load(str(onnx_file)))
+    assert "example inputs only" not in capsys.readouterr().out  # the batches were used
+
+
+def test_data_not_matching_the_graph_inputs(onnx_file, tmp_path, capsys):
+    code = main(["prune", "--model", str(onnx_file), "--input", "x:float32:4x8",
+                 "--pass", "variance", "--data", "onnx_cli_data_w1:wrong_name",
+                 "--no-save", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "--data batch 0" in err and "['x']" in err
+
+
+def test_no_finetuning_of_an_onnx_graph(onnx_file, capsys):
+    code = main(["prune", "--model", str(onnx_file), "--input", "x:float32:4x8",
+                 "--data", "onnx_cli_data_w1:batches", "--finetune-epochs", "1", "--no-save"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "--finetune-epochs" in err
+
+
+def test_bench_times_the_pruned_file_against_the_original(onnx_file, tmp_path, capsys,
+                                                          monkeypatch):
+    out = tmp_path / "out"
+    monkeypatch.chdir(tmp_path)  # a relative --model: bench must still find it from elsewhere
+    assert main(["prune", "--model", onnx_file.name, "--input", "x:float32:4x8", "--pass",
+                 "magnitude", "--ratio", "0.5", "--targets", "all", "--output", "out"]) == 0
+    assert "time it against mlp.onnx with\n  prunec bench out\n" in capsys.readouterr().out
+    monkeypatch.chdir(tmp_path.parent)
+    code = main(["bench", str(out), "--batch-sizes", "1,4", "--iters", "3", "--json",
+                 str(tmp_path / "bench.json"), "--quiet"])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert "unpruned/mlp.onnx" in text and "pruned/model.onnx" in text
+    rows = json.loads((tmp_path / "bench.json").read_text())["bench"]
+    assert rows  # timings were written
+    onnx_file.unlink()
+    code = main(["bench", str(out), "--iters", "3", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and str(onnx_file) in err
+    code = main(["bench", str(out), "--backend", "inductor", "--iters", "3", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "ONNX Runtime" in err
