@@ -95,3 +95,40 @@ def test_bench_times_the_pruned_file_against_the_original(onnx_file, tmp_path, c
     code = main(["bench", str(out), "--backend", "inductor", "--iters", "3", "--quiet"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "ONNX Runtime" in err
+
+
+def test_depth_pruning_with_data_on_an_exported_graph(tmp_path, monkeypatch, capsys):
+    """Two residual blocks exported by torch.onnx; --data batches (tuples in input order)
+    pick the block DepthPruning removes."""
+    import torch
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(8, 16), torch.nn.Linear(16, 8)
+
+        def forward(self, x):
+            return x + self.b(torch.relu(self.a(x)))
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(Block(), Block(), torch.nn.Linear(8, 3)).eval()
+    path = tmp_path / "two_blocks.onnx"
+    torch.onnx.export(model, (torch.randn(2, 8),), str(path), input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": {0: "N"}, "y": {0: "N"}},
+                      dynamo=False)
+    (tmp_path / "onnx_cli_data_w2.py").write_text(textwrap.dedent("""
+        import torch
+        def batches():
+            g = torch.Generator().manual_seed(3)
+            return [((torch.randn(2, 8, generator=g),), torch.zeros(2)) for _ in range(2)]
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "onnx_cli_data_w2", raising=False)
+    code = main(["prune", "--model", str(path), "--input", "x:float32:2x8", "--pass", "depth",
+                 "--ratio", "0.5", "--data", "onnx_cli_data_w2:batches", "--output",
+                 str(tmp_path / "out"), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    assert "dropped 1 of 2 residual blocks" in capsys.readouterr().out
+    pruned = onnx.load(str(tmp_path / "out" / "model.onnx"))
+    onnx.checker.check_model(pruned, full_check=True)
+    assert len(pruned.graph.initializer) < len(onnx.load(str(path)).graph.initializer)
