@@ -298,6 +298,8 @@ def _unit_word(entry: Mapping[str, Any], stats: PassStats, kinds: dict[str, str]
                tags: dict[str, list] | None = None) -> str:
     """What the pass's units are, from its targets, the tags of the pruned groups and the
     kinds of their anchor weights (group keys are ``<weight>:<axis>``)."""
+    if stats.extra.get("unit_name"):  # the pass names its own units (GQA heads)
+        return stats.extra["unit_name"]
     targets = stats.targets or _options_dict(entry).get("targets")
     plan = entry.get("plan")
     keys = list(getattr(plan, "keep", {}))

@@ -95,7 +95,13 @@ class HeadPruning(PruningPass):
                 "HeadPruning: the program has no prunable attention heads (no "
                 "scaled_dot_product_attention whose heads the analysis could follow); "
                 "prunec.analyze(model, x) lists the groups and why.")
-        return super().__call__(program, ctx)
+        groups = head_groups(program)
+        result = super().__call__(program, ctx)
+        per_unit = _query_heads_per_unit(groups)
+        if per_unit > 1 and result.stats is not None:  # GQA: a unit is a key/value group
+            result.stats["unit_name"] = (f"key/value heads (each with its {per_unit} "
+                                         f"query heads)")
+        return result
 
     def candidates(self, analysis) -> list[ChannelGroup]:
         return [g for g in analysis.prunable() if "attention" in g.tags]
@@ -118,6 +124,21 @@ class HeadPruning(PruningPass):
             scores = _activation_scores(program, groups, self)
         self._scores = scores
         return scores
+
+
+def _query_heads_per_unit(groups: list[ChannelGroup]) -> int:
+    """Query heads per unit under grouped-query attention, 1 otherwise.
+
+    A unit's slots on the projections' output axis (axis 0 of q, k and v) cover
+    ``queries_per_kv * head_dim`` query channels and ``head_dim`` key channels, so the ratio
+    of the widest to the narrowest is the number of query heads per key/value head.
+    """
+    ratios = set()
+    for g in groups:
+        widths = [s.width for s in g.params if s.axis == 0 and s.width > 0]
+        if widths and max(widths) % min(widths) == 0:
+            ratios.add(max(widths) // min(widths))
+    return ratios.pop() if len(ratios) == 1 else 1
 
 
 def _output_projections(program: Program, group: ChannelGroup) -> list[tuple[fx.Node, Any]]:

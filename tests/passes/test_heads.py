@@ -89,3 +89,18 @@ def test_argument_errors():
                                           torch.nn.Linear(8, 2)), (torch.randn(2, 4),))
     with pytest.raises(PrunecError, match="no prunable attention heads"):
         HeadPruning(0.5)(program, PassContext())
+
+
+@pytest.mark.parametrize("kv_heads, words", [
+    (2, "removed 2 of 4 key/value heads (each with its 2 query heads)"),
+    (4, "removed 4 of 8 attention heads"),
+])
+def test_the_report_names_kv_heads_under_gqa(kv_heads, words):
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=64,
+        use_cache=False)
+    model = transformers.LlamaForCausalLM(config).eval()
+    compiled = prunec.compile(model, (_ids(),), passes=[HeadPruning(0.5)])
+    assert words in str(compiled.report)
