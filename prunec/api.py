@@ -15,13 +15,16 @@ import torch
 
 from prunec import backends
 from prunec.backends.compiled import CompiledModel, lower_program
-from prunec.frontends.onnx import SOURCE_KEY, is_onnx_model, onnx_source
+from prunec.backends.onnx_original import ORIGINAL_BACKENDS
+from prunec.frontends.onnx import SOURCE_KEY, is_onnx_model, onnx_source, open_onnx
 from prunec.errors import InvalidArgumentError, PrunecError
 from prunec.ir.capture import capture
+from prunec.ir.blocks import analyze_blocks
 from prunec.ir.channels import ChannelAnalysis, analyze_channels
 from prunec.ir.program import Program
 from prunec.passes.base import PassManager
 from prunec.passes.instruments import CheckOutputs
+from prunec.passes.latency import achieved_latency, bind_backend, latency_targets
 from prunec.report import PassStats, Report
 from prunec.rewrite import PruningPlan, apply_plan
 from prunec.ir.capture_checks import check_dynamic, check_example_inputs, check_model
@@ -95,7 +98,6 @@ def compile(  # noqa: A001 - the public name the design asks for
         model, example_inputs, passes, example_kwargs=example_kwargs, backend=backend,
         backend_options=backend_options, train=train, dynamic=dynamic, verify=verify,
         instruments=instruments, plans=plans, donate=donate)
-    from prunec.passes.latency import achieved_latency, bind_backend, latency_targets
 
     passes = bind_backend(list(passes), backend, backend_options)  # latency=0.6: this backend
     program = capture(model, example_inputs, example_kwargs, train=train, dynamic=dynamic)
@@ -212,9 +214,6 @@ def _onnx_stand_in(model: Any, example_inputs: Any, backend: str, train: bool,
     model; passes with calibration items are copied with the items in the stand-in's form
     (numpy -> torch; dicts by input name as keywords, or in input order where names are not
     identifiers). The caller's pass objects are left as they are."""
-    from prunec.backends.onnx_original import ORIGINAL_BACKENDS
-    from prunec.errors import InvalidArgumentError
-    from prunec.frontends.onnx import open_onnx
 
     if backend not in ORIGINAL_BACKENDS:
         raise InvalidArgumentError(f"backend {backend!r} cannot take an ONNX model; use one "
@@ -262,10 +261,8 @@ def analyze(model: torch.nn.Module, example_inputs: Any, example_kwargs: dict | 
     with ``example_inputs`` by graph-input name); ``print()`` it for a table. Its ``blocks`` attribute
     lists the residual blocks (:class:`~prunec.ir.blocks.BlockAnalysis`: which branches can
     be removed whole, their MACs, or why not): ``print(analysis.blocks)``."""
-    from prunec.ir.blocks import analyze_blocks
 
     if is_onnx_model(model):  # the stand-in of the file, at the example shapes
-        from prunec.frontends.onnx import open_onnx
 
         source = open_onnx(model, example_inputs)
         model, example_inputs, example_kwargs = source.module, source.example_args, None

@@ -115,14 +115,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(temp)
-        if isinstance(exc, OSError):
-            raise _oserror(exc, path, "save") from exc
-        if isinstance(exc, (PrunecError, KeyboardInterrupt, SystemExit, GeneratorExit)):
-            raise
-        raise PrunecError(f"saving {str(path)!r} failed ({type(exc).__name__}: "
-                          f"{_first_line(exc)}); the previous file, if any, is unchanged."
-                          ) from exc
+        _raise_save_error(exc, path, "file")
     fsync_directory(path.parent)
+
+
+def _raise_save_error(exc: BaseException, path: Path, kind: str) -> None:
+    """Re-raise a failed save as one clear error (the temporary copy is already gone)."""
+    if isinstance(exc, OSError):
+        raise _oserror(exc, path, "save") from exc
+    if isinstance(exc, (PrunecError, KeyboardInterrupt, SystemExit, GeneratorExit)):
+        raise exc
+    raise PrunecError(f"saving {str(path)!r} failed ({type(exc).__name__}: "
+                      f"{_first_line(exc)}); the previous {kind}, if any, is unchanged."
+                      ) from exc
 
 
 def _first_line(exc: BaseException) -> str:
@@ -184,13 +189,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
         _swap_in(temp, path)
     except BaseException as exc:
         shutil.rmtree(temp, ignore_errors=True)
-        if isinstance(exc, OSError):
-            raise _oserror(exc, path, "save") from exc
-        if isinstance(exc, (PrunecError, KeyboardInterrupt, SystemExit, GeneratorExit)):
-            raise
-        raise PrunecError(f"saving {str(path)!r} failed ({type(exc).__name__}: "
-                          f"{_first_line(exc)}); the previous directory, if any, is "
-                          f"unchanged.") from exc
+        _raise_save_error(exc, path, "directory")
     fsync_directory(path.parent)
 
 
