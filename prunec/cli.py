@@ -92,8 +92,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     o.add_argument("--debug", action="store_true",
                    help="show the full traceback of an error")
     o.add_argument("--threads", type=positive_int, metavar="N",
-                   help="torch threads (default: 1 for the built-in model, whose tensors are "
-                        "too small to share; torch's default otherwise)")
+                   help="threads: torch's, and ONNX Runtime's intra-op threads for "
+                        "--backend onnxruntime and .onnx models (default: 1 for the built-in "
+                        "model, whose tensors are too small to share; each runtime's default "
+                        "otherwise)")
 
 
 def _pass_options(p: argparse.ArgumentParser, *, title: str = "pruning") -> None:

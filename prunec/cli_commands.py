@@ -143,10 +143,26 @@ def _onnx_setup(args: argparse.Namespace) -> Setup:
     integers are ones, floats random); the backend defaults to onnxruntime."""
     from prunec.frontends.onnx import graph_inputs, load_model
 
+    from prunec.backends.onnx_original import ORIGINAL_BACKENDS
+
     # --data on the command line is the user's own opt-in to import it, as for a factory
     data_fn = resolve_callable(args.data, "--data") if args.data else None
     if getattr(args, "backend", "torch") == "torch":
         args.backend = "onnxruntime"
+    if getattr(args, "backend", None):  # checked before any work, as for a PyTorch model
+        if args.backend not in ORIGINAL_BACKENDS:
+            raise CliError(f"--backend {args.backend}: an .onnx model comes back as its own "
+                           f"file, lowered to one of {', '.join(ORIGINAL_BACKENDS)}")
+        check_backend(args.backend)
+    for flag, given in (("--static", getattr(args, "static", False)),
+                        ("--batch-only", getattr(args, "batch_only", False))):
+        if given:
+            raise CliError(f"{flag} applies to PyTorch models: an .onnx file keeps the "
+                           f"dynamic axes its graph declares; drop {flag}")
+    if getattr(args, "output", None) and not getattr(args, "no_save", False):
+        check_output_dir(args.output, "--output")
+    if getattr(args, "json", None):
+        check_output_file(args.json, "--json")
     model, _, _ = load_model(args.model)
     names = [i.name for i in graph_inputs(model)]
     specs = list(args.inputs or [])
@@ -241,8 +257,11 @@ def compile_model(args: argparse.Namespace, setup: Setup, passes: list, *, plans
     """``prunec.compile`` with the command line's capture options."""
     import prunec
 
-    options: dict = dict(example_kwargs=setup.kwargs or None, backend=backend or args.backend,
+    backend = backend or args.backend
+    options: dict = dict(example_kwargs=setup.kwargs or None, backend=backend,
                          dynamic=capture_dynamic(args))
+    if getattr(args, "threads", None) and backend == "onnxruntime":  # torch's are set by main
+        options["backend_options"] = {"intra_op_threads": args.threads}
     if plans is not None:
         options["plans"] = plans
     return prunec.compile(setup.model, setup.args, passes, **options)
@@ -594,7 +613,8 @@ def _bench_saved_onnx(args: argparse.Namespace, run: dict, report: dict) -> int:
                            (f"pruned/{pruned_file.name}", pruned_file)):
             proto, _, external = load_model(str(path))
             _check_onnx_batches(proto, args.batch_sizes, path)
-            models[name] = OriginalOnnxArtifact(proto, external=external)
+            models[name] = OriginalOnnxArtifact(proto, external=external,
+                                                intra_op_threads=args.threads or 0)
 
     def make(batch: int) -> tuple[tuple, dict]:
         return ({n: t[:1].expand(batch, *t.shape[1:]).contiguous() if t.dim() else t

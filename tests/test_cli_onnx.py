@@ -132,3 +132,47 @@ def test_depth_pruning_with_data_on_an_exported_graph(tmp_path, monkeypatch, cap
     pruned = onnx.load(str(tmp_path / "out" / "model.onnx"))
     onnx.checker.check_model(pruned, full_check=True)
     assert len(pruned.graph.initializer) < len(onnx.load(str(path)).graph.initializer)
+
+
+def test_threads_reach_onnx_runtime(onnx_file, tmp_path, monkeypatch):
+    """--threads sets ONNX Runtime's intra-op threads when pruning and timing an .onnx file
+    (not only torch's): every session made for it runs with that many."""
+    from prunec.backends.onnx_original import OriginalOnnxArtifact
+
+    threads, init = [], OriginalOnnxArtifact.__init__
+
+    def spy(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        threads.append(self.session.get_session_options().intra_op_num_threads)
+
+    monkeypatch.setattr(OriginalOnnxArtifact, "__init__", spy)
+    out = tmp_path / "out"
+    assert main(["prune", "--model", str(onnx_file), "--input", "x:float32:4x8", "--pass",
+                 "magnitude", "--targets", "all", "--threads", "1", "--output", str(out),
+                 "--quiet"]) == 0
+    assert main(["bench", str(out), "--batch-sizes", "4", "--iters", "2", "--threads", "1",
+                 "--quiet"]) == 0
+    assert len(threads) >= 3 and set(threads) == {1}  # the pruned file, then both timed
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--static"], "--static applies to PyTorch models"),
+    (["--batch-only"], "--batch-only applies to PyTorch models"),
+    (["--backend", "inductor"], "--backend inductor: an .onnx model comes back as its own"),
+    (["--output", "{file}/out"], "is a file"),
+    (["--json", "{missing}/r.json"], "--json"),
+])
+def test_onnx_options_checked_before_work(onnx_file, tmp_path, capsys, monkeypatch, argv,
+                                          words):
+    """Options that cannot apply to an .onnx model, or outputs that cannot be written, are one
+    line and exit 2 before the graph is even read."""
+    import prunec.frontends.onnx as frontend
+
+    def no_work(*_a, **_k):
+        raise AssertionError("work started before the options were checked")
+
+    monkeypatch.setattr(frontend, "load_model", no_work)
+    argv = [a.format(file=onnx_file, missing=tmp_path / "no" / "such") for a in argv]
+    code = main(["prune", "--model", str(onnx_file), "--input", "x:float32:4x8", *argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and words in err, err
