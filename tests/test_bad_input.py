@@ -110,6 +110,14 @@ def test_model_function():
     _raises(InvalidArgumentError, "model|nn.Module", lambda: prunec.compile(torch.relu, X))
 
 
+def test_model_is_a_checkpoint_path(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save(_mlp().state_dict(), path)
+    _raises(InvalidArgumentError, "model|model.pt|nn.Module|state dict|.onnx",
+            lambda: prunec.compile(str(path), X))
+    _raises(InvalidArgumentError, "model|model.pt", lambda: prunec.compile(path, X))
+
+
 def test_model_is_a_program():
     from prunec.ir.capture import capture
 

@@ -7,6 +7,7 @@ of the example tensors so that nothing downstream can write into the caller's te
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
@@ -40,10 +41,17 @@ def check_model(model: Any, argument: str = "model") -> torch.nn.Module:
         raise InvalidArgumentError(
             f"{argument} is the class {model.__name__}, not a model: pass an instance, "
             f"e.g. {model.__name__}(...).")
+    if isinstance(model, (str, Path)):
+        raise InvalidArgumentError(
+            f"{argument} is the path {str(model)!r}, not an .onnx file: prunec takes the "
+            f"nn.Module itself (build it and load its weights; torch.load of a checkpoint "
+            f"gives a state dict, not a model) or an .onnx file; prunec.load reads what "
+            f"prunec saved.")
     if not isinstance(model, torch.nn.Module):
         raise InvalidArgumentError(
-            f"{argument} must be a torch.nn.Module, got {type(model).__name__}; prunec "
-            f"captures PyTorch modules (wrap a function in an nn.Module).")
+            f"{argument} must be a torch.nn.Module or the path of an .onnx file, got "
+            f"{type(model).__name__}; prunec captures PyTorch modules (wrap a function in "
+            f"an nn.Module) and reads ONNX files (prunec.compile('model.onnx', feeds)).")
     if isinstance(model, torch.jit.ScriptModule):
         raise CaptureError(
             f"{argument} is a TorchScript module ({type(model).__name__}); prunec captures "

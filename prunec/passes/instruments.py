@@ -13,6 +13,7 @@ import torch.utils._pytree as pytree
 
 from prunec.backends.base import _batch_inputs, max_abs_diff
 from prunec.errors import VerificationError
+from prunec.fileio import atomic_write_text
 from prunec.ir.interpret import ProgramInterpreter, scratch_state
 from prunec.ir.program import Program
 from prunec.passes.base import describe_pass, Timing
@@ -191,4 +192,4 @@ class DumpIR:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._count += 1
         path = self.directory / f"{self._count:02d}_{type(pass_).__name__}.py"
-        path.write_text(program.gm.code)
+        atomic_write_text(path, program.gm.code)
