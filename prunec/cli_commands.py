@@ -19,7 +19,10 @@ from typing import Any
 
 import torch
 
-from prunec import progress
+import prunec
+from prunec import passes, progress
+from prunec.backends.bench import benchmark
+from prunec.backends.onnx_original import OriginalOnnxArtifact
 from prunec.fileio import atomic_write_text
 from prunec.errors import PrunecError
 from prunec.cli_hf import check_hf_dir, copy_tokenizer, is_hf_spec, load_hf_model, make_llm_pass, \
@@ -28,6 +31,11 @@ from prunec.cli_specs import (
     BUILTIN, BUILTIN_NAME, CliError, calibration_items, call_user, check_backend,
     load_factory_model, parse_input, resolve_callable, version_text,
 )
+from prunec.frontends.onnx import graph_inputs, load_model
+from prunec.report import batch_size_of
+from prunec.rewrite.plan import PruningPlan
+from prunec.train import finetune
+from prunec.zoo import default_model, digits_data, evaluate
 
 __all__ = ["Setup", "load_setup", "make_pass", "compile_model", "save_output", "cmd_prune",
            "cmd_analyze", "cmd_bench"]
@@ -141,7 +149,6 @@ def load_setup(args: argparse.Namespace) -> Setup:
 def _onnx_setup(args: argparse.Namespace) -> Setup:
     """An ``.onnx`` file with ``--input NAME:DTYPE:SHAPE`` per graph input (feeds by name:
     integers are ones, floats random); the backend defaults to onnxruntime."""
-    from prunec.frontends.onnx import graph_inputs, load_model
 
     from prunec.backends.onnx_original import ORIGINAL_BACKENDS
 
@@ -203,8 +210,6 @@ def _onnx_calibration(items: list, names: list[str]) -> list:
 
 
 def _builtin_setup() -> Setup:
-    from prunec.zoo import default_model, digits_data, evaluate
-
     with progress.step("training the built-in digits classifier (first use)"):
         model, inputs = default_model()
     x_train, y_train, x_test, y_test = digits_data()
@@ -216,7 +221,6 @@ def _builtin_setup() -> Setup:
 
 def make_pass(args: argparse.Namespace, setup: Setup):
     """The pass the options describe, with the API's defaults for what is not given."""
-    from prunec import passes
 
     targets = args.targets or ("mlp" if args.pass_name == "variance" else "all")
     common = dict(targets=targets, round_to=args.round_to, scope=args.scope)
@@ -255,7 +259,6 @@ def capture_dynamic(args: argparse.Namespace):
 def compile_model(args: argparse.Namespace, setup: Setup, passes: list, *, plans=None,
                   backend: str | None = None):
     """``prunec.compile`` with the command line's capture options."""
-    import prunec
 
     backend = backend or args.backend
     options: dict = dict(example_kwargs=setup.kwargs or None, backend=backend,
@@ -360,8 +363,6 @@ def _loss(args: argparse.Namespace) -> str:
 
 
 def _finetune(compiled, setup: Setup, epochs: int, loss: str = "default") -> dict:
-    from prunec.train import finetune
-
     lr = 2e-3 if setup.builtin else 1e-4
     what = "causal-LM loss and distillation" if loss == "causal_lm" else "distillation"
     with progress.step(f"fine-tuning, {epochs} epoch{'s' * (epochs != 1)} of {what}"):
@@ -476,8 +477,6 @@ def save_output(out: Path, compiled, run: dict, outcome: dict, setup: Setup | No
 
 # ---------------------------------------------------------------------------- analyze
 def cmd_analyze(args: argparse.Namespace) -> int:
-    import prunec
-
     setup = load_setup(args)
     if not args.after:
         with progress.step("capturing and analysing"):
@@ -504,7 +503,6 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- bench
 def _saved_setup(args: argparse.Namespace) -> tuple[Setup, list]:
     """The unpruned model and the saved plans of a ``prunec prune`` output directory."""
-    from prunec.rewrite.plan import PruningPlan
 
     folder = Path(args.saved)
     try:
@@ -534,8 +532,6 @@ def _saved_setup(args: argparse.Namespace) -> tuple[Setup, list]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from prunec.backends.bench import benchmark
-
     onnx_run = _saved_onnx_run(args) if args.saved else None
     if onnx_run is not None:  # pruned from an .onnx file: time the two files
         return _bench_saved_onnx(args, *onnx_run)
@@ -587,9 +583,6 @@ def _bench_saved_onnx(args: argparse.Namespace, run: dict, report: dict) -> int:
     Runtime, interleaved, at the saved ``--input`` shapes with the batch dimension (the
     first) set to each of ``--batch-sizes``. Loading an ONNX file runs no code, so this
     needs no ``--trust-code``."""
-    from prunec.backends.bench import benchmark
-    from prunec.backends.onnx_original import OriginalOnnxArtifact
-    from prunec.frontends.onnx import load_model
 
     folder, original = Path(args.saved), Path(run["model"])
     if args.backend not in ("torch", "onnx", "onnxruntime"):  # "torch": the default
@@ -643,8 +636,6 @@ def _check_onnx_batches(proto, batch_sizes: list[int], path: Path) -> None:
 
 
 def _check_static_batches(args: argparse.Namespace, setup: Setup) -> None:
-    from prunec.report import batch_size_of
-
     batch = batch_size_of(setup.args, setup.kwargs)
     if args.static and set(args.batch_sizes) != {batch}:
         raise CliError(f"--static fixes the batch size to the example's ({batch}); pass "

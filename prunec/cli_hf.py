@@ -20,7 +20,9 @@ from typing import Any
 
 import torch
 
-from prunec.cli_specs import CliError
+from prunec import passes
+from prunec.backends.hf import load_pretrained
+from prunec.cli_specs import CliError, make_inputs
 
 __all__ = ["HF_PREFIX", "is_hf_spec", "check_hf_dir", "load_hf_model", "make_llm_pass",
            "copy_tokenizer", "TOKENIZER_FILES"]
@@ -47,8 +49,6 @@ def check_hf_dir(spec: str) -> Path:
 def load_hf_model(spec: str, inputs: list) -> tuple[torch.nn.Module, tuple, dict, Any]:
     """``(model, args, kwargs, use_cache)``: the model in eval mode with ``use_cache`` off
     for capture (its previous value is returned so the saved config keeps it)."""
-    from prunec.backends.hf import load_pretrained
-    from prunec.cli_specs import make_inputs
 
     from transformers.utils import logging as hf_logging
 
@@ -69,7 +69,6 @@ def load_hf_model(spec: str, inputs: list) -> tuple[torch.nn.Module, tuple, dict
 def make_llm_pass(args: argparse.Namespace, calibration: list | None):
     """``--pass heads`` (:class:`~prunec.passes.HeadPruning`) or ``--pass depth``
     (:class:`~prunec.passes.DepthPruning`) from the command line's options."""
-    from prunec import passes
 
     criterion = getattr(args, "criterion", None)
     if args.pass_name == "heads":

@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+import prunec
 from prunec.backends import registry
 from prunec.errors import PrunecError
 
@@ -45,7 +46,6 @@ class CliError(PrunecError):
 
 def version_text() -> str:
     """``prunec 0.1.0 (torch 2.13.0)``."""
-    import prunec
 
     return f"prunec {prunec.__version__} (torch {torch.__version__})"
 

@@ -44,6 +44,9 @@ import torch
 import torch.utils._pytree as pytree
 
 from prunec.errors import PrunecError
+from prunec.fileio import atomic_write_text
+from prunec.progress import bar
+from prunec.report import format_count
 
 __all__ = ["benchmark", "BenchResult", "LatencyStats", "environment", "summarize",
            "interleaved_order", "paired_speedup_ci", "noise_warnings"]
@@ -116,7 +119,6 @@ class BenchResult:
 
     def to_json(self, path: str | Path) -> Path:
         """Write everything (raw samples included) as JSON."""
-        from prunec.fileio import atomic_write_text
 
         return atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
 
@@ -184,8 +186,6 @@ def _fmt(value: float | None, spec: str = ".3f") -> str:
 
 
 def _fmt_macs(macs: float | None) -> str:
-    from prunec.report import format_count
-
     return "-" if macs is None else format_count(macs)
 
 
@@ -258,8 +258,6 @@ class _Rounds:
 
     def run(self, batch: int, warmup: int, iters: int | None, budget: float, min_iters: int,
             max_iters: int, progress: bool | None) -> tuple[dict[str, list[float]], int]:
-        from prunec.progress import bar
-
         warmup = max(warmup, 1) if iters is None else warmup
         with bar(total=warmup + (iters or 0), desc=f"timing batch {batch}", unit="round",
                  progress=progress) as shown:

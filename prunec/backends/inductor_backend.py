@@ -27,10 +27,14 @@ import torch
 import torch.utils._pytree as pytree
 
 from prunec.backends.base import Artifact, IOSpec, require, verify_artifact
-from prunec.backends.artifact import add_zip_metadata, metadata_for, pt2_kind, read_pt2_metadata
+from prunec.backends.artifact import (
+    METADATA_NAME, add_zip_metadata, metadata_for, pt2_kind, read_pt2_metadata,
+)
+from prunec.backends.integrity import read_io, verify_archive
 from prunec.backends.registry import BackendSpec, register
 from prunec.backends.torch_backend import reexport
 from prunec.errors import BackendUnavailable, PrunecError
+from prunec.fileio import atomic_path
 
 if TYPE_CHECKING:
     from prunec.ir.program import Program
@@ -106,7 +110,6 @@ class AOTInductorArtifact(Artifact):
         import torch._inductor
 
         self.package_path = Path(package_path)
-        from prunec.backends.integrity import read_io
 
         self.metadata = read_pt2_metadata(self.package_path)[1]
         self.io = read_io(self.metadata.get("io"), self.package_path)
@@ -122,7 +125,6 @@ class AOTInductorArtifact(Artifact):
 
     def save(self, path: str | Path) -> Path:
         """Copy the ``.pt2`` package to ``path`` atomically."""
-        from prunec.fileio import atomic_path
 
         path = Path(path)
         if path.resolve() != self.package_path.resolve():
@@ -147,8 +149,6 @@ class AOTInductorArtifact(Artifact):
                 f"prunec.load: '{path}' is an AOTInductor package: loading it runs the "
                 f"compiled native code inside (a shared library), which could do anything. "
                 f"If you trust whoever made the file, call prunec.load(path, trust=True).")
-        from prunec.backends.artifact import METADATA_NAME
-        from prunec.backends.integrity import verify_archive
 
         verify_archive(path, METADATA_NAME)  # names, CRCs, checksums before extraction
         return cls(path)

@@ -50,8 +50,10 @@ from torch import nn
 
 from prunec.backends.artifact import METADATA_NAME, metadata_for
 from prunec.backends.base import Artifact, IOSpec, verify_artifact
+from prunec.backends.hf import load_pretrained, save_pretrained, update_config
 from prunec.backends.registry import BackendSpec, Requirement, register
 from prunec.errors import InvalidArgumentError, PlanError, PrunecError, VerificationError
+from prunec.fileio import atomic_directory
 
 __all__ = ["ModuleArtifact", "lower_module", "write_back", "load_module", "STRUCTURE_NAME"]
 
@@ -91,14 +93,11 @@ class ModuleArtifact(Artifact):
         ``model.safetensors`` + ``prunec_structure.json``; ``prunec.json`` and ``plan.json``
         in both. The directory appears whole or not at all
         (:func:`prunec.fileio.atomic_directory`)."""
-        from prunec.fileio import atomic_directory
 
         path = Path(path)
         _check_target_dir(path)
         with atomic_directory(path) as tmp:
             if _is_hf(self.module):
-                from prunec.backends.hf import save_pretrained
-
                 save_pretrained(self.module, tmp)
             else:
                 from safetensors.torch import save_model
@@ -125,7 +124,6 @@ class ModuleArtifact(Artifact):
                 f"'{path}' holds a plain nn.Module's weights; prunec does not import code "
                 f"named by a file. Rebuild it from an instance of its class: "
                 f"prunec.backends.module.load_module('{path}', model=YourModel()).")
-        from prunec.backends.hf import load_pretrained
 
         structure = _read_json(path / STRUCTURE_NAME)
         return cls(load_pretrained(path), structure, _read_json(path / "prunec.json"))
@@ -190,8 +188,6 @@ def write_back(program, model: nn.Module) -> tuple[nn.Module, dict]:
     _remove_dropped_members(program, module, reads, structure)
     _update_attributes(program, module, structure)
     if _is_hf(module):
-        from prunec.backends.hf import update_config
-
         structure["config"] = update_config(module, structure)
     structure["tensors"] = {k: list(v.shape) for k, v in module.state_dict().items()}
     return module, structure

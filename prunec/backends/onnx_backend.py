@@ -42,9 +42,11 @@ from prunec.backends.artifact import metadata_for
 from prunec.backends.base import (
     ONNX_PIP_HINT, Artifact, IOSpec, require, sample_inputs, verify_artifact,
 )
+from prunec.backends.integrity import load_onnx_file, onnx_io, read_io, stamp_onnx_digest
 from prunec.backends.registry import BackendSpec, Requirement, register
 from prunec.errors import PrunecError
-from prunec.ir.interpret import scratch_state
+from prunec.fileio import atomic_path
+from prunec.ir.interpret import scratch_state, written_attributes
 
 if TYPE_CHECKING:
     import onnx
@@ -154,7 +156,6 @@ def _check_stateless(program: "Program") -> None:
     Raises:
         PrunecError: naming the buffers and the backends that keep state.
     """
-    from prunec.ir.interpret import written_attributes
 
     written = written_attributes(program.gm) if not program.training else []
     if written:
@@ -317,8 +318,6 @@ class OnnxArtifact(Artifact):
     def save(self, path: str | Path) -> Path:
         """Write the ``.onnx`` file atomically (the interface travels in its metadata,
         with the SHA-256 of the model in ``prunec.sha256``)."""
-        from prunec.backends.integrity import stamp_onnx_digest
-        from prunec.fileio import atomic_path
 
         onnx = require("onnx", backend=self.name, pip=PIP_HINT)
         path = Path(path)
@@ -331,7 +330,6 @@ class OnnxArtifact(Artifact):
     def load(cls, path: str | Path, **session: Any) -> "OnnxArtifact":
         """Load an ``.onnx`` file written by :meth:`save` (read as data and checked:
         :func:`~prunec.backends.integrity.load_onnx_file`)."""
-        from prunec.backends.integrity import load_onnx_file, onnx_io
 
         model = load_onnx_file(Path(path))
         return cls(model, onnx_io(model, path), **session)
@@ -379,8 +377,6 @@ def _has_bfloat16(model: "onnx.ModelProto") -> bool:
 
 
 def _io_from_metadata(model: "onnx.ModelProto") -> IOSpec:
-    from prunec.backends.integrity import read_io
-
     for prop in model.metadata_props:
         if prop.key == IO_METADATA_KEY:
             return read_io(prop.value, f"the ONNX model's {IO_METADATA_KEY}")

@@ -19,6 +19,11 @@ from typing import TYPE_CHECKING
 import torch
 
 from prunec.errors import UnsupportedOpError
+from prunec.ir.blocks import analyze_blocks
+from prunec.ir.capture import capture
+from prunec.ir.program import node_module_path
+from prunec.rewrite.apply import apply_plan
+from prunec.rewrite.drop import broadcast_shape
 
 if TYPE_CHECKING:
     from prunec.backends.onnx_graph import GraphEditor
@@ -35,9 +40,6 @@ def drop_blocks_in_file(editor: "GraphEditor", source: "OnnxSource", program: "P
     """Rewire the Add of every block the program's plans dropped (module docstring)."""
     if not any(plan.blocks for plan in program.plans):
         return
-    from prunec.ir.blocks import analyze_blocks
-    from prunec.ir.capture import capture
-    from prunec.rewrite.apply import apply_plan
 
     base = capture(source.module, source.example_args, dynamic=False)
     for plan in program.plans:
@@ -50,15 +52,11 @@ def drop_blocks_in_file(editor: "GraphEditor", source: "OnnxSource", program: "P
 
 
 def _onnx_key(source: "OnnxSource", node: torch.fx.Node) -> str | None:
-    from prunec.ir.program import node_module_path
-
     return source.modules.get(node_module_path(node))
 
 
 def _rewire(editor: "GraphEditor", source: "OnnxSource", nodes: dict, block, mean) -> None:
     from onnx import numpy_helper
-
-    from prunec.rewrite.drop import broadcast_shape
 
     add_key, branch_key = _onnx_key(source, nodes[block.add]), _onnx_key(source, nodes[block.output])
     add = editor.nodes.get(add_key) if add_key else None

@@ -36,15 +36,21 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from prunec.backends.base import Artifact
+from prunec.backends.artifact import metadata_for
+from prunec.backends.base import Artifact, IOSpec
 from prunec.backends.onnx_backend import ONNX_REQUIREMENTS, is_onnx_file, saved_backend
 from prunec.backends.registry import BackendSpec, register
 from prunec.backends.onnx_blocks import BLOCK_MEAN, drop_blocks_in_file
 from prunec.backends.onnx_graph import GraphEditor
 from prunec.backends.onnx_shapes import patch_shapes
 from prunec.backends.onnx_verify import verify_file
+from prunec.backends.tensorrt_backend import (
+    TensorRTArtifact, _tensorrt, build_plan, parse_version, precision_plan,
+)
 from prunec.errors import InvalidArgumentError, PrunecError, UnsupportedOpError
-from prunec.frontends.onnx import check_feeds, onnx_source
+from prunec.fileio import fsync_directory
+from prunec.frontends.onnx import check_feeds, load_model, onnx_source
+from prunec.ir.program import node_module_path
 
 if TYPE_CHECKING:
     import onnx
@@ -144,8 +150,6 @@ def _write_tensor(editor: GraphEditor, source: "OnnxSource", program: "Program",
 
 def _add_bias(editor: GraphEditor, source: "OnnxSource", attr: torch.fx.Node,
               bias: np.ndarray) -> None:
-    from prunec.ir.program import node_module_path
-
     users = list(attr.users)
     key = source.modules.get(node_module_path(users[0])) if users else None
     if key is None:
@@ -171,7 +175,6 @@ def _add_bias(editor: GraphEditor, source: "OnnxSource", attr: torch.fx.Node,
 
 def _stamp(model: "onnx.ModelProto", program: "Program") -> None:
     """prunec's metadata (version, plans, lineage) next to the user's own entries."""
-    from prunec.backends.artifact import metadata_for
 
     meta = metadata_for(program, "onnx-original")
     values = {"prunec.version": meta["prunec_version"], "prunec.backend": "onnx-original",
@@ -228,8 +231,6 @@ class OriginalOnnxArtifact(Artifact):
 
     @classmethod
     def load(cls, path: str | Path, **options: Any) -> "OriginalOnnxArtifact":
-        from prunec.frontends.onnx import load_model
-
         model, _, external = load_model(path)
         return cls(model, external=external, **options)
 
@@ -270,7 +271,6 @@ def save_model(model: "onnx.ModelProto", path: str | Path, *, external: bool) ->
                 os.fsync(handle.fileno())
             os.chmod(produced, 0o644)  # temporary files are private; the result is not
             os.replace(produced, path.parent / produced.name)  # the .onnx last
-    from prunec.fileio import fsync_directory
 
     fsync_directory(path.parent)  # the renames themselves survive a crash
     return path
@@ -309,8 +309,6 @@ def lower_original(program: "Program", backend: str = "onnxruntime", *, check: b
             f"inter_op_threads{' and ' + ', '.join(sorted(allowed)) if allowed else ''}; got "
             f"{sorted(set(options) - allowed)} (the file keeps its own opset and dtypes).")
     if backend == "tensorrt":
-        from prunec.backends.tensorrt_backend import _tensorrt
-
         _tensorrt()  # BackendUnavailable before any work when TensorRT or CUDA is missing
     model = write_back(source, program)
     verified = "not verified (check=False)"
@@ -330,10 +328,6 @@ def _tensorrt_engine(source: "OnnxSource", model: "onnx.ModelProto", program: "P
                      workspace_gb: float = 4.0) -> Any:
     """A TensorRT engine built from the written-back file (the batch axis dynamic, other
     dynamic axes pinned to the example, as the ``tensorrt`` backend does)."""
-    from prunec.backends.base import IOSpec
-    from prunec.backends.tensorrt_backend import (
-        TensorRTArtifact, _tensorrt, build_plan, parse_version, precision_plan)
-    from prunec.backends.artifact import metadata_for
 
     trt = _tensorrt()
     io = IOSpec.from_program(program)

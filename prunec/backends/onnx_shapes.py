@@ -22,6 +22,8 @@ import numpy as np
 import torch
 
 from prunec.errors import UnsupportedOpError
+from prunec.frontends.onnx import _evaluate
+from prunec.ir.program import node_module_path
 
 if TYPE_CHECKING:
     from prunec.backends.onnx_graph import GraphEditor
@@ -38,8 +40,6 @@ _PASS_THROUGH = ("Cast", "Identity", "Unsqueeze", "Squeeze")
 def changed_shapes(source: "OnnxSource", program: "Program") -> dict[str, tuple[list, list]]:
     """ONNX node key -> (old shape, new shape) for stand-in modules whose output changed."""
     from torch.fx.passes.shape_prop import ShapeProp
-
-    from prunec.ir.program import node_module_path
 
     gm = source.module
     with torch.no_grad():
@@ -90,7 +90,6 @@ def _computed_values(editor: "GraphEditor", source: "OnnxSource", producers: dic
     names = {n for n in names if producers[n].op_type != "Constant"}
     if not names:
         return {}
-    from prunec.frontends.onnx import _evaluate
 
     return _evaluate(source.model, source.feeds, sorted(names))  # the original's values
 

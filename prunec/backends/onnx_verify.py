@@ -24,7 +24,12 @@ import numpy as np
 import torch
 
 from prunec.backends.onnx_graph import GraphEditor
-from prunec.errors import VerificationError
+from prunec.errors import PrunecError, VerificationError
+from prunec.frontends.onnx import graph_inputs, open_onnx
+from prunec.ir.capture import capture
+from prunec.ir.program import node_module_path
+from prunec.rewrite.apply import apply_plan
+from prunec.rewrite.reference import reference_program
 
 if TYPE_CHECKING:
     import onnx
@@ -104,10 +109,6 @@ def _compare_replayed(source: "OnnxSource", program: "Program", model: "onnx.Mod
     """Where no zeroed reference exists: the plans replayed on a stand-in of the original
     frozen at ``feeds`` must compute what the pruned file does there. Returns False (and
     checks nothing more) when that stand-in cannot be built at those shapes."""
-    from prunec.errors import PrunecError
-    from prunec.frontends.onnx import open_onnx
-    from prunec.ir.capture import capture
-    from prunec.rewrite.apply import apply_plan
 
     try:
         other = open_onnx(source.model, feeds)
@@ -172,7 +173,6 @@ def other_feeds(source: "OnnxSource", seed: int = 0) -> dict[str, np.ndarray]:
     """Feeds with every dynamic axis resized: the first ``dim_param`` (the batch) +1, the
     others -1 (or +1 when at most 2). Integer and boolean inputs reuse the example's values
     (cropped or repeated, so token ids stay valid); floating inputs are N(0, 1)."""
-    from prunec.frontends.onnx import graph_inputs
 
     sizes: dict[str, int] = {}
     rng = np.random.default_rng(seed)
@@ -210,9 +210,6 @@ def zeroed_reference(source: "OnnxSource", program: "Program"
     ``(None, why)`` where that reference is not defined."""
     import onnx
 
-    from prunec.ir.capture import capture
-    from prunec.rewrite.reference import reference_program
-
     if len(program.plans) != 1:
         return None, f"{len(program.plans)} plans applied in a row"
     base = capture(source.module, source.example_args, dynamic=False)
@@ -240,8 +237,6 @@ def _replace_value(editor: Any, source: "OnnxSource", base: "Program", node: tor
                    override: Any) -> bool:
     """``x -> x * keep + fill`` after the ONNX node computing ``node`` (mean replacement)."""
     from onnx import numpy_helper
-
-    from prunec.ir.program import node_module_path
 
     path = node_module_path(node)
     last = [n for n in base.graph.nodes if n.op == "call_function" and node_module_path(n) == path]

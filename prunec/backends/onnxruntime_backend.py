@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prunec.backends.base import IOSpec, require, verify_artifact
+from prunec.backends.integrity import load_onnx_file, onnx_io
 from prunec.backends.onnx_backend import (
     DEFAULT_OPSET, ONNX_REQUIREMENTS, PIP_HINT, TOLERANCES, OnnxArtifact, export_onnx,
     is_onnx_file, refuse_bfloat16, stamp,
@@ -79,7 +80,6 @@ class OnnxRuntimeArtifact(OnnxArtifact):
     @classmethod
     def load(cls, path: str | Path, **session: Any) -> "OnnxRuntimeArtifact":
         """Load an ``.onnx`` file written by :meth:`save` (options as in ``__init__``)."""
-        from prunec.backends.integrity import load_onnx_file, onnx_io
 
         model = load_onnx_file(Path(path))
         return cls(model, onnx_io(model, path), **session)

@@ -32,9 +32,11 @@ import torch
 
 from prunec.backends.base import Artifact, IOSpec, require, verify_artifact
 from prunec.backends.artifact import metadata_for
+from prunec.backends.integrity import parse_metadata, read_io, sha256_hex
 from prunec.backends.onnx_backend import DEFAULT_OPSET, ONNX_REQUIREMENTS, export_onnx
 from prunec.backends.registry import BackendSpec, Requirement, register
 from prunec.errors import BackendUnavailable, PrunecError
+from prunec.fileio import atomic_write_bytes, atomic_write_text
 
 if TYPE_CHECKING:
     import onnx
@@ -248,8 +250,6 @@ class TensorRTArtifact(Artifact):
         """Write the serialized plan to ``path`` and prunec's metadata (interface, plans,
         the plan's SHA-256) to the sidecar ``path + '.json'``, each atomically: the
         checksum ties the two, so a pair from two different saves is refused at load."""
-        from prunec.backends.integrity import sha256_hex
-        from prunec.fileio import atomic_write_bytes, atomic_write_text
 
         path = Path(path)
         meta = {**self.metadata, "backend": self.name, "io": self.io.to_json(),
@@ -269,7 +269,6 @@ class TensorRTArtifact(Artifact):
             PrunecError: ``trust`` is not set, the sidecar is missing or damaged, or the
                 plan does not match the checksum in its sidecar.
         """
-        from prunec.backends.integrity import parse_metadata, read_io, sha256_hex
 
         path = Path(path)
         if not trust:

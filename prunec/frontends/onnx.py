@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from prunec.errors import BackendUnavailable, InvalidArgumentError, PrunecError, UnsupportedOpError
+from prunec.frontends.converters import LINEAR_DOMAIN
 from prunec.frontends.source import PIP_HINT, SOURCE_KEY, OnnxSource, Use
 from prunec.frontends.stand_in import convert
 
@@ -339,8 +340,6 @@ def _bypass_identities(work: "onnx.ModelProto") -> None:
 def _fuse_linear(work: "onnx.ModelProto") -> dict[str, tuple]:
     """``MatMul(x, W) [+ b]`` -> ``prunec.Linear(x, W[, b])``; returns the fused table."""
     from onnx import helper
-
-    from prunec.frontends.converters import LINEAR_DOMAIN
 
     inits = {t.name: t for t in work.graph.initializer}
     outputs = {o.name for o in work.graph.output}

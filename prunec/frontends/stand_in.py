@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from prunec.errors import BackendUnavailable, UnsupportedOpError
+from prunec.frontends.converters import LINEAR_DOMAIN, import_onnx2torch
 from prunec.frontends.source import PIP_HINT, Use
 
 if TYPE_CHECKING:
@@ -40,8 +41,6 @@ def convert(work: "onnx.ModelProto", source: "OnnxSource"
             ) -> tuple[torch.fx.GraphModule, dict[str, Use], dict[str, str]]:
     """The stand-in module, its tensors' :class:`Use` map and module -> node key map."""
     try:
-        from prunec.frontends.converters import import_onnx2torch
-
         o2t = import_onnx2torch()
     except ImportError as exc:
         raise BackendUnavailable(f"ONNX input needs onnx2torch; install {PIP_HINT}.") from exc
@@ -102,8 +101,6 @@ def _readable_names(module: torch.fx.GraphModule, work: "onnx.ModelProto") -> No
 
 
 def _rename_fused_modules(module: torch.fx.GraphModule) -> None:
-    from prunec.frontends.converters import LINEAR_DOMAIN
-
     prefix = f"{LINEAR_DOMAIN}/"
     names = {name for name, _ in module.named_children()}
     for fx_node in module.graph.nodes:

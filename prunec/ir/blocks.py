@@ -48,6 +48,8 @@ import numpy as np
 import torch
 import torch.fx as fx
 
+from prunec.ir.channels import analyze_channels
+from prunec.ir.cost import macs_by_node
 from prunec.ir.program import Program, node_module_path
 
 __all__ = ["Block", "BlockAnalysis", "analyze_blocks"]
@@ -247,8 +249,6 @@ def _candidate(g: _Graph, add: fx.Node) -> _Candidate | None:
 
 
 def _macs(program: Program) -> dict[str, int]:
-    from prunec.ir.cost import macs_by_node
-
     return macs_by_node(program)
 
 
@@ -370,7 +370,6 @@ def _channel_axes(program: Program, found: list) -> list[int | None]:
     """Per block, the axis of the branch output coupled to one of the branch's parameters."""
     if not found:
         return []
-    from prunec.ir.channels import analyze_channels
 
     analysis = analyze_channels(program)
     comp, offsets, shapes = analysis.component, analysis.offsets, analysis.shapes

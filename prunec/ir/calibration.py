@@ -33,6 +33,7 @@ from prunec.errors import CalibrationError
 from prunec.ir.calibration_checks import check_calibration, check_program_inputs
 from prunec.ir.interpret import ProgramInterpreter, describe_node, resolve_nodes, split_inputs
 from prunec.ir.program import Program
+from prunec.progress import bar as progress_bar
 from prunec.validate import user_items
 
 __all__ = ["ChannelStats", "collect_statistics", "MaskSpec"]
@@ -264,8 +265,6 @@ def collect_statistics(
 
 def _run_pass(program: Program, calibration: Iterable[Any], acc: _Accumulator, mask: MaskSpec,
               progress: bool, max_batches: int | None) -> None:
-    from prunec.progress import bar as progress_bar
-
     interp = ProgramInterpreter(program, observers={n: acc.observer(n) for n in acc.axes})
     total = _length(calibration, max_batches)
     items = user_items(calibration)  # the loader's own errors pass through unchanged

@@ -50,6 +50,7 @@ from prunec.errors import CaptureError
 from prunec.ir.capture_checks import check_dynamic, check_example_inputs, check_model, clone_inputs
 from prunec.ir.interpret import is_written
 from prunec.ir.program import BATCH_SYMBOLS, Program, refresh_meta, rehint
+from prunec.progress import log
 
 __all__ = ["capture", "auto_dynamic_shapes", "share_weights_copy", "clone_inputs"]
 
@@ -287,7 +288,6 @@ def _demote(records: list[logging.LogRecord], attempt: _Attempt | None) -> list:
     """Move warnings and errors of a failed attempt that is retried to the ``prunec`` log
     (a summary at info, ``-v``; the full record at debug, ``-vv``); release the rest
     (debug output the user asked torch for). Returns the demoted records."""
-    from prunec.progress import log
 
     kept = [r for r in records if r.levelno >= logging.WARNING]
     _release([r for r in records if r.levelno < logging.WARNING])

@@ -25,6 +25,7 @@ import torch
 import torch.fx as fx
 
 from prunec.errors import CalibrationError, PrunecError
+from prunec.ir.calibration import _collective_device
 from prunec.ir.interpret import record_values
 from prunec.ir.program import Program
 
@@ -119,7 +120,6 @@ def gather_rows(features: torch.Tensor) -> torch.Tensor:
 
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
         return features
-    from prunec.ir.calibration import _collective_device
 
     device = _collective_device()
     count = torch.tensor([features.shape[0]], dtype=torch.int64, device=device)

@@ -21,9 +21,10 @@ import torch.nn.functional as F
 
 from prunec.errors import CalibrationError
 from prunec.ir.blocks import Block
-from prunec.ir.calibration import MaskSpec
+from prunec.ir.calibration import MaskSpec, _resolve_mask
 from prunec.ir.interpret import ProgramInterpreter, record_values
 from prunec.ir.program import Program
+from prunec.train.finetune import logits_of
 
 __all__ = ["block_scores", "calibration_items", "branch_scale", "similarity_scores",
            "log_softmax_rows"]
@@ -73,7 +74,6 @@ def branch_scale(program: Program, block: Block) -> float:
 def similarity_scores(program, blocks, items, criterion, mask: MaskSpec = None) -> dict[str, float]:
     """Mean ``1 - cos(x, y)`` (``"cosine"``) or ``arccos(cos(x, y)) / pi`` (``"angular"``)
     between each block's input and residual output over ``items``, masked positions out."""
-    from prunec.ir.calibration import _resolve_mask
 
     names = [n for b in blocks for n in (b.input, b.add)]
     sums = {b.key: 0.0 for b in blocks}
@@ -101,8 +101,6 @@ def _cosine(x: torch.Tensor, y: torch.Tensor, axis: int | None) -> torch.Tensor:
 
 def _kl_scores(program, blocks, items, progress: bool) -> dict[str, float]:
     from tqdm.auto import tqdm
-
-    from prunec.train.finetune import logits_of
 
     interp = ProgramInterpreter(program)
     sums = {b.key: 0.0 for b in blocks}

@@ -47,9 +47,13 @@ import numpy as np
 import torch
 import torch.fx as fx
 
+from prunec.backends import lower
 from prunec.errors import PlanError
+from prunec.ir.capture import capture
 from prunec.ir.channels import ChannelGroup, analyze_channels
 from prunec.ir.program import Program
+from prunec.progress import bar
+from prunec.rewrite import PruningPlan, apply_plan
 from prunec.version import __version__
 
 __all__ = ["MeasureSpec", "Structure", "LatencyTable", "cache_dir", "group_structure",
@@ -331,8 +335,6 @@ def cut_out(program: Program, names: list[str], values: dict[str, Any]
 
 
 def _recapture(gm: fx.GraphModule, inputs: tuple) -> Program:
-    from prunec.ir.capture import capture
-
     return capture(gm.eval(), inputs, dynamic=False)
 
 
@@ -393,7 +395,6 @@ def torch_threads(threads: int) -> Iterator[None]:
 def lower_for_timing(program: Program, spec: MeasureSpec) -> Callable[..., Any]:
     """A callable running ``program`` on the backend (torch: the graph module itself, the
     same ATen graph the torch artifact runs, without the cost of re-exporting it)."""
-    from prunec.backends import lower
 
     options = dict(spec.options)
     if spec.backend == "torch":
@@ -445,7 +446,6 @@ def _bound(fn: Callable[..., Any], args: tuple, kwargs: dict) -> Callable[[], An
 
 def _measure(structure: Structure, widths: list[int], spec: MeasureSpec) -> LatencyTable:
     """Lower ``structure`` at every width and time them interleaved."""
-    from prunec.rewrite import PruningPlan, apply_plan
 
     fns = {}
     for width in widths:
@@ -468,7 +468,6 @@ def measure_tables(requests: list[tuple[Structure, list[int]]], spec: MeasureSpe
     Returns:
         One :class:`LatencyTable` per request, in order (repeated structures share one).
     """
-    from prunec.progress import bar
 
     first: dict[tuple, Structure] = {}
     for structure, widths in requests:

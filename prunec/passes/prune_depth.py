@@ -36,6 +36,7 @@ from prunec.ir.calibration import MaskSpec, collect_statistics
 from prunec.ir.program import Program
 from prunec.passes.base import PassBase, PassContext, PassResult, PassStats
 from prunec.passes.depth_scores import block_scores
+from prunec.passes.latency import check_latency, drop_blocks
 from prunec.passes.prune_layers import run_layer_depth
 from prunec.rewrite import apply_plan
 from prunec.rewrite.plan import BlockDrop, PruningPlan
@@ -99,8 +100,6 @@ class DepthPruning(PassBase):
                                        "latency (fraction of the dense latency).")
         self.latency_target = None
         if latency is not None:
-            from prunec.passes.latency import check_latency
-
             if unit != "block":
                 raise InvalidArgumentError("DepthPruning: latency= selects residual blocks; "
                                            "use unit='block' with it (whole layers are not "
@@ -155,8 +154,6 @@ class DepthPruning(PassBase):
         scores = block_scores(program, candidates, self.criterion, self.calibration,
                               max_batches=self.max_batches, progress=self.progress, mask=self.mask)
         if self.latency_target is not None:
-            from prunec.passes.latency import drop_blocks
-
             chosen, stats.latency = drop_blocks(program, candidates, scores,
                                                    self._room(program), self.latency_target,
                                                    where="DepthPruning")

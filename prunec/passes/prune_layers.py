@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
+from prunec.errors import PrunecError
 from prunec.ir.blocks import Block, analyze_blocks
 from prunec.ir.interpret import ProgramInterpreter
 from prunec.ir.program import Program
@@ -35,6 +36,7 @@ from prunec.passes.depth_scores import (branch_scale, calibration_items, log_sof
                                         similarity_scores)
 from prunec.rewrite import apply_plan
 from prunec.rewrite.plan import BlockDrop, PruningPlan
+from prunec.train.finetune import logits_of
 
 __all__ = ["Layer", "layers_of", "dropped_layers", "run_layer_depth"]
 
@@ -74,7 +76,6 @@ def dropped_layers(program: Program) -> int:
 
 def run_layer_depth(pass_, program: Program) -> PassResult:
     """The body of ``DepthPruning.__call__`` for ``unit="layer"``."""
-    from prunec.errors import PrunecError
 
     layers = layers_of(program)
     candidates = [l for l in layers if l.removable]
@@ -116,8 +117,6 @@ def layer_scores(program: Program, layers: list[Layer], pass_) -> dict[str, floa
 
 
 def _kl_layer_scores(program: Program, layers: list[Layer], items: list) -> dict[str, float]:
-    from prunec.train.finetune import logits_of
-
     interp = ProgramInterpreter(program)
     sums = {l.path: 0.0 for l in layers}
     rows = 0

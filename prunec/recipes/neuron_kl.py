@@ -39,10 +39,12 @@ import torch.nn.functional as F
 from prunec.errors import CalibrationError
 from prunec.ir.blocks import analyze_blocks
 from prunec.ir.channels import ChannelGroup, analyze_channels
-from prunec.ir.interpret import ProgramInterpreter
+from prunec.ir.interpret import ProgramInterpreter, run_with_overrides
 from prunec.ir.program import Program
 from prunec.passes.prune_variance import MeasuredValue, measured_values
 from prunec.rewrite.plan import PruningPlan
+from prunec.rewrite.reference import zeroer
+from prunec.train.finetune import logits_of
 
 __all__ = ["inner_groups", "neuron_kl_scores", "neuron_kl_exact", "select_units", "EXACT_CLASSES"]
 
@@ -64,7 +66,6 @@ def inner_groups(program: Program) -> dict[str, tuple[ChannelGroup, list[Measure
 
 def neuron_kl_scores(program: Program, groups: dict, calibration: Iterable[Any]) -> dict[str, torch.Tensor]:
     """Second-order estimate of ``KL(q || p)`` for zeroing each unit (float64, per group)."""
-    from prunec.train.finetune import logits_of
 
     names = {mv.node: mv for _, values in groups.values() for mv in values}
     per_node = {name: None for name in names}
@@ -89,9 +90,6 @@ def neuron_kl_exact(program: Program, groups: dict, calibration: Iterable[Any]) 
     with the unit's channels zeroed where they enter the next layer (the authors' procedure;
     per-row KL averaged over rows, float64). Slower than :func:`neuron_kl_scores` by about
     the number of units over the number of classes."""
-    from prunec.ir.interpret import run_with_overrides
-    from prunec.rewrite.reference import zeroer
-    from prunec.train.finetune import logits_of
 
     items = list(calibration)
     with torch.no_grad():

@@ -48,6 +48,7 @@ from prunec.ir.interpret import split_inputs
 from prunec.ir.program import Program
 from prunec.progress import bar as progress_bar
 from prunec.rewrite import recapture
+from prunec.train.causal_lm import causal_lm_batch, masked_distillation, next_token_loss
 from prunec.validate import check_positive, is_real
 
 __all__ = ["finetune", "train_program", "assign_state", "distillation_loss", "logits_of", "check_finetune"]
@@ -329,8 +330,6 @@ def finetune(
     step_fn = _Step(net, tutor, optimizer, schedule, temperature, alpha,
                     loss_fn or F.cross_entropy, device, label_key)
     if loss == "causal_lm":
-        from prunec.train.causal_lm import causal_lm_batch, masked_distillation, next_token_loss
-
         step_fn.split, step_fn.loss_fn = causal_lm_batch, next_token_loss
         step_fn.distill = lambda s, t, y: masked_distillation(s, t, y, temperature)
     history = []
