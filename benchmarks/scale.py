@@ -136,6 +136,11 @@ def build(key: str) -> tuple[torch.nn.Module, tuple, Callable]:
             # The gate and up projections share the hidden channels (their product feeds
             # down_proj): Torch-Pruning drops a group whose output layers are ignored.
             first = lambda name: name.endswith(("mlp.gate_proj", "mlp.up_proj"))  # noqa: E731
+    if model.config.tie_word_embeddings:
+        # no_init_weights (transformers 5) also skips the tying that construction does:
+        # without this the 1B's lm_head was a second 128256 x 2048 matrix (5.58 GiB model
+        # instead of Llama 3.2 1B's 4.60 GiB).
+        model.tie_weights()
     _fill(model, lazy=spec.get("lazy", False))
     return model.eval(), example, first
 
@@ -435,6 +440,7 @@ def render(data: dict) -> str:
         if row:
             lines.append(_memory_row(spec, row))
     lines += _compile_section(data)
+    lines += _verified_8b_section(data)
     lines += ["", "## Summary", ""] + _summary(data)
     lines += ["", "## Checks", ""]
     for key, spec in MODELS.items():
@@ -480,6 +486,69 @@ def _compile_section(data: dict) -> list[str]:
                      f"| {_gb(peak)} ({peak / size:.2f}x) | {_gb(pruned)} ({pruned / size:.2f}x) "
                      f"| {_gb(peak - pruned)} ({(peak - pruned) / size:.2f}x) | {r['verified']} |")
     return lines + [""] + [f"- {n}" for n in data.get("compile_notes", [])]
+
+
+PHASES_8B = ("build", "capture", "analysis", "scoring", "reference", "rewrite", "verification")
+
+
+def _verified_8b_section(data: dict) -> list[str]:
+    """``benchmarks/scale_8b.py``: the 8B-shaped Llama (and its few-layer proxies) pruned with
+    every weight written, phase by phase, and checked layer by layer."""
+    out: list[str] = []
+    for key, title in (("llama_8b_verified", "8B-shaped Llama, bfloat16, every weight written, "
+                        "verified layer by layer"),
+                       ("llama_8b_proxy", "Proxy: the 8B's layer shapes with fewer layers")):
+        r = data["results"].get(key, {}).get("prunec-verified")
+        if not r:
+            continue
+        env, base = r["env"], r["rss_built_bytes"] - r["rss_before_build_bytes"]
+        out += ["", f"## {title}", "",
+                f"`python benchmarks/scale_8b.py{'' if key.endswith('verified') else ' --layers ' + str(r['layers']) + ' --vocab ' + str(r['vocab'])}`: "
+                f"{r['layers']} layers, vocabulary {r['vocab']}, {r['params'] / 1e9:.2f}B "
+                f"parameters, {_gb(r['model_bytes'])} GiB in bfloat16, random weights from a "
+                f"seeded generator, built once in place (no second copy). Pruned with "
+                f"`MagnitudePruning(0.5, targets=\"mlp\", scope=\"local\", round_to=8)` and "
+                f"donation (`program.donated = True`, as `prunec.compile(..., donate=True, "
+                f"verify=False)` sets it), "
+                f"{r['pruned_groups']} of {r['groups']} MLP groups, kept widths "
+                f"{r['kept_widths']}; {r['released_params']} parameters of the original "
+                f"released as their pruned copies were made.", "",
+                f"Machine: {env['platform']}, {env['cores']} cores, {env['memory_gb']} GiB RAM; "
+                f"torch {env['torch']}, transformers {env['transformers']}; {env['threads']} "
+                f"threads. "
+                + ("The run held the machine (QUIET protocol: no other benchmark or test "
+                   "started while it ran)" if r.get("quiet_machine") else
+                   "The machine was shared with other jobs during the run")
+                + f"; load average (1 min) {r.get('loadavg_before', [float('nan')])[0]:.1f} at the start, "
+                f"{r['loadavg_after'][0]:.1f} at the end. RSS sampled every "
+                f"20 ms by a thread (and the kernel's peak, VmHWM, reset per phase).", "",
+                f"RSS of the built model over the process before building: {_gb(base)} GiB. "
+                f"Growth below is over the built model (build: over the process before it).", "",
+                "| phase | seconds | RSS after (GiB) | peak during (GiB) | peak (x model) |",
+                "|---|---|---|---|---|"]
+        for name in PHASES_8B:
+            ph = r["phases"].get(name)
+            if not ph:
+                continue
+            shift = 0 if name == "build" else base
+            rss, peak = ph["rss_growth_bytes"] - shift, ph["peak_growth_bytes"] - shift
+            out.append(f"| {name} | {ph['seconds']:.1f} | {_gb(rss)} | {_gb(peak)} | "
+                       f"{peak / r['model_bytes']:.3f}x |")
+        out += ["", f"Verification: hidden states after each layer and the logits of the pruned "
+                f"program against the original `transformers` model run with the removed "
+                f"hidden channels zeroed at every `down_proj` input (forward pre-hooks, no "
+                f"prunec code), and against the dense model. Relative error = max abs "
+                f"difference / max abs reference. Pass: layers 0..{r['layers_checked'] - 1} "
+                f"within {r['rtol']} of the masked reference and farther than that from the "
+                f"dense one. **Verified: {r['verified']}**.", "",
+                "| output | rel. error vs masked | rel. error vs dense |", "|---|---|---|"]
+        for c in r["layer_checks"]:
+            mark = "" if c["layer"] < r["layers_checked"] else " (not in the pass test)"
+            out.append(f"| layer {c['layer']}{mark} | {c['rel_err_vs_masked']:.2e} | "
+                       f"{c['rel_err_vs_dense']:.2e} |")
+        out.append(f"| logits | {r['logits_rel_err_vs_masked']:.2e} | "
+                   f"{r['logits_rel_err_vs_dense']:.2e} |")
+    return out
 
 
 def _dtype(spec: dict) -> str:
