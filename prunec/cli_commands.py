@@ -22,7 +22,7 @@ import torch
 import prunec
 from prunec import passes, progress
 from prunec.backends.bench import benchmark
-from prunec.backends.onnx_original import OriginalOnnxArtifact
+from prunec.backends.onnx_original import ORIGINAL_BACKENDS, OriginalOnnxArtifact
 from prunec.fileio import atomic_write_text
 from prunec.errors import PrunecError
 from prunec.cli_hf import check_hf_dir, copy_tokenizer, is_hf_spec, load_hf_model, make_llm_pass, \
@@ -149,8 +149,6 @@ def load_setup(args: argparse.Namespace) -> Setup:
 def _onnx_setup(args: argparse.Namespace) -> Setup:
     """An ``.onnx`` file with ``--input NAME:DTYPE:SHAPE`` per graph input (feeds by name:
     integers are ones, floats random); the backend defaults to onnxruntime."""
-
-    from prunec.backends.onnx_original import ORIGINAL_BACKENDS
 
     # --data on the command line is the user's own opt-in to import it, as for a factory
     data_fn = resolve_callable(args.data, "--data") if args.data else None
