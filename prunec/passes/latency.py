@@ -30,8 +30,15 @@ How a pass meets it (:func:`width_counts` for width passes, :func:`drop_blocks` 
    scores ``s`` (normalised per group as the pass's global ranking does), under
    ``T(plan) <= fraction * T_dense``. Depth: per stage, dropping ``j`` blocks drops the
    ``j`` lowest-scoring ones and keeps the importance of the others.
-4. **Unreachable**: when even the fastest option of every class is over the target, a
-   :class:`~prunec.errors.PlanError` names the best latency reachable.
+4. **Closed loop** (:func:`closed_loop`): the plan chosen is built (cheap: a rewrite of the
+   program) and timed against the dense program on the backend. The tables' additive model
+   is exact only where the backend is additive; when the measured fraction is farther than
+   ``tolerance`` from the asked one, the knapsack is solved again for a corrected budget
+   (:func:`corrected_budget`), at most ``iterations`` plans in all, and the measured plan
+   closest to the target (the most important one within the tolerance) is kept.
+5. **Unreachable**: when even the fastest option of every class is over the target (the
+   tables' price, or the fastest plan measured), a :class:`~prunec.errors.PlanError` names
+   the best latency reachable.
 
 ``prunec.compile`` then measures the achieved latency of the pruned program against the
 dense one on the same backend, interleaved, and reports it (``report.latency``).
@@ -52,12 +59,13 @@ from prunec.ir.channels import ChannelGroup
 from prunec.ir.interpret import ProgramInterpreter
 from prunec.ir.program import Program
 from prunec.passes import latency_table as tables
-from prunec.passes.latency_knapsack import plan_cost, select_options
+from prunec.passes.latency_knapsack import plan_cost, plan_value, select_options
 from prunec.rewrite import PruningPlan, apply_plan
 from prunec.rewrite.plan import BlockDrop
 
 __all__ = ["LatencyTarget", "check_latency", "bind_backend", "latency_targets",
-           "width_counts", "WidthModel", "drop_blocks", "achieved_latency", "measurement_inputs"]
+           "width_counts", "WidthModel", "drop_blocks", "achieved_latency", "measurement_inputs",
+           "closed_loop", "corrected_budget"]
 
 TIMED_BACKENDS = ("torch", "onnxruntime", "onnx", "inductor", "tensorrt")
 
@@ -84,6 +92,12 @@ class LatencyTarget:
             :func:`~prunec.passes.latency_table.undisturbed`).
         cache: Read and write the on-disk table cache.
         progress: Progress bar while measuring (None: when standard error is a terminal).
+        iterations: Plans measured at most by the closed loop (:func:`closed_loop`): the
+            plan the tables predict is built, timed against the dense program and, when its
+            latency is off by more than ``tolerance``, the knapsack is solved again with a
+            corrected budget. 0: the tables' plan, unmeasured.
+        tolerance: How far from the asked fraction a measured plan may land, relative to it
+            (0.05: 60 % asked accepts 57-63 %).
     """
 
     fraction: float
@@ -96,6 +110,8 @@ class LatencyTarget:
     rounds: int = 30
     cache: bool = True
     progress: bool | None = None
+    iterations: int = 4
+    tolerance: float = 0.05
 
     def __post_init__(self) -> None:
         where = "LatencyTarget"
@@ -108,13 +124,18 @@ class LatencyTarget:
             raise InvalidArgumentError(f"{where}: backend must be one of {TIMED_BACKENDS} or "
                                        f"None (the backend compile lowers to), got "
                                        f"{self.backend!r}.")
-        for name in ("batch", "threads", "max_widths", "rounds"):
+        lows = {"batch": 1, "threads": 1, "max_widths": 2, "rounds": 1, "iterations": 0}
+        for name, low in lows.items():
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                      or value < (2 if name == "max_widths" else 1)):
-                low = 2 if name == "max_widths" else 1
+                                      or value < low):
                 raise InvalidArgumentError(f"{where}: {name} must be an integer >= {low}, "
                                            f"got {value!r}.")
+        if isinstance(self.tolerance, bool) or not isinstance(self.tolerance, numbers.Real) \
+                or not 0.0 < float(self.tolerance) < 1.0:
+            raise InvalidArgumentError(f"{where}: tolerance must be a number in (0, 1) (0.05: "
+                                       f"within 5 % of the asked fraction), got "
+                                       f"{self.tolerance!r}.")
         if self.options is not None and not isinstance(self.options, dict):
             raise InvalidArgumentError(f"{where}: options must be a dict of backend options.")
         if self.shapes is not None and not isinstance(self.shapes, (tuple, list, dict)):
@@ -254,14 +275,21 @@ def width_counts(program: Program, groups: list[ChannelGroup], scores: dict[str,
         option_values.append([float(kept[w - 1]) for w in widths[g.key]])
         option_costs.append(model.costs[g.key])
     target_ms = target.fraction * dense_ms
-    picked = select_options(option_values, option_costs, target_ms - dense_ms)
-    if picked is None:
-        best = dense_ms + sum(min(c) for c in option_costs)
-        tables.check_reachable(best, dense_ms, target_ms, where)
+    sizes = {g.key: g.size for g in groups}
+    lowered: dict = {}
+
+    def measure(picked: list[int]) -> float:
+        plan = PruningPlan({g.key: list(range(widths[g.key][j])) for g, j in zip(groups, picked)
+                            if widths[g.key][j] < sizes[g.key]})
+        return _measure_plan(program, model.dense, plan, target, lowered)
+
+    picked, loop = closed_loop(target, option_values, option_costs, dense_ms, measure,
+                               where=where)
     counts = {g.key: widths[g.key][j] for g, j in zip(groups, picked)}
     predicted = dense_ms + plan_cost(option_costs, picked)
     stats = _stats(target, model.spec, dense_ms, target_ms, predicted, model.tables,
                    model.reference)
+    stats.update(loop)
     stats["structures"] = len({s.signature for s in model.structures})
     stats["isolated"] = sum(s.isolated for s in model.structures)
     return counts, stats
@@ -285,6 +313,7 @@ class WidthModel:
     structures: list
     tables: list
     reference: dict
+    dense: tables.Structure | None = None
 
     @classmethod
     def build(cls, program: Program, groups: list[ChannelGroup], target: LatencyTarget,
@@ -320,7 +349,7 @@ class WidthModel:
             # at the smallest width every group of the structure saves saved / count.
             share = saved / (count * drop) if drop > 1e-6 else 0.0
             costs[g.key] = [(table.ratio(w) - 1.0) * share * dense_ms for w in widths[g.key]]
-        return cls(spec, dense_ms, widths, costs, structures, found, reference)
+        return cls(spec, dense_ms, widths, costs, structures, found, reference, dense)
 
     def predict_ms(self, counts: dict[str, int]) -> float:
         """Predicted latency of a plan keeping ``counts[g]`` units of each group (a count
@@ -349,6 +378,137 @@ def _variant(program: Program, dense: tables.Structure, plan: PruningPlan,
     signature = hashlib.sha256(f"{dense.signature} {label} {plan.to_json()}".encode()
                                ).hexdigest()[:32]
     return tables.Structure(variant, dense.args, dense.kwargs, None, signature, isolated=False)
+
+
+# ---------------------------------------------------------------------------- closed loop
+def corrected_budget(asked: float, points: list[dict]) -> float:
+    """The budget (a fraction of the dense latency, as the tables price it) to solve for
+    next, from the plans measured so far.
+
+    Each point holds the ``budget`` solved for, the tables' ``predicted`` fraction of the
+    plan found and its ``measured`` fraction on the backend. With no plan measured on each
+    side of ``asked``, the tables' saving is rescaled by the last plan's error: that plan
+    saved ``1 - m`` where the tables said ``1 - p``, so a measured saving of ``1 - asked``
+    needs a predicted one of ``(1 - asked)(1 - p) / (1 - m)``::
+
+        budget = 1 - (1 - asked) (1 - p) / (1 - m)
+
+    (``m >= 1``, nothing saved: the budget moves down by ``m - asked``). Once plans on both
+    sides are measured, the budget is interpolated linearly between the closest one on each
+    side (the measured latency is close to monotone in the budget; where noise makes it
+    not, the two budgets' midpoint).
+
+    Returns:
+        A budget in ``[0, 1]``.
+    """
+    last = points[-1]
+    slow = [q for q in points if q["measured"] > asked]
+    fast = [q for q in points if q["measured"] <= asked]
+    if slow and fast:
+        hi = min(slow, key=lambda q: q["measured"])
+        lo = max(fast, key=lambda q: q["measured"])
+        if hi["budget"] > lo["budget"] and hi["measured"] > lo["measured"]:
+            t = (asked - lo["measured"]) / (hi["measured"] - lo["measured"])
+            budget = lo["budget"] + t * (hi["budget"] - lo["budget"])
+        else:
+            budget = (hi["budget"] + lo["budget"]) / 2
+    elif last["measured"] < 1.0 and last["predicted"] < 1.0:
+        budget = 1.0 - (1.0 - asked) * (1.0 - last["predicted"]) / (1.0 - last["measured"])
+    else:
+        budget = last["budget"] - (last["measured"] - asked)
+    return min(1.0, max(0.0, budget))
+
+
+def closed_loop(target: LatencyTarget, values: list[list[float]], costs: list[list[float]],
+                dense_ms: float, measure, *, where: str) -> tuple[list[int], dict]:
+    """Solve the knapsack, measure the plan on the backend, correct the budget, repeat.
+
+    The tables price a plan additively; a backend is not additive (kernels chosen per width,
+    caches, fused ops), so the plan they choose may run faster or slower than asked. Building
+    and timing a plan is cheap next to a table, so the plan is built and timed against the
+    dense program (interleaved, :func:`~prunec.passes.latency_table.measure_reference`,
+    cached like a table) and, when its measured fraction ``m`` is farther than
+    ``tolerance * asked`` from ``asked``, the knapsack is solved again for the budget of
+    :func:`corrected_budget`, at most ``target.iterations`` plans in all. A plan found twice
+    is not timed twice: the budget then moves past it (below its predicted fraction by
+    ``|m - asked|`` when it was too slow, above when too fast).
+
+    Of the measured plans, the one keeping the most importance among those within the
+    tolerance is taken; if none is, the closest to ``asked``.
+
+    Args:
+        target: The latency target (``fraction``, ``iterations``, ``tolerance``).
+        values: Per class, the importance kept by each option.
+        costs: Per class, the ms each option adds to the dense latency (tables' prices).
+        dense_ms: The dense program's latency.
+        measure: Takes the option per class, returns the plan's measured fraction.
+        where: The pass's name, for errors.
+
+    Returns:
+        The option per class, and the statistics: ``measured_fraction`` (None when nothing
+        was measured) and ``loop`` (per plan measured: budget, predicted, measured).
+
+    Raises:
+        PlanError: the target cannot be met: the tables say so and ``iterations`` is 0, or
+            the fastest plan, measured, is slower than the target by more than the tolerance.
+    """
+    asked, tol = target.fraction, target.tolerance * target.fraction
+    fastest = [int(np.argmin(c)) for c in costs]
+    fastest_ms = dense_ms + plan_cost(costs, fastest)
+
+    def solve(budget: float) -> list[int]:
+        picked = select_options(values, costs, budget * dense_ms - dense_ms)
+        return fastest if picked is None else picked
+
+    if target.iterations == 0:
+        picked = select_options(values, costs, asked * dense_ms - dense_ms)
+        if picked is None:
+            tables.check_reachable(fastest_ms, dense_ms, asked * dense_ms, where)
+        return picked, {"measured_fraction": None, "loop": []}
+    points: list[dict] = []
+    measured: dict[tuple, dict] = {}
+    budget = asked
+    for _ in range(target.iterations):
+        picked = solve(budget)
+        key = tuple(picked)
+        if key in measured:  # the budget did not change the plan: move past it
+            point = measured[key]
+            step = abs(point["measured"] - asked)
+            budget = point["predicted"] + (-step if point["measured"] > asked else step)
+            picked = solve(min(1.0, max(0.0, budget)))
+            key = tuple(picked)
+            if key in measured:
+                break
+        point = {"budget": budget, "predicted": (dense_ms + plan_cost(costs, picked)) / dense_ms,
+                 "measured": float(measure(picked)), "value": plan_value(values, picked),
+                 "fastest": picked == fastest, "picked": picked}
+        measured[key] = point
+        points.append(point)
+        if abs(point["measured"] - asked) <= tol:
+            break
+        budget = corrected_budget(asked, points)
+    within = [q for q in points if abs(q["measured"] - asked) <= tol]
+    if within:
+        best = max(within, key=lambda q: (q["value"], -q["measured"]))
+    else:
+        best = min(points, key=lambda q: abs(q["measured"] - asked))
+        floor = [q for q in points if q["fastest"]]
+        if floor and floor[0]["measured"] > asked + tol:
+            tables.check_reachable(floor[0]["measured"] * dense_ms, dense_ms,
+                                   asked * dense_ms, where, measured=True)
+    loop = [{k: q[k] for k in ("budget", "predicted", "measured")} for q in points]
+    return best["picked"], {"measured_fraction": best["measured"], "loop": loop}
+
+
+def _measure_plan(program: Program, dense: tables.Structure, plan: PruningPlan,
+                  target: LatencyTarget, lowered: dict) -> float:
+    """The measured latency of ``program`` with ``plan`` applied over the dense one's."""
+    if not plan:
+        return 1.0
+    variant = _variant(program, dense, plan, "plan")
+    found = tables.measure_reference(dense, [variant], target.spec(), use_cache=target.cache,
+                                     lowered=lowered)
+    return float(found[variant.signature])
 
 
 # ---------------------------------------------------------------------------- depth
@@ -406,14 +566,22 @@ def drop_blocks(program: Program, candidates: list, scores: dict[str, float],
         option_costs.append([-float(v) for v in saved])
         order.append(blocks)
     target_ms = target.fraction * dense_ms
-    picked = select_options(option_values, option_costs, target_ms - dense_ms) \
-        if order else None
-    if picked is None:
-        best = dense_ms + sum(min(c) for c in option_costs)
-        tables.check_reachable(best, dense_ms, target_ms, where)
+    if not order:
+        tables.check_reachable(dense_ms, dense_ms, target_ms, where)
+        return [], _stats(target, spec, dense_ms, target_ms, dense_ms, [], reference)
+    lowered: dict = {}
+
+    def measure(picked: list[int]) -> float:
+        plan = PruningPlan(blocks=[BlockDrop(b.key, None)
+                                   for blocks, j in zip(order, picked) for b in blocks[:j]])
+        return _measure_plan(program, dense, plan, target, lowered)
+
+    picked, loop = closed_loop(target, option_values, option_costs, dense_ms, measure,
+                               where=where)
     chosen = [b for blocks, j in zip(order, picked) for b in blocks[:j]]
     predicted = dense_ms + plan_cost(option_costs, picked)
     stats = _stats(target, spec, dense_ms, target_ms, predicted, [], reference)
+    stats.update(loop)
     stats["block_ms"] = block_ms
     return chosen, stats
 

@@ -153,9 +153,10 @@ def test_unreachable_target_names_the_best(fake_time):
 
 def test_second_run_measures_nothing(fake_time, monkeypatch, tmp_path):
     first = capture(Stack(), (example(),))
-    MagnitudePruning(latency=target(0.7), targets="mlp")(first)
+    stats = MagnitudePruning(latency=target(0.7), targets="mlp")(first).stats["latency"]
+    assert len(stats["loop"]) == 1  # a clock linear in MACs: the tables' plan is on target
     files = list((tmp_path / "cache").glob("*.json"))
-    assert len(files) == 2  # one structure table, one reference session
+    assert len(files) == 3  # one structure table, one reference session, the plan timed
 
     def no_clock():
         raise AssertionError("a cached table was measured again")
@@ -253,3 +254,97 @@ def test_a_latency_pass_reports_its_target_not_a_ratio():
     config = MagnitudePruning(latency=0.6, targets="mlp").config()
     assert config["latency"] == 0.6 and "ratio" not in config
     assert MagnitudePruning(0.5).config()["ratio"] == 0.5
+
+
+# ---------------------------------------------------------------------------- closed loop
+@pytest.fixture
+def sqrt_time(monkeypatch, tmp_path):
+    """A backend that is not additive: a call costs ``1 us + 100 us * sqrt(MACs / 1e5)``,
+    so the tables (exact at full and smallest width) misprice the widths between."""
+    now = [0.0]
+
+    def seconds(program):
+        return OVERHEAD_S + 1e-4 * (count_macs(program) / 1e5) ** 0.5
+
+    def lower(program, spec):
+        cost, gm = seconds(program), program.gm
+
+        def run(*args, **kwargs):
+            now[0] += cost
+            return gm(*args, **kwargs)
+        return run
+
+    monkeypatch.setattr(latency_table, "lower_for_timing", lower)
+    monkeypatch.setattr(latency_table, "clock", lambda: now[0])
+    monkeypatch.setenv(latency_table.CACHE_ENV, str(tmp_path / "cache"))
+    return seconds
+
+
+def test_closed_loop_resolves_with_the_corrected_budget(sqrt_time):
+    from prunec.passes.latency import corrected_budget
+
+    dense = capture(Stack(), (example(),))
+    program = capture(Stack(), (example(),))
+    stats = MagnitudePruning(latency=target(0.8), targets="mlp")(program).stats["latency"]
+    first, second = stats["loop"][:2]
+    # The tables' plan, built and timed, misses the target: the loop had work to do.
+    assert first["budget"] == 0.8 and first["measured"] > 0.8 * 1.05
+    # Solved again for the budget that rescales the tables' saving by the measured one.
+    expected = 1 - (1 - 0.8) * (1 - first["predicted"]) / (1 - first["measured"])
+    assert second["budget"] == pytest.approx(expected)
+    assert corrected_budget(0.8, [first]) == pytest.approx(expected)
+    assert second["budget"] < first["budget"]
+    # The plan kept is on target, and its measured fraction is the program's.
+    assert abs(stats["measured_fraction"] - 0.8) <= 0.05 * 0.8
+    assert sqrt_time(program) / sqrt_time(dense) == pytest.approx(stats["measured_fraction"])
+    open_loop = capture(Stack(), (example(),))
+    plain = MagnitudePruning(latency=target(0.8, iterations=0), targets="mlp")(open_loop)
+    assert plain.stats["latency"]["measured_fraction"] is None
+    assert sqrt_time(open_loop) / sqrt_time(dense) == pytest.approx(first["measured"])
+
+
+def test_corrected_budget_interpolates_between_plans_on_both_sides():
+    from prunec.passes.latency import corrected_budget
+
+    points = [{"budget": 0.6, "predicted": 0.6, "measured": 0.7},
+              {"budget": 0.4, "predicted": 0.4, "measured": 0.5}]
+    assert corrected_budget(0.6, points) == pytest.approx(0.5)
+    # Not monotone (noise): the midpoint of the two budgets.
+    points[1]["budget"] = 0.7
+    assert corrected_budget(0.6, points) == pytest.approx(0.65)
+    # Nothing saved: the budget moves down by the miss.
+    assert corrected_budget(0.6, [{"budget": 0.6, "predicted": 0.9, "measured": 1.0}]) \
+        == pytest.approx(0.2)
+
+
+def test_closed_loop_times_each_plan_once_and_names_the_measured_best():
+    from prunec.passes.latency import closed_loop
+
+    values = [[0.0, 1.5, 2.0], [0.0, 1.5, 2.0]]
+    costs = [[-4.0, -2.0, 0.0], [-4.0, -2.0, 0.0]]  # ms added to a 10 ms dense program
+    timed = []
+
+    def slow_backend(picked):  # every plan runs 50 points slower than priced
+        timed.append(tuple(picked))
+        return (10.0 + sum(c[j] for c, j in zip(costs, picked))) / 10.0 + 0.5
+
+    spec = LatencyTarget(0.6, backend="torch", iterations=6)
+    with pytest.raises(PlanError, match=r"best reachable is [0-9.]+ ms \(70%\) with the fastest "
+                                        r"plan built and timed"):
+        closed_loop(spec, values, costs, 10.0, slow_backend, where="Test")
+    assert len(timed) == len(set(timed))  # no plan timed twice
+    assert (0, 0) in timed  # the fastest plan was tried before giving up
+
+    def fair_backend(picked):
+        return (10.0 + sum(c[j] for c, j in zip(costs, picked))) / 10.0 + 0.01
+
+    picked, stats = closed_loop(spec, values, costs, 10.0, fair_backend, where="Test")
+    assert len(stats["loop"]) == 1 and stats["measured_fraction"] == pytest.approx(0.61)
+    assert picked == [1, 1]  # 60 % priced, the most importance kept
+
+
+def test_tolerance_and_iterations_are_checked():
+    with pytest.raises(InvalidArgumentError, match="tolerance"):
+        LatencyTarget(0.5, tolerance=0)
+    with pytest.raises(InvalidArgumentError, match="iterations"):
+        LatencyTarget(0.5, iterations=-1)
