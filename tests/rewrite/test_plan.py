@@ -86,3 +86,25 @@ def test_old_plan_on_another_graph_says_how_to_convert():
 def test_not_a_plan_is_a_plan_error(text):
     with pytest.raises(PlanError, match="plan.to_json"):
         PruningPlan.from_json(text)
+
+
+def test_numerical_a_reloaded_plan_rewrites_to_the_same_outputs():
+    plan = _vbp_plan()
+    assert plan.keep and plan.compensations
+    direct, reloaded = captured_mlp(), captured_mlp()
+    apply_plan(direct, plan)
+    apply_plan(reloaded, PruningPlan.from_json(plan.to_json()))
+    x = tokens(8)
+    assert max_diff(direct.run(x), reloaded.run(x)) == 0.0
+    assert max_diff(direct.run(x), captured_mlp().run(x)) > 1e-3  # the plan did change it
+
+
+def test_idempotence_saving_a_loaded_plan_gives_the_same_text_and_conversion_is_a_no_op():
+    plan = _vbp_plan()
+    text = plan.to_json()
+    assert PruningPlan.from_json(text).to_json() == text
+    assert convert_plan(captured_mlp(), plan) is plan  # nothing keyed by graph values
+    program = captured_mlp()
+    old = PruningPlan.from_json(_old_json(plan, program))
+    once = convert_plan(program, old)
+    assert convert_plan(program, once) is once
