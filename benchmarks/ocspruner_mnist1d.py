@@ -81,7 +81,7 @@ def run_ocspruner(data: dict, epochs: int, example: torch.Tensor, seed: int = 0)
                          macs_reduction=TARGET, val_data=(data["x_val"], data["y_val"]),
                          batch_size=128, lr=0.1, seed=seed, progress=False)
     wall = time.perf_counter() - start
-    history = compiled.report.history
+    history = compiled.report.epochs
     return {"compiled": compiled, "history": history, "train_seconds": wall - _eval_time(history)}
 
 

@@ -22,7 +22,7 @@ from prunec.ir.capture import capture
 from prunec.ir.blocks import analyze_blocks
 from prunec.ir.channels import ChannelAnalysis, analyze_channels
 from prunec.ir.program import Program
-from prunec.passes.base import PassManager
+from prunec.passes.base import PassManager, record_unchanged
 from prunec.passes.instruments import CheckOutputs
 from prunec.passes.latency import achieved_latency, bind_backend, latency_targets
 from prunec.report import PassStats, Report
@@ -61,7 +61,10 @@ def compile(  # noqa: A001 - the public name the design asks for
             ``backend_options``; the achieved latency against the program before the passes
             is then measured there and reported (``report.latency``; not with ``donate``).
         plans: Saved :class:`PruningPlan` objects (``compiled.plans``,
-            ``PruningPlan.from_json``) replayed, in order, before the passes.
+            ``PruningPlan.from_json``) replayed, in order, before the passes. A plan that
+            says which pass made it (``plan.source``, saved in its JSON since this version)
+            is recorded under that pass and its config, so the report names it and that
+            pass is a no-op when also run; an older plan is recorded as ``"replay"``.
         example_kwargs: Keyword example inputs (``attention_mask``...).
         backend: ``torch`` (default), ``onnx``, ``onnxruntime``, ``tensorrt`` or ``inductor``.
         backend_options: Keyword options of the backend's lowering (each
@@ -108,17 +111,13 @@ def compile(  # noqa: A001 - the public name the design asks for
         program.gm.meta[SOURCE_KEY] = source
     report = Report.start(program, model=source.name if source else model, backend=backend)
     for plan in plans:
-        apply_plan(program, plan)
-        stats = PassStats(plan_groups=len(plan.keep), plan_blocks=[b.key for b in plan.blocks],
-                          plan_compensations=len(plan.compensations))
-        report.passes.append({"pass": "replay", "modified": bool(plan), **stats, "stats": stats})
+        _replay(program, plan)
     # The program before the passes, kept (sharing its tensors) to time the achieved latency.
     dense = program.clone(share_tensors=True) if latency_targets(passes) and not donate else None
     chain = ([CheckOutputs()] if verify else []) + list(instruments or ())
     manager = PassManager(passes, chain)
     program = manager.run(program)
-    for pass_, result in zip(manager.passes, manager.results):
-        report.add_pass(pass_, result)
+    report.read_lineage(program)  # every replay and pass run, as the lineage records them
     if sizes:
         _refuse_calls_once_donated(model, sizes)
     options = dict(backend_options or {})
@@ -129,6 +128,19 @@ def compile(  # noqa: A001 - the public name the design asks for
         report.latency = achieved_latency(dense, program, latency_targets(passes)[-1])
     report.finish(program, seconds=time.perf_counter() - start)
     return CompiledModel(program, report, backend, options, artifact)
+
+
+def _replay(program: Program, plan: PruningPlan) -> None:
+    """Apply a saved ``plan``, recorded in the lineage under the pass that made it when the
+    plan says so (``plan.source``: then running that pass again is a no-op), else as
+    ``"replay"``; a plan that changes nothing is recorded as a step that changed nothing."""
+    stats = PassStats(plan_groups=len(plan.keep), plan_blocks=[b.key for b in plan.blocks],
+                      plan_compensations=len(plan.compensations))
+    config = dict(plan.source) or None
+    steps = len(program.lineage)
+    apply_plan(program, plan, config=config, stats=stats)
+    if len(program.lineage) == steps:
+        record_unchanged(program, (config or {}).get("pass", "replay"), config or {}, stats)
 
 
 def _named_tensors(model: torch.nn.Module):

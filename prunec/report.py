@@ -31,7 +31,7 @@ from prunec.errors import PrunecError
 if TYPE_CHECKING:
     from prunec.ir.program import Program
 
-__all__ = ["Report", "PassStats", "pass_entry", "LayerWidth", "LayerRow", "layer_widths", "format_count",
+__all__ = ["Report", "PassStats", "LatencyStats", "pass_entry", "step_entry", "LayerWidth", "LayerRow", "layer_widths", "format_count",
            "describe_pass", "activation_product_macs"]
 
 _LAYER_KINDS = ("linear", "conv", "conv_transpose", "attention")
@@ -169,8 +169,101 @@ def describe_inputs(args: tuple, kwargs: dict | None = None) -> str:
 
 
 # ---------------------------------------------------------------------------- pass statistics
-@dataclass(eq=True)
-class PassStats(MutableMapping):
+class _FieldMapping(MutableMapping):
+    """A dataclass that is also a mapping of its fields that are not ``None`` (then of
+    :attr:`extra`), so code written against a plain dict keeps working: ``obj["key"]``,
+    ``dict(obj)``, ``obj["key"] = value``; a key that is no field lands in ``extra``."""
+
+    extra: dict
+
+    @classmethod
+    def _names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls) if f.name != "extra")
+
+    @classmethod
+    def of(cls, value: "Mapping[str, Any] | None"):
+        """A new object from another one or a mapping of its keys (``None``: empty);
+        unknown keys go to :attr:`extra`."""
+        obj = cls()
+        if value is not None:
+            obj.update(value)
+        return obj
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self._names():
+            value = getattr(self, key)
+            if value is None:
+                raise KeyError(key)
+            return value
+        return self.extra[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key in self._names():
+            setattr(self, key, value)
+        else:
+            self.extra[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        if key in self._names():
+            if getattr(self, key) is None:
+                raise KeyError(key)
+            setattr(self, key, None)
+        else:
+            del self.extra[key]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from (k for k in self._names() if getattr(self, k) is not None)
+        yield from self.extra
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def to_dict(self) -> dict:
+        """The reported fields and ``extra`` as a plain dict (what JSON holds)."""
+        return {k: v.to_dict() if isinstance(v, _FieldMapping) else v for k, v in self.items()}
+
+    __eq__ = MutableMapping.__eq__  # equal to a dict of the same keys and values
+
+
+@dataclass(eq=False)
+class LatencyStats(_FieldMapping):
+    """A latency target's numbers, typed (``PassStats.latency``): the report reads them by
+    attribute; they serialise to the same JSON object as before (a mapping of the fields the
+    pass reported, see :class:`_FieldMapping`).
+
+    Attributes:
+        backend: Where the tables were timed (``"onnxruntime"``...).
+        threads: Threads the timing used.
+        fraction: The asked fraction of the dense latency.
+        dense_ms: Measured latency of the program before the pass.
+        target_ms: ``fraction * dense_ms``.
+        predicted_ms: What the latency model predicts for the chosen widths or blocks.
+        predicted_fraction: ``predicted_ms / dense_ms``.
+        tables: Latency tables used (one per distinct structure, plus the program's).
+        tables_cached: Of those, tables read from the cache.
+        structures: Distinct layer structures timed (width targets).
+        isolated: Structures timed on their own (width targets).
+        block_ms: Measured saving of each candidate block (depth targets).
+        extra: Anything else the target reports.
+    """
+
+    backend: str | None = None
+    threads: int | None = None
+    fraction: float | None = None
+    dense_ms: float | None = None
+    target_ms: float | None = None
+    predicted_ms: float | None = None
+    predicted_fraction: float | None = None
+    tables: int | None = None
+    tables_cached: int | None = None
+    structures: int | None = None
+    isolated: int | None = None
+    block_ms: dict | None = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class PassStats(_FieldMapping):
     """What one pass did, typed: a pass returns it in ``PassResult.stats`` and the report
     reads it by attribute. A field left ``None`` was not reported by the pass.
 
@@ -184,7 +277,8 @@ class PassStats(MutableMapping):
         units_total: Units (channels, neurons, heads) in the candidate groups.
         heads_total: Of those, units that are attention heads (counted apart).
         already_applied: The pass's target was already reached (it ran before).
-        latency: The latency target's numbers (``predicted_fraction``, ``dense_ms``...).
+        latency: The latency target's numbers (:class:`LatencyStats`; a mapping given here
+            is read into one).
         pruned_groups: Groups that lost units.
         units_removed: Units removed, heads included.
         kept_because: ``"<group>: <reason>"`` lines where a pass removed nothing.
@@ -215,7 +309,7 @@ class PassStats(MutableMapping):
     units_total: int | None = None
     heads_total: int | None = None
     already_applied: bool | None = None
-    latency: dict | None = None
+    latency: LatencyStats | None = None
     heads_removed: int | None = None
     pruned_groups: int | None = None
     units_removed: int | None = None
@@ -240,49 +334,13 @@ class PassStats(MutableMapping):
     compensations: int | None = None
     extra: dict = field(default_factory=dict)
 
-    @classmethod
-    def of(cls, value: "PassStats | Mapping[str, Any] | None") -> "PassStats":
-        """A new :class:`PassStats` from another one or a mapping of its keys (``None``:
-        empty); unknown keys go to :attr:`extra`."""
-        stats = cls()
-        if value is not None:
-            stats.update(value)
-        return stats
-
-    # -- the mapping view: reported fields, then extra ----------------------------------
-    def __getitem__(self, key: str) -> Any:
-        if key in _STAT_FIELDS:
-            value = getattr(self, key)
-            if value is None:
-                raise KeyError(key)
-            return value
-        return self.extra[key]
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        if key in _STAT_FIELDS:
-            setattr(self, key, value)
-        else:
-            self.extra[key] = value
-
-    def __delitem__(self, key: str) -> None:
-        if key in _STAT_FIELDS:
-            if getattr(self, key) is None:
-                raise KeyError(key)
-            setattr(self, key, None)
-        else:
-            del self.extra[key]
-
-    def __iter__(self) -> Iterator[str]:
-        yield from (k for k in _STAT_FIELDS if getattr(self, k) is not None)
-        yield from self.extra
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
-
-    __eq__ = MutableMapping.__eq__  # equal to a dict of the same keys and values
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "latency" and value is not None and not isinstance(value, LatencyStats):
+            value = LatencyStats.of(value)  # a pass that still reports a dict
+        object.__setattr__(self, name, value)
 
 
-_STAT_FIELDS = tuple(f.name for f in fields(PassStats) if f.name != "extra")
+_STAT_FIELDS = PassStats._names()
 
 
 def _stats_of(entry: Mapping[str, Any]) -> PassStats:
@@ -444,19 +502,24 @@ def _options_dict(entry: dict) -> dict:
 
 
 def _pass_text(entry: dict) -> str:
-    """``MagnitudePruning(ratio=0.5, ...)``: the entry's options, a dict or already text."""
+    """``MagnitudePruning(ratio=0.5, ...)``: the entry's options, a dict or already text; a
+    replayed plan says so, and whether it is known which pass made it."""
     options = entry.get("options")
     if isinstance(options, str):
         return options
-    return f"{entry['pass']}({', '.join(f'{k}={v}' for k, v in (options or {}).items())})"
+    replayed = entry.get("pass") == "replay" or _stats_of(entry).plan_groups is not None
+    if entry.get("pass") == "replay" and not options:
+        return "replay of a saved plan (the plan does not say which pass made it)"
+    text = f"{entry['pass']}({', '.join(f'{k}={v}' for k, v in (options or {}).items())})"
+    return f"{text}, replayed from a saved plan" if replayed else text
 
 
 def latency_line(latency: dict, passes: list) -> str:
     """``latency on onnxruntime (1 threads)  4.1 ms -> 2.5 ms (61 % asked 60 %, predicted
     59 %)``: the achieved latency against the dense one, and what the passes predicted."""
     found = [_stats_of(p).latency for p in passes]
-    predicted = [f["predicted_fraction"] for f in found
-                 if isinstance(f, dict) and "predicted_fraction" in f]
+    predicted = [f.predicted_fraction for f in found
+                 if f is not None and f.predicted_fraction is not None]
     guess = f", predicted {predicted[-1]:.0%}" if predicted else ""
     return (f"latency on {latency['backend']} ({latency['threads']} threads)  "
             f"{latency['dense_ms']:.3f} ms -> {latency['achieved_ms']:.3f} ms "
@@ -479,6 +542,19 @@ def pass_entry(name: str, options: Any, modified: bool, stats: PassStats,
     return entry
 
 
+def step_entry(step: Any) -> dict:
+    """The :attr:`Report.passes` entry of one :class:`~prunec.ir.program.Step` of a
+    program's lineage: its pass name, its config as ``options`` (without the ``pass`` name
+    and ``progress``, how it ran), ``modified``, its plan when it changed the program, and
+    its typed statistics (the step's own object, so what the instruments add shows)."""
+    options = {k: v for k, v in (step.config or {}).items() if k not in ("pass", "progress")}
+    stats = step.stats if isinstance(step.stats, PassStats) else PassStats.of(step.stats)
+    if step.stats is None:  # keep the object the entry reads in the step
+        step.stats = stats
+    return pass_entry(step.name, options, step.modified, stats,
+                      step.plan if step.modified else None)
+
+
 # ---------------------------------------------------------------------------- the report
 @dataclass
 class Report:
@@ -489,10 +565,11 @@ class Report:
         params_before: Parameters before the passes.
         macs_after: MACs after the passes (same inputs).
         params_after: Parameters after the passes.
-        passes: One dict per pass: ``pass`` (class name), ``options``, ``modified``,
-            ``seconds`` and the pass's own statistics by name, with the typed
-            :class:`PassStats` under ``stats`` (``plan`` and ``stats`` are kept out of
-            :meth:`to_dict`).
+        passes: One dict per step of the program's lineage (:meth:`read_lineage`: every
+            pass run, replayed plans and passes that changed nothing included): ``pass``
+            (class name), ``options``, ``modified``, ``seconds`` and the pass's own
+            statistics by name, with the typed :class:`PassStats` under ``stats`` (``plan``
+            and ``stats`` are kept out of :meth:`to_dict`). See :func:`step_entry`.
         backend: The backend the program was lowered to.
         model: The model's class name (or a description).
         inputs: The example inputs, e.g. ``float32[8, 1, 8, 8]``.
@@ -541,14 +618,31 @@ class Report:
                    group_tags=tags, capture_notes=list(program.capture_notes),
                    product_macs_before=activation_product_macs(program))
 
-    def add_pass(self, pass_: Any, result: Any, **extra: Any) -> dict:
-        """Record a pass, its options (``pass_.config()`` when it has one) and its result.
+    def read_lineage(self, program: "Program") -> "Report":
+        """Fill :attr:`passes` from ``program``'s lineage, one entry per step
+        (:func:`step_entry`): the report lists exactly what the lineage records."""
+        self.passes = [step_entry(step) for step in program.lineage]
+        return self
 
-        The entry is a dict (``pass``, ``options``, ``modified``, ``plan`` and every reported
-        statistic by name, as users read it) that also keeps the typed :class:`PassStats`
-        under ``"stats"``, which :func:`describe_pass` reads. ``extra`` statistics (a caller
-        without a pass result) join the typed ones.
+    def add_pass(self, pass_: Any, result: Any, **extra: Any) -> dict:
+        """Record one pass run and its result (for a caller that runs passes itself;
+        ``prunec.compile`` reads the whole lineage with :meth:`read_lineage`).
+
+        The entry is the one of the lineage step the run recorded in ``result.program``
+        (found by its statistics), so it reads as :meth:`read_lineage` would; ``extra``
+        statistics join the typed ones. A result with no step (a caller without a pass
+        result) gets an entry from the pass's ``config()`` and ``extra`` (``plan``,
+        ``modified``).
         """
+        step = _step_of(result)
+        if step is not None:
+            extra.pop("plan", None)
+            extra.pop("modified", None)
+            entry = step_entry(step)
+            entry["stats"].update(extra)
+            entry.update(extra)
+            self.passes.append(entry)
+            return entry
         config = dict(pass_.config()) if hasattr(pass_, "config") else {}
         config.pop("pass", None)
         config.pop("progress", None)  # how it ran, not what it did
@@ -733,10 +827,19 @@ class Report:
         return path
 
 
+def _step_of(result: Any) -> Any:
+    """The lineage step that recorded ``result`` (a pass result): the last step of
+    ``result.program`` whose statistics are the result's, or ``None``."""
+    stats, program = getattr(result, "stats", None), getattr(result, "program", None)
+    if stats is None or program is None:
+        return None
+    return next((s for s in reversed(getattr(program, "lineage", ())) if s.stats is stats), None)
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):  # dicts and the typed statistics (LatencyStats)
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]

@@ -80,3 +80,42 @@ def test_backend_options_in_the_docstring_are_real_options():
         accepted = inspect.signature(getattr(module, f"lower_{backend}")).parameters
         for option in re.findall(r"``(\w+)``", options):
             assert option in accepted, f"{backend} has no option {option!r}"
+
+
+def test_compile_with_plans_from_json_records_the_pass_that_made_them():
+    """A saved plan says which pass made it: compile(plans=) records that pass and config,
+    so the report names it and running the same pass again is a no-op; a plan that does
+    not say (an older file) is recorded as "replay", and the report says so."""
+    import json
+
+    from prunec.passes import MagnitudePruning
+    from prunec.rewrite.plan import PruningPlan, plans_from_metadata
+
+    torch.manual_seed(0)
+    model, x = StepCounter().eval(), torch.randn(3, 4)
+    first = prunec.compile(model, x, [MagnitudePruning(0.5, round_to=1)], verify=False)
+    config = first.program.lineage[0].config
+    saved = json.dumps([json.loads(p.to_json()) for p in first.plans])
+    assert json.loads(saved)[0]["source"] == config
+    plans = [PruningPlan.from_json(json.dumps(p)) for p in json.loads(saved)]
+    again = prunec.compile(model, x, [MagnitudePruning(0.5, round_to=1)], plans=plans,
+                           verify=False)
+    steps = again.program.lineage
+    assert [(s.name, s.config, s.modified) for s in steps] == [
+        ("MagnitudePruning", config, True), ("MagnitudePruning", config, False)]
+    assert steps[1].stats.already_applied  # the replay counts for idempotence
+    text = str(again.report)
+    assert "MagnitudePruning(ratio=0.5, scope=global, targets=all, round_to=1, norm=2.0), " \
+           "replayed from a saved plan" in text
+    assert "MagnitudePruning: replayed a saved plan: pruned 1 channel group" in text
+    # an older plan (no "source") replays as "replay", and the header says the pass is unknown
+    old = json.loads(saved)[0]
+    del old["source"]
+    older = prunec.compile(model, x, plans=[PruningPlan.from_json(json.dumps(old))], verify=False)
+    assert [s.name for s in older.program.lineage] == ["replay"]
+    assert "replay of a saved plan (the plan does not say which pass made it)" in str(older.report)
+    # ...unless the artifact metadata it came from names the pass in its lineage
+    metadata = {"plans": [json.dumps(old)], "lineage": [{"name": "MagnitudePruning",
+                                                         "config": config, "modified": True}]}
+    (plan,) = plans_from_metadata(metadata)
+    assert plan.source == config and plan == plans[0]

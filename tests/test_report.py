@@ -281,3 +281,62 @@ def test_macs_convention_is_stated_where_attention_is_counted():
     assert report.to_dict()["product_macs_before"] == 2 * 2 * 6 * 6 * 32
     mlp = prunec.compile(_HiddenMixer("softmax").eval(), torch.randn(4, 8), []).report
     assert mlp.product_macs_before == 0 and "attention/matmul" not in str(mlp)
+
+
+def test_report_entries_are_the_lineage():
+    """One record: the report has one entry per lineage step, reading the step's own typed
+    statistics; a pass run again is a no-op step that says its target was reached."""
+    import prunec
+
+    x = torch.randn(4, 3, 6, 6)
+    passes = [MagnitudePruning(0.5, round_to=4), MagnitudePruning(0.5, round_to=4)]
+    compiled = prunec.compile(Net().eval(), x, passes, verify=False)
+    lineage, entries = compiled.program.lineage, compiled.report.passes
+    assert [(s.name, s.modified) for s in lineage] == [("MagnitudePruning", True),
+                                                       ("MagnitudePruning", False)]
+    assert [(e["pass"], e["modified"]) for e in entries] == [(s.name, s.modified) for s in lineage]
+    assert all(e["stats"] is s.stats for e, s in zip(entries, lineage))
+    assert entries[0]["plan"] is lineage[0].plan and "plan" not in entries[1]
+    assert lineage[1].stats.already_applied and not lineage[1].plan
+    assert "pass 2" in str(compiled.report) and \
+        "MagnitudePruning: nothing: its target was already reached" in str(compiled.report)
+    assert compiled.plans == [lineage[0].plan]  # the no-op step has no plan to replay
+
+
+def test_a_no_op_pass_is_in_the_lineage_with_its_reason_and_does_not_count_as_applied():
+    import prunec
+    from prunec.passes import VarianceBasedPruning
+    from prunec.passes.base import record_unchanged
+
+    x = torch.randn(4, 8)
+    compiled = prunec.compile(_HiddenMixer("softmax").eval(), x,
+                              [VarianceBasedPruning(0.5, [x], round_to=1)])
+    (step,) = compiled.program.lineage
+    assert not step.modified and not step.plan and step.stats.kept_because
+    assert compiled.report.passes[0]["stats"] is step.stats
+    assert "removed nothing: group fc1.weight:0 is kept" in str(compiled.report)
+    # Re-running a no-op is harmless (another no-op step) and idempotence ignores it.
+    program = compiled.program
+    assert not VarianceBasedPruning(0.5, [x], round_to=1)(program).modified
+    assert [s.modified for s in program.lineage] == [False, False] and program.history == []
+    # A recorded no-op never stops a later run of that pass from working.
+    net = capture(Net().eval(), (torch.randn(2, 3, 6, 6),))
+    pass_ = MagnitudePruning(0.5, round_to=4)
+    record_unchanged(net, "MagnitudePruning", pass_.config(), PassStats())
+    assert pass_(net).modified and [s.modified for s in net.lineage] == [False, True]
+
+
+def test_latency_statistics_are_typed_and_serialise_as_before():
+    from prunec.report import LatencyStats, latency_line, pass_entry
+
+    numbers = {"backend": "torch", "threads": 1, "fraction": 0.6, "dense_ms": 2.0,
+               "predicted_fraction": 0.58, "structures": 2, "custom": 1}
+    stats = PassStats(latency=dict(numbers))  # a pass that reports a dict: read into one
+    assert isinstance(stats.latency, LatencyStats) and stats.latency.dense_ms == 2.0
+    assert stats.latency["predicted_fraction"] == 0.58 and stats.latency.extra == {"custom": 1}
+    assert stats.latency == numbers and json.loads(json.dumps(stats.latency.to_dict())) == numbers
+    report = Report(macs_before=1, params_before=1, passes=[pass_entry("P", {}, True, stats)])
+    assert report.to_dict()["passes"][0]["latency"] == numbers
+    achieved = {"backend": "torch", "threads": 1, "dense_ms": 2.0, "achieved_ms": 1.2,
+                "achieved_fraction": 0.6, "fraction": 0.6}
+    assert latency_line(achieved, report.passes).endswith("predicted 58%)")

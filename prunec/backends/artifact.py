@@ -37,11 +37,15 @@ METADATA_NAME = "prunec.json"
 
 
 def metadata_for(program: "Program", backend: str, io: Any = None) -> dict:
-    """The metadata saved with an artifact of ``program``."""
+    """The metadata saved with an artifact of ``program``: ``plans`` (the JSON of every plan
+    that changed the program, in order: ``program.plans``) and ``lineage`` (every step,
+    passes that changed nothing included: name, config, ``modified`` and the shapes it
+    changed). :func:`prunec.rewrite.plan.plans_from_metadata` reads the plans back, each
+    with the pass that made it."""
     return {"prunec_version": __version__, "backend": backend,
             "io": io.to_json() if io is not None else None,
-            "plans": [step.plan.to_json() for step in program.lineage],
-            "lineage": [{"name": step.name, "config": step.config,
+            "plans": [plan.to_json() for plan in program.plans],
+            "lineage": [{"name": step.name, "config": step.config, "modified": step.modified,
                          "changed": {k: list(v) for k, v in step.changed.items()}}
                         for step in program.lineage]}
 

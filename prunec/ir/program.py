@@ -9,13 +9,16 @@ Only the helpers in this file mutate a Program, and each mutation bumps ``versio
 cached analyses (see :meth:`Program.analysis`) are never read stale.
 
 **Lineage.** ``Program.lineage`` is the one record of what was done to a program: a list of
-:class:`Step`, in the order applied, appended only by :meth:`Program.record` (which
-:func:`prunec.rewrite.apply_plan` calls for every plan it carries out). Each step holds
+:class:`Step`, in the order done, appended only by :meth:`Program.record`.
+:func:`prunec.rewrite.apply_plan` records a step for every plan that changes the program, and
+every pass run that changes nothing records one too (``modified=False``, an empty plan, its
+statistics: why it kept everything), so the lineage lists every pass that ran. Each step holds
 
 * ``name``: the pass class that made it (``"MagnitudePruning"``), or ``"replay"`` for a plan
-  replayed without a pass (``prunec.compile(..., plans=...)``, a resumed OCSPruner state);
+  replayed without a pass (``prunec.compile(..., plans=...)`` with a plan that does not say
+  which pass made it, a resumed OCSPruner state);
 * ``config``: the pass's identity (``pass.config()``: ``{"pass": name, option: value}``),
-  ``{}`` for a replay; a pass whose config is already in the lineage is a no-op;
+  ``{}`` for a replay of unknown origin;
 * ``plan``: the :class:`~prunec.rewrite.plan.PruningPlan`, which names things only by what
   survives a fresh capture, a saved file and a module tree:
 
@@ -29,11 +32,24 @@ cached analyses (see :meth:`Program.analysis`) are never read stale.
 
 * ``changed``: ``{tensor name: shape after}`` for every parameter or buffer the step sliced;
 * ``stats``: the pass's typed statistics (:class:`~prunec.report.PassStats`, the object its
-  result carries: the timing and check instruments fill it in after the step) or ``None``.
+  result carries: the timing and check instruments fill it in after the step) or ``None``;
+* ``modified``: whether the step changed the program (``False``: a pass that kept
+  everything; the report says why from its ``stats``);
+* ``before``: ``{group key: size before the step}`` for every channel group the plan keeps
+  units of.
 
-``program.plans`` and ``program.history`` are read-only views of it (the plans, the pass
-configs). :func:`prunec.rewrite.recapture` replays the lineage on a fresh capture of the
-model (in eval or train mode), so training, saving and write-backs need nothing else.
+**Idempotence.** A pass whose config is in the lineage *as a step that changed the program*
+(``program.history``) has reached its target: run again, it is a no-op. A recorded no-op step
+does not count: a pass that kept everything is run again in full (it finds nothing again, or
+something, when the program or its non-scalar inputs such as calibration data changed since),
+and re-running it only appends another no-op step.
+
+**Views.** ``program.plans`` (the plans of the steps that changed the program),
+``program.history`` (their pass configs) and ``program.origin`` (each channel group's size at
+first sight, which pruning ratios count against: the ``before`` size of the first step that
+changed the group, else its size now) are read-only views computed from the lineage.
+:func:`prunec.rewrite.recapture` replays the lineage on a fresh capture of the model (in eval
+or train mode), so training, saving and write-backs need nothing else.
 """
 from __future__ import annotations
 
@@ -54,11 +70,15 @@ class Step:
     """One entry of :attr:`Program.lineage` (see the module docstring for the names).
 
     Attributes:
-        name: The pass class that applied the plan, or ``"replay"``.
-        config: The pass's ``config()`` (``{}`` for a replay); idempotence compares it.
-        plan: The :class:`~prunec.rewrite.plan.PruningPlan` carried out.
+        name: The pass class that made the step, or ``"replay"``.
+        config: The pass's ``config()`` (``{}`` for a replay of unknown origin);
+            idempotence compares it (steps with ``modified`` only).
+        plan: The :class:`~prunec.rewrite.plan.PruningPlan` carried out (empty for a step
+            that changed nothing).
         changed: ``{tensor name: shape after}`` of every parameter or buffer sliced.
         stats: The pass's typed statistics, when a pass made the step.
+        modified: Whether the step changed the program.
+        before: ``{group key: size before the step}`` of every group ``plan.keep`` names.
     """
 
     name: str
@@ -66,6 +86,8 @@ class Step:
     plan: Any
     changed: dict = field(default_factory=dict)
     stats: Any = None
+    modified: bool = True
+    before: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -82,7 +104,6 @@ class Program:
             module docstring). Replaying them on a fresh capture of the same model (in eval
             or train mode, :func:`prunec.rewrite.recapture`) rebuilds this program's
             structure; saving, training and the report read them.
-        origin: Group key -> size at first sight (pruning ratios count against it).
         capture_options: The capture's options other than the inputs (``dynamic``), so a
             recapture traces the model the same way.
         capture_notes: What capture had to give up, in words for the report (axes made
@@ -98,7 +119,6 @@ class Program:
     example_kwargs: dict = field(default_factory=dict)
     training: bool = False
     version: int = 0
-    origin: dict = field(default_factory=dict)
     lineage: list = field(default_factory=list)
     capture_notes: list = field(default_factory=list)
     donated: bool = False
@@ -108,16 +128,30 @@ class Program:
     # ------------------------------------------------------------------ lineage views
     @property
     def plans(self) -> list:
-        """The plans of the lineage, in order (a copy: record steps with :meth:`record`)."""
-        return [step.plan for step in self.lineage]
+        """The plans of the steps that changed the program, in order (a copy: record steps
+        with :meth:`record`)."""
+        return [step.plan for step in self.lineage if step.modified]
 
     @property
     def history(self) -> list[dict]:
-        """The configs of the passes in the lineage, in order (replays have none)."""
-        return [step.config for step in self.lineage if step.config]
+        """The configs of the passes whose steps changed the program, in order (what
+        idempotence compares; replays of unknown origin and no-op steps have none here)."""
+        return [step.config for step in self.lineage if step.config and step.modified]
+
+    @property
+    def origin(self) -> dict[str, int]:
+        """Group key -> size at first sight, which pruning ratios count against: the size
+        before the first step that changed the group. Groups no step changed are absent
+        (their size now is their original one: read ``origin.get(key, size)``)."""
+        origin: dict[str, int] = {}
+        for step in self.lineage:
+            for key, size in step.before.items():
+                origin.setdefault(key, size)
+        return origin
 
     def record(self, step: Step) -> None:
-        """Append ``step`` to the lineage (called by :func:`prunec.rewrite.apply_plan`)."""
+        """Append ``step`` to the lineage (called by :func:`prunec.rewrite.apply_plan`, and
+        for a pass run that changed nothing, by the pass skeleton or the pass runner)."""
         self.lineage.append(step)
 
     # ------------------------------------------------------------------ analyses
@@ -163,8 +197,9 @@ class Program:
                     memo[id(value)] = value
         gm = copy.deepcopy(self.gm, memo)
         return Program(gm, self.example_args, dict(self.example_kwargs), self.training,
-                       self.version, dict(self.origin), list(self.lineage),
-                       list(self.capture_notes), capture_options=dict(self.capture_options))
+                       self.version, lineage=list(self.lineage),
+                       capture_notes=list(self.capture_notes),
+                       capture_options=dict(self.capture_options))
 
     # ------------------------------------------------------------------ mutating
     def set_tensor(self, target: str, value: torch.Tensor) -> None:

@@ -22,12 +22,12 @@ import torch
 from prunec import validate
 from prunec.errors import InvalidArgumentError, PassError, PrunecError
 from prunec.ir.channels import UNCHOOSABLE, ChannelAnalysis, ChannelGroup, analyze_channels
-from prunec.ir.program import Program
+from prunec.ir.program import Program, Step
 from prunec.report import PassStats
 from prunec.rewrite import PruningPlan, apply_plan
 
 __all__ = ["Pass", "PassBase", "PassResult", "PassStats", "PassContext", "PassManager", "PruningPass", "Timing", "candidate_groups",
-           "check_ratio", "check_passes", "describe_pass"]
+           "check_ratio", "check_passes", "pass_signature"]
 
 
 @dataclass
@@ -69,8 +69,10 @@ class Pass(Protocol):
     def __call__(self, program: Program, ctx: "PassContext") -> PassResult: ...
 
 
-def describe_pass(pass_) -> str:
-    """``ClassName(option=value, ...)`` from the pass's ``config()`` when it has one."""
+def pass_signature(pass_) -> str:
+    """``ClassName(option=value, ...)`` from the pass's ``config()`` when it has one: how a
+    pass is named in timings and errors (what it *did*, in words, is
+    :func:`prunec.report.describe_pass`)."""
     config = pass_.config() if hasattr(pass_, "config") else {}
     options = ", ".join(f"{k}={v!r}" for k, v in config.items() if k != "pass")
     return f"{type(pass_).__name__}({options})"
@@ -84,6 +86,9 @@ class PassBase:
     it with every plan the pass applies (``apply_plan(..., config=self.config())``), and
     :meth:`already_applied` reads it back, so a pass whose target is reached is a no-op when
     run again, on the same program or on a replay of it (:func:`prunec.rewrite.recapture`).
+    A run that changes nothing records a no-op step (:meth:`unchanged`), which the report
+    reads (why it kept everything) and idempotence does not count (see
+    :mod:`prunec.ir.program`, "Idempotence").
 
     ``guarantee``: what holds between the program before and after the pass when it
     modifies it (see :class:`Pass`).
@@ -100,8 +105,15 @@ class PassBase:
         return config
 
     def already_applied(self, program: Program) -> bool:
-        """Whether this pass, with these options, is in ``program``'s lineage."""
+        """Whether this pass, with these options, is in ``program``'s lineage as a step that
+        changed the program (a recorded no-op step does not count: the pass runs again)."""
         return self.config() in program.history
+
+    def unchanged(self, program: Program, stats: PassStats) -> "PassResult":
+        """Record this run in ``program``'s lineage as a step that changed nothing (empty
+        plan, ``stats`` saying why) and return the matching result."""
+        record_unchanged(program, type(self).__name__, self.config(), stats)
+        return PassResult(program, False, stats=stats)
 
     def __call__(self, program: Program, ctx: "PassContext | None" = None) -> PassResult:
         raise NotImplementedError
@@ -125,7 +137,7 @@ class Timing:
     def after(self, pass_, program, result) -> None:
         elapsed = time.perf_counter() - self._start
         result.stats.seconds = elapsed
-        self.seconds.append((describe_pass(pass_), elapsed))
+        self.seconds.append((pass_signature(pass_), elapsed))
 
 
 class PassContext:
@@ -151,11 +163,16 @@ class PassContext:
         self.done: list = []
 
     def run(self, pass_: Pass, program: Program) -> PassResult:
-        """Run one pass with the instruments around it."""
+        """Run one pass with the instruments around it; the run is in the lineage of the
+        program it returns (a pass that recorded no step of its own gets one: a no-op step
+        when it changed nothing, a skipped one when an instrument skipped it)."""
         earlier = list(self.done)
         self.done.append(pass_)
+        steps = len(program.lineage)
         if not all(getattr(i, "should_run", _yes)(pass_, program) for i in self.instruments):
-            return PassResult(program, False, stats=PassStats(skipped=True))
+            result = PassResult(program, False, stats=PassStats(skipped=True))
+            _ensure_recorded(pass_, steps, program, result)
+            return result
         try:
             for inst in self.instruments:
                 getattr(inst, "before", _noop)(pass_, program)
@@ -168,7 +185,33 @@ class PassContext:
             if validate.is_user_error(exc):  # the caller's own data loader failed: theirs
                 raise
             raise _failure(pass_, earlier, exc) from exc
+        _ensure_recorded(pass_, steps, program, result)
         return result
+
+
+def record_unchanged(program: Program, name: str, config: dict, stats: PassStats | None) -> None:
+    """Append a step that changed nothing (``modified=False``, an empty plan) for a pass run
+    called ``name`` with ``config`` and ``stats``."""
+    program.record(Step(name, dict(config), PruningPlan(), {}, stats, modified=False))
+
+
+def _ensure_recorded(pass_, steps: int, program: Program, result: PassResult) -> None:
+    """Record ``result`` in the lineage when the pass did not: a pass written against the
+    :class:`Pass` protocol alone (no :class:`PassBase`) or a skipped one. A step it recorded
+    through ``apply_plan`` without statistics gets the result's."""
+    target = result.program
+    new = target.lineage[steps:] if target is program else \
+        [s for s in target.lineage if s.stats is result.stats]
+    if new:
+        if new[-1].stats is None:
+            new[-1].stats = result.stats
+        return
+    config = dict(pass_.config()) if hasattr(pass_, "config") else {}
+    name = type(pass_).__name__
+    if result.modified:  # changed outside apply_plan: recorded, though replay cannot redo it
+        target.record(Step(name, config, result.plan or PruningPlan(), {}, result.stats))
+    else:
+        record_unchanged(target, name, config, result.stats)
 
 
 class PassManager:
@@ -197,9 +240,9 @@ class PassManager:
 
 
 def _failure(pass_, earlier: list, exc: Exception) -> PrunecError:
-    done = [describe_pass(p) for p in earlier]
+    done = [pass_signature(p) for p in earlier]
     before = f" after {', '.join(done)}" if done else " (the first pass)"
-    message = f"pass {describe_pass(pass_)} failed{before}: {exc}"
+    message = f"pass {pass_signature(pass_)} failed{before}: {exc}"
     if isinstance(exc, PrunecError):
         try:
             return type(exc)(message)
@@ -351,7 +394,7 @@ class PruningPass(PassBase):
             stats.heads_total = sum(g.size for g in heads)
         if self.already_applied(program):  # its target is already reached
             stats.already_applied = True
-            return PassResult(program, False, stats=stats)
+            return self.unchanged(program, stats)
         self.latency_stats = None
         active = self.ratio > 0 or self.latency_target is not None
         plan = self.plan(program, groups, ctx) if active and groups else PruningPlan()
@@ -361,7 +404,7 @@ class PruningPass(PassBase):
             stats.pruned_groups, stats.units_removed = 0, 0
             if active:  # the report says why nothing went, naming the op that keeps it
                 stats.kept_because = self.kept_because(program, analysis, groups)
-            return PassResult(program, False, stats=stats)
+            return self.unchanged(program, stats)
         self.compensate(program, groups, plan, ctx)
         apply_plan(program, plan, config=self.config(), stats=stats)
         if heads:
@@ -373,15 +416,16 @@ class PruningPass(PassBase):
         return PassResult(program, True, plan, stats)
 
     def plan(self, program: Program, groups: list[ChannelGroup], ctx: PassContext) -> PruningPlan:
-        for g in groups:  # the first time a group is seen it has its original size
-            program.origin.setdefault(g.key, g.size)
+        # Ratios count against each group's size at first sight (from the lineage).
+        origin = program.origin
+        origin = {g.key: origin.get(g.key, g.size) for g in groups}
         scores = self.score(program, groups, ctx)
         if self.latency_target is not None:
             counts = self._latency_keep(program, groups, scores)
         elif self.scope == "local":
-            counts = {g.key: self._local_keep(g, program.origin[g.key]) for g in groups}
+            counts = {g.key: self._local_keep(g, origin[g.key]) for g in groups}
         else:
-            counts = self._global_keep(groups, scores, program.origin)
+            counts = self._global_keep(groups, scores, origin)
         keep = {}
         for g in groups:
             k = counts[g.key]
@@ -403,8 +447,11 @@ class PruningPass(PassBase):
         return _round_keep(group, origin * (1.0 - self.ratio), self.round_to)
 
     def _global_keep(self, groups, scores, origin) -> dict[str, int]:
-        total = sum(origin[g.key] for g in groups)
-        to_remove = round(self.ratio * total) - sum(origin[g.key] - g.size for g in groups)
+        """Kept counts under a global ratio of the groups' sizes at first sight (``origin``:
+        group key -> size; a group absent from it has its original size now)."""
+        first = {g.key: origin.get(g.key, g.size) for g in groups}
+        total = sum(first.values())
+        to_remove = round(self.ratio * total) - sum(first[g.key] - g.size for g in groups)
         if to_remove <= 0:
             return {g.key: g.size for g in groups}
         flat, owner = [], []

@@ -16,7 +16,7 @@ from prunec.errors import VerificationError
 from prunec.fileio import atomic_write_text
 from prunec.ir.interpret import ProgramInterpreter, scratch_state
 from prunec.ir.program import Program
-from prunec.passes.base import describe_pass, Timing
+from prunec.passes.base import pass_signature, Timing
 from prunec.rewrite.reference import reference_program
 
 __all__ = ["CheckOutputs", "DumpIR", "Timing", "random_inputs"]
@@ -70,7 +70,7 @@ class CheckOutputs:
 
     def after(self, pass_, program: Program, result) -> None:
         before, self._before = self._before, None
-        name = describe_pass(pass_)
+        name = pass_signature(pass_)
         if not result.modified:
             if program.version != self._version:
                 raise VerificationError(f"{name} reported modified=False but changed the program.")

@@ -137,7 +137,7 @@ class DepthPruning(PassBase):
         done = dropped_blocks(program)
         if self.latency_target is not None:
             if self.already_applied(program):  # its target is already reached
-                return PassResult(program, False, stats=PassStats(already_applied=True))
+                return self.unchanged(program, PassStats(already_applied=True))
             target = done + len(analysis.removable())  # the knapsack decides how many
         else:
             target = self.num_blocks if self.num_blocks is not None else \
@@ -147,7 +147,7 @@ class DepthPruning(PassBase):
                           candidates=len(candidates), dropped_before=done)
         if target - done <= 0 or not candidates:
             stats.dropped = 0
-            return PassResult(program, False, stats=stats)
+            return self.unchanged(program, stats)
         if self.criterion != "magnitude" and program.training:
             raise PrunecError("DepthPruning scores blocks in eval mode, but this program was "
                               "captured with train=True; capture with train=False.")
@@ -161,7 +161,7 @@ class DepthPruning(PassBase):
             chosen = self.select(program, candidates, scores, target - done)
         if not chosen:  # every stage is at its minimum
             stats.dropped = 0
-            return PassResult(program, False, stats=stats)
+            return self.unchanged(program, stats)
         plan = PruningPlan(blocks=[BlockDrop(b.key, None) for b in chosen])
         if self.compensate:
             plan.blocks = [BlockDrop(b.key, m) for b, m in zip(chosen, self.means(program, chosen))]

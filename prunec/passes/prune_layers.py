@@ -88,7 +88,7 @@ def run_layer_depth(pass_, program: Program) -> PassResult:
                       dropped_before=done)
     if target - done <= 0 or not candidates:
         stats.dropped = 0
-        return PassResult(program, False, stats=stats)
+        return pass_.unchanged(program, stats)
     if pass_.criterion != "magnitude" and program.training:
         raise PrunecError("DepthPruning scores layers in eval mode, but this program was "
                           "captured with train=True; capture with train=False.")

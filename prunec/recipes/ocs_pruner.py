@@ -54,6 +54,7 @@ from prunec.ir.capture import capture
 from prunec.ir.channels import ChannelGroup, analyze_channels
 from prunec.ir.cost import count_macs
 from prunec.recipes import ocs_selection as sel
+from prunec.report import PassStats
 from prunec.rewrite import PruningPlan, apply_plan
 from prunec.train import slice_optimizer_state
 
@@ -133,8 +134,9 @@ class OneCyclePruner:
 
     @property
     def pruned(self) -> bool:
-        """Whether the physical pruning has happened."""
-        return bool(self.program.lineage)
+        """Whether the physical pruning has happened (a step of the lineage changed the
+        program)."""
+        return any(step.modified for step in self.program.lineage)
 
     @property
     def macs(self) -> int:
@@ -227,7 +229,7 @@ class OneCyclePruner:
             self._check_optimizer(optimizer)
         plan = self.selection.plan(self._sizes)
         old = {id(p) for p in self.module.parameters()}
-        slices = apply_plan(self.program, plan, config=self.config())
+        slices = apply_plan(self.program, plan, config=self.config(), stats=self._stats(plan))
         if optimizer is not None:
             slice_optimizer_state(optimizer, slices)
         self._replaced |= old - {id(p) for p in self.module.parameters()}
@@ -273,10 +275,19 @@ class OneCyclePruner:
         self.jaccard = list(state["jaccard"])
         self.forced = bool(state["forced"])
         for text in state["plans"]:
-            apply_plan(self.program, PruningPlan.from_json(text), config=self.config())
+            plan = PruningPlan.from_json(text)
+            apply_plan(self.program, plan, config=self.config(), stats=self._stats(plan))
         self.epoch, self.stable_epoch = int(state["epoch"]), state["stable_epoch"]
 
     # ------------------------------------------------------------------ internals
+    def _stats(self, plan: PruningPlan) -> PassStats:
+        """What pruning by ``plan`` does, for the lineage step and the report (the stable
+        epoch and whether it was forced are added when training ends)."""
+        sizes = self._sizes
+        return PassStats(groups=len(sizes), pruned_groups=len(plan.keep),
+                         units_removed=sum(sizes[k] - len(v) for k, v in plan.keep.items()),
+                         units_total=sum(sizes.values()))
+
     def _record(self, selection: sel.Selection) -> None:
         kept = selection.kept(self._sizes)
         self.kept_history = (self.kept_history + [kept])[-3:]

@@ -29,6 +29,7 @@ follow the same trajectory as one process on the whole batch.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -38,11 +39,11 @@ import torch.nn.functional as F
 
 from prunec.backends.compiled import CompiledModel
 from prunec.errors import PrunecError
-from prunec.ir.program import Program
+from prunec.ir.program import Program, Step
 from prunec.progress import bar
 from prunec.recipes.ocs_pruner import OneCyclePruner
-from prunec.report import Report
-from prunec.rewrite import recapture
+from prunec.report import PassStats, Report
+from prunec.rewrite import PruningPlan, recapture
 from prunec.train import assign_state
 
 __all__ = ["ocspruner", "OCSReport", "MILESTONES"]
@@ -53,19 +54,33 @@ MILESTONES = (0.3, 0.6, 0.8, 0.9)
 @dataclass
 class OCSReport(Report):
     """A compile report plus OCSPruner's run: the stable epoch (``forced`` when pruning was
-    forced at ``last_search_epoch``), one Jaccard value per monitored epoch, and one history
-    row per epoch (``loss``, ``lr``, ``val_acc``, ``jaccard``, ``stability``, ``pruned``,
-    ``macs``; ``seconds``: the training pass plus selection and pruning; ``eval_seconds``:
-    the validation, with the eval-mode re-capture after pruning)."""
+    forced at ``last_search_epoch``), one Jaccard value per monitored epoch, and one row
+    per epoch in :attr:`epochs` (``loss``, ``lr``, ``val_acc``, ``jaccard``, ``stability``,
+    ``pruned``, ``macs``; ``seconds``: the training pass plus selection and pruning;
+    ``eval_seconds``: the validation, with the eval-mode re-capture after pruning).
+
+    ``history`` is the deprecated old name of :attr:`epochs` (it warns; in
+    :meth:`to_dict` both keys hold the rows for one more release): ``Program.history``
+    means the configs of the passes applied.
+    """
 
     stable_epoch: int | None = None
     forced: bool = False
     jaccard: list = field(default_factory=list)
-    history: list = field(default_factory=list)
+    epochs: list = field(default_factory=list)
+
+    @property
+    def history(self) -> list:
+        """Deprecated: the epoch rows, now :attr:`epochs`."""
+        warnings.warn("OCSReport.history is renamed OCSReport.epochs (the rows per epoch); "
+                      "history will be removed.", DeprecationWarning, stacklevel=2)
+        return self.epochs
 
     def to_dict(self) -> dict:
+        rows = list(self.epochs)
         return {**super().to_dict(), "stable_epoch": self.stable_epoch, "forced": self.forced,
-                "jaccard": list(self.jaccard), "history": list(self.history)}
+                "jaccard": list(self.jaccard), "epochs": rows,
+                "history": rows}  # deprecated key, for readers of older files
 
     def summary_lines(self) -> list[str]:
         lines = super().summary_lines()
@@ -134,7 +149,7 @@ def ocspruner(model: nn.Module, example_inputs: Any, train_data: Any, *, epochs:
     run = _Run(pruner, optimizer, loss_fn, device, amp, world)
     evaluator = _Evaluator(model, pruner, device) if val_set is not None else None
     bar = _Progress(epochs, progress, rank)
-    history = report.history
+    epoch_rows = report.epochs
     for epoch in range(epochs):
         row = run.epoch(train_set, epoch, batch_size, seed)
         start = time.perf_counter()
@@ -152,7 +167,7 @@ def ocspruner(model: nn.Module, example_inputs: Any, train_data: Any, *, epochs:
             _sync_buffers(pruner.module, world)
             row["val_acc"] = evaluator.accuracy(val_set)
             row["eval_seconds"] = time.perf_counter() - start
-        history.append(row)
+        epoch_rows.append(row)
         bar.update(row)
     bar.close()
     final = evaluator.program if evaluator is not None else None
@@ -331,13 +346,16 @@ def _compiled(model: nn.Module, pruner: OneCyclePruner, report: OCSReport, devic
         program = eval_program(model, pruner)
         program.gm.to(device)
     assign_state(pruner.module, program, clone=True)
-    plan = pruner.plans[0] if pruner.plans else None
-    sizes = {g.key: g.size for g in pruner.groups}
-    report.add_pass(pruner, None, modified=pruner.pruned, groups=len(sizes),
-                    pruned_groups=len(plan.keep) if plan else 0,
-                    units_removed=sum(sizes[k] - len(v) for k, v in plan.keep.items()) if plan else 0,
-                    units_total=sum(sizes.values()), stable_epoch=pruner.stable_epoch,
-                    forced=pruner.forced, plan=plan)
+    step = next((s for s in reversed(program.lineage) if s.name == "OCSPruner"), None)
+    if step is None:  # never pruned: the run is in the lineage as a step that changed nothing
+        sizes = {g.key: g.size for g in pruner.groups}
+        stats = PassStats(groups=len(sizes), pruned_groups=0, units_removed=0,
+                          units_total=sum(sizes.values()))
+        program.record(Step("OCSPruner", pruner.config(), PruningPlan(), {}, stats,
+                            modified=False))
+        step = program.lineage[-1]
+    step.stats.extra.update(stable_epoch=pruner.stable_epoch, forced=pruner.forced)
+    report.read_lineage(program)  # the report lists what the lineage records
     report.stable_epoch, report.forced = pruner.stable_epoch, pruner.forced
     report.jaccard = list(pruner.jaccard)
     report.finish(program, seconds=seconds)

@@ -102,9 +102,13 @@ def apply_plan(program: Program, plan: PruningPlan, *, config: dict | None = Non
     """Rewrite ``program`` in place so that only the planned units remain.
 
     A plan that changes the program is recorded as one :class:`~prunec.ir.program.Step` of
-    ``program.lineage`` (what replay, saving, idempotence and the report read); a plan
-    whose compensations are keyed the old way (graph values) is converted first (see
-    :func:`convert_plan`) and recorded converted.
+    ``program.lineage`` (what replay, saving, idempotence and the report read), with the
+    size of every group it names before the step (``step.before``: what
+    ``program.origin`` is derived from); a plan that changes nothing is not recorded here
+    (a pass that kept everything records its own no-op step). A plan whose compensations
+    are keyed the old way (graph values) is converted first (see :func:`convert_plan`) and
+    recorded converted. A plan made by a pass learns the pass's config
+    (``plan.source``), so its JSON says which pass made it.
 
     Args:
         program: Rewritten in place.
@@ -126,9 +130,11 @@ def apply_plan(program: Program, plan: PruningPlan, *, config: dict | None = Non
     analysis = analyze_channels(program)
     elem_keep = element_keep(analysis, plan)
     slices = Slices()
+    groups = analysis.by_key()  # element_keep checked that every key is there
+    before = {key: groups[key].size for key in plan.keep}
     if elem_keep.all():
         if plan.blocks:
-            _record(program, plan, config, stats, slices)
+            _record(program, plan, config, stats, slices, before)
         return slices
     expected = {key: int(elem_keep[off:off + analysis.shapes[key[0]][key[1]]].sum())
                 for key, off in analysis.offsets.items()}
@@ -145,14 +151,18 @@ def apply_plan(program: Program, plan: PruningPlan, *, config: dict | None = Non
     program.finalize(sizes=None if added_nodes or ctx.propagate else expected)
     if added_nodes:
         fold_constants(program)
-    _record(program, plan, config, stats, slices)
+    _record(program, plan, config, stats, slices, before)
     return slices
 
 
-def _record(program: Program, plan: PruningPlan, config: dict | None, stats, slices: Slices) -> None:
+def _record(program: Program, plan: PruningPlan, config: dict | None, stats, slices: Slices,
+            before: dict) -> None:
     config = dict(config or {})
+    if config and not plan.source:  # the plan's JSON then says which pass made it
+        plan.source = dict(config)
     changed = {name: tuple(new.shape) for name, (_old, new) in slices.replaced.items()}
-    program.record(Step(config.get("pass", "replay"), config, plan, changed, stats))
+    program.record(Step(config.get("pass", "replay"), config, plan, changed, stats,
+                        modified=True, before=before))
 
 
 def convert_plan(program: Program, plan: PruningPlan) -> PruningPlan:
@@ -169,7 +179,7 @@ def convert_plan(program: Program, plan: PruningPlan) -> PruningPlan:
     for comp in plan.compensations:
         comps += convert_value_compensation(program, comp) if isinstance(comp, ValueCompensation) \
             else [comp]
-    return PruningPlan(dict(plan.keep), comps, list(plan.blocks))
+    return PruningPlan(dict(plan.keep), comps, list(plan.blocks), dict(plan.source))
 
 
 def estimate_macs(program: Program, plan: PruningPlan) -> int:

@@ -33,7 +33,8 @@ from prunec.errors import PlanError
 if TYPE_CHECKING:
     from prunec.ir.channels import ChannelAnalysis
 
-__all__ = ["PruningPlan", "MeanCompensation", "BlockDrop", "ValueCompensation"]
+__all__ = ["PruningPlan", "MeanCompensation", "BlockDrop", "ValueCompensation",
+           "plans_from_metadata"]
 
 
 @dataclass
@@ -81,11 +82,20 @@ class BlockDrop:
 
 @dataclass
 class PruningPlan:
-    """Kept units per group key, dropped blocks, compensations. Plain data: print, save, replay."""
+    """Kept units per group key, dropped blocks, compensations. Plain data: print, save, replay.
+
+    ``source`` is the config of the pass that made the plan (``{"pass": "MagnitudePruning",
+    "ratio": 0.5, ...}``; set when the plan is applied for a pass, saved in its JSON):
+    replaying the plan records that pass in the lineage, so running the pass again on the
+    replayed program is a no-op. ``{}`` when unknown (the replay is then recorded as
+    ``"replay"``). It is not part of a plan's equality: two plans that remove the same units
+    are equal.
+    """
 
     keep: dict[str, list[int]] = field(default_factory=dict)
     compensations: list = field(default_factory=list)  # MeanCompensation (ValueCompensation: old files)
     blocks: list[BlockDrop] = field(default_factory=list)
+    source: dict = field(default_factory=dict, compare=False)
 
     def __bool__(self) -> bool:
         return bool(self.keep) or bool(self.blocks)
@@ -105,7 +115,10 @@ class PruningPlan:
         comps = [_comp_json(c) for c in self.compensations]
         blocks = [{"key": b.key, "mean": None if b.mean is None else b.mean.double().tolist()}
                   for b in self.blocks]
-        return json.dumps({"keep": self.keep, "compensations": comps, "blocks": blocks})
+        data = {"keep": self.keep, "compensations": comps, "blocks": blocks}
+        if self.source:  # older readers ignore it
+            data["source"] = self.source
+        return json.dumps(data)
 
     @classmethod
     def from_json(cls, text: str) -> "PruningPlan":
@@ -120,7 +133,11 @@ class PruningPlan:
             blocks = [BlockDrop(b["key"], None if b.get("mean") is None
                                 else torch.tensor(b["mean"], dtype=torch.float64))
                       for b in data.get("blocks", [])]
-            return cls({k: list(v) for k, v in data["keep"].items()}, comps, blocks)
+            source = data.get("source") or {}
+            if not isinstance(source, dict) or (source and not isinstance(source.get("pass"), str)):
+                raise TypeError(f"'source' must be a pass config with a 'pass' name, got "
+                                f"{source!r}")
+            return cls({k: list(v) for k, v in data["keep"].items()}, comps, blocks, source)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise PlanError(f"not a saved PruningPlan ({type(exc).__name__}: {exc}); pass the "
                             f"text of plan.to_json().") from exc
@@ -128,6 +145,31 @@ class PruningPlan:
     def needs_conversion(self) -> bool:
         """Whether compensations are still keyed by graph values (a plan from an older file)."""
         return any(isinstance(c, ValueCompensation) for c in self.compensations)
+
+
+def plans_from_metadata(metadata: dict) -> list[PruningPlan]:
+    """The plans of a saved artifact's metadata (``prunec.load(path).metadata``, or the
+    ``prunec.json`` in its archive), ready for ``prunec.compile(..., plans=...)``.
+
+    Each plan says which pass made it (``plan.source``): from its own JSON, or, for a file
+    whose plans predate ``source``, from the matching entry of the metadata's ``lineage``
+    (its steps that changed the program, in the order of ``plans``). A plan that neither
+    names is replayed as ``"replay"``.
+
+    Raises:
+        PlanError: an entry of ``plans`` that is not a saved plan.
+    """
+    plans = [PruningPlan.from_json(p if isinstance(p, str) else json.dumps(p))
+             for p in metadata.get("plans") or []]
+    steps = [s for s in metadata.get("lineage") or []
+             if isinstance(s, dict) and s.get("modified", True)]
+    if len(steps) == len(plans):  # parallel lists: the lineage names each plan's pass
+        for plan, step in zip(plans, steps):
+            config = step.get("config")
+            if not plan.source and isinstance(config, dict) \
+                    and isinstance(config.get("pass"), str):
+                plan.source = dict(config)
+    return plans
 
 
 def _comp_json(comp) -> dict:

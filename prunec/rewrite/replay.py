@@ -9,6 +9,8 @@ weights), so the replay needs no guessing.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from prunec.ir.capture import capture
@@ -38,10 +40,16 @@ def recapture(model: torch.nn.Module, program: Program, *, train: bool = False) 
 
 def replay(target: Program, source: Program) -> Program:
     """Apply every step of ``source``'s lineage to ``target`` (in place), recording the same
-    steps (pass name, config, statistics) so that idempotence and the report count them;
-    ``target`` also takes ``source``'s original group sizes. Returns ``target``."""
+    steps (pass name, config, statistics) so that idempotence and the report count them.
+
+    A step that changed nothing (a pass that kept everything) is recorded as it is, with
+    nothing to apply; ``target``'s original group sizes (``origin``) follow from the
+    replayed steps. Returns ``target``.
+    """
     for step in source.lineage:
-        apply_plan(target, step.plan, config=step.config, stats=step.stats)
-    for key, size in source.origin.items():
-        target.origin.setdefault(key, size)
+        if step.modified and step.plan:
+            apply_plan(target, step.plan, config=step.config, stats=step.stats)
+        else:
+            target.record(dataclasses.replace(step, changed=dict(step.changed),
+                                              before=dict(step.before)))
     return target

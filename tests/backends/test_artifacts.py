@@ -97,7 +97,16 @@ def test_saved_metadata_is_readable_json(tmp_path):
     kept = next(iter(compiled.plans[0].keep.values()))
     assert any(line.strip().endswith(json.dumps(kept) + ",") or line.strip().endswith(
         json.dumps(kept)) for line in lines)
-    assert prunec.load(path).metadata["plans"] == [p.to_json() for p in compiled.plans]
+    metadata = prunec.load(path).metadata
+    assert metadata["plans"] == [p.to_json() for p in compiled.plans]
+    # the lineage: every step, with whether it changed the program; the plans say their pass
+    steps = compiled.program.lineage
+    assert [(s["name"], s["modified"]) for s in metadata["lineage"]] == \
+        [(s.name, s.modified) for s in steps]
+    from prunec.rewrite.plan import plans_from_metadata
+
+    assert [p.source for p in plans_from_metadata(metadata)] == \
+        [s.config for s in steps if s.modified]
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)

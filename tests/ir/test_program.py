@@ -18,10 +18,36 @@ def test_plans_and_history_are_views_of_the_lineage():
     plan_a, plan_b = PruningPlan({"x": [0]}), PruningPlan({"y": [1]})
     program.record(Step("MagnitudePruning", {"pass": "MagnitudePruning", "ratio": 0.5}, plan_a))
     program.record(Step("replay", {}, plan_b))
+    # a pass that kept everything: in the lineage, in no view (it changed nothing)
+    program.record(Step("RandomPruning", {"pass": "RandomPruning", "ratio": 0.1}, PruningPlan(),
+                        modified=False))
     assert program.plans == [plan_a, plan_b]
     assert program.history == [{"pass": "MagnitudePruning", "ratio": 0.5}]  # replays have no config
     program.plans.append(plan_a)  # a copy: the lineage is appended only by record()
-    assert len(program.lineage) == 2
+    assert len(program.lineage) == 3
+
+
+def test_origin_is_derived_from_the_lineage():
+    """Group sizes at first sight come from the steps (``before`` of the first step that
+    changed a group); ratios count against them, across passes and replays."""
+    from prunec.passes import MagnitudePruning
+    from prunec.rewrite import recapture
+
+    program = _program()
+    assert program.origin == {}
+    MagnitudePruning(0.5, targets="mlp", scope="local", round_to=1)(program)
+    first = program.lineage[0]
+    assert first.before == {"0.fc1.weight:0": 32, "1.fc1.weight:0": 32}
+    MagnitudePruning(0.75, targets="mlp", scope="local", round_to=1)(program)
+    assert program.lineage[1].before == {"0.fc1.weight:0": 16, "1.fc1.weight:0": 16}
+    assert program.origin == {"0.fc1.weight:0": 32, "1.fc1.weight:0": 32}
+    # 0.75 of the original 64 hidden units are gone, not 0.75 of the 32 left
+    assert [program.get_tensor(f"{i}.fc1.weight").shape[0] for i in (0, 1)] == [8, 8]
+    again = recapture(mlp(), program)
+    assert again.origin == program.origin and [s.before for s in again.lineage] == \
+        [s.before for s in program.lineage]
+    # a third pass on the replay still counts against the original sizes: its target is met
+    assert not MagnitudePruning(0.7, targets="mlp", scope="local", round_to=1)(again).modified
 
 
 def test_apply_plan_records_one_step_with_what_it_changed():
@@ -34,7 +60,7 @@ def test_apply_plan_records_one_step_with_what_it_changed():
     assert program.lineage[-1].name == "replay" and program.lineage[-1].config == {}
 
 
-def test_a_plan_that_changes_nothing_is_not_recorded():
+def test_a_plan_that_changes_nothing_is_not_recorded_by_apply_plan():
     program = _program()
     apply_plan(program, PruningPlan({"0.fc1.weight:0": list(range(32))}))
     assert program.lineage == []

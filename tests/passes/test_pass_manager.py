@@ -226,8 +226,11 @@ def test_lineage_steps_hold_the_passes_typed_stats():
     assert isinstance(step.stats, PassStats) and step.stats is result.stats
     assert step.stats.units_removed > 0 and step.stats.seconds > 0
     assert step.stats.verified.startswith("zeroing equivalence")
-    again = ctx.run(MagnitudePruning(0.5), p)  # already applied: no second step
-    assert not again.modified and again.stats.already_applied and len(p.lineage) == 1
+    again = ctx.run(MagnitudePruning(0.5), p)  # already applied: a no-op step
+    assert not again.modified and again.stats.already_applied and len(p.lineage) == 2
+    noop = p.lineage[1]
+    assert not noop.modified and not noop.plan and noop.stats is again.stats
+    assert p.plans == [step.plan] and p.history == [step.config]
     fresh = recapture(Net().eval(), p)
     assert fresh.lineage[0].stats.units_removed == step.stats.units_removed
     assert isinstance(DepthPruning(1, criterion="magnitude", compensate=False)(program()).stats,

@@ -249,10 +249,20 @@ def test_ocspruner_loop_reports_and_returns_an_eval_model():
     assert report.stable_epoch is not None and report.stable_epoch <= 3
     assert len(report.jaccard) == report.stable_epoch + 1  # one per monitored epoch
     assert 1 - report.macs_after / report.macs_before == pytest.approx(0.4, abs=0.06)
-    assert [h["epoch"] for h in report.history] == list(range(6))
-    assert [h["lr"] for h in report.history] == pytest.approx([0.05, 0.05, 0.01, 0.01, 0.002, 0.0004])
-    assert all(0.0 <= h["val_acc"] <= 1.0 and h["loss"] > 0 for h in report.history)
+    assert [h["epoch"] for h in report.epochs] == list(range(6))
+    assert [h["lr"] for h in report.epochs] == pytest.approx([0.05, 0.05, 0.01, 0.01, 0.002, 0.0004])
+    assert all(0.0 <= h["val_acc"] <= 1.0 and h["loss"] > 0 for h in report.epochs)
+    with pytest.warns(DeprecationWarning, match="renamed OCSReport.epochs"):
+        assert report.history is report.epochs  # the old name still works, and says so
+    data = report.to_dict()
+    assert data["epochs"] == data["history"] and len(data["epochs"]) == 6
     assert len(compiled.plans) == 1
+    # The report reads the lineage: OCSPruner's step, with what it removed and when.
+    (step,) = compiled.program.lineage
+    (entry,) = report.passes
+    assert step.name == entry["pass"] == "OCSPruner" and entry["stats"] is step.stats
+    assert entry["modified"] and entry["plan"] is compiled.plans[0]
+    assert step.stats.units_removed > 0 and entry["stable_epoch"] == report.stable_epoch
     out = compiled.module(x)
     assert torch.allclose(compiled.module(x[:5]), out[:5], atol=1e-5)  # eval-mode batch norm
     assert all(torch.equal(v, original[k]) for k, v in model.state_dict().items())  # untouched

@@ -58,6 +58,18 @@ def test_recapture_keeps_the_lineage_so_passes_stay_idempotent():
     assert not MagnitudePruning(0.75, targets="mlp")(again).modified
 
 
+def test_replay_keeps_the_steps_that_changed_nothing():
+    model = mlp()
+    program = _pruned(model)
+    assert not MagnitudePruning(0.75, targets="mlp")(program).modified  # a no-op step
+    again = recapture(model, program)
+    assert [(s.name, s.modified) for s in again.lineage] == [
+        ("VarianceBasedPruning", True), ("MagnitudePruning", True), ("MagnitudePruning", False)]
+    assert again.lineage[2].stats.already_applied and again.plans == program.plans
+    first_sight = {**program.lineage[1].before, **program.lineage[0].before}  # first wins
+    assert again.origin == program.origin == first_sight
+
+
 def test_recapture_of_another_model_is_a_plan_error():
     program = _pruned(mlp())
     other = torch.nn.Sequential(torch.nn.Linear(16, 16)).eval()
