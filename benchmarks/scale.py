@@ -57,6 +57,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's prunec
 
 RESULTS = Path(__file__).parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
 RATIO = 0.5
 ROUND_TO = 8
 
@@ -136,7 +137,7 @@ def build(key: str) -> tuple[torch.nn.Module, tuple, Callable]:
             # The gate and up projections share the hidden channels (their product feeds
             # down_proj): Torch-Pruning drops a group whose output layers are ignored.
             first = lambda name: name.endswith(("mlp.gate_proj", "mlp.up_proj"))  # noqa: E731
-    if model.config.tie_word_embeddings:
+    if getattr(model.config, "tie_word_embeddings", False):
         # no_init_weights (transformers 5) also skips the tying that construction does:
         # without this the 1B's lm_head was a second 128256 x 2048 matrix (5.58 GiB model
         # instead of Llama 3.2 1B's 4.60 GiB).
@@ -281,6 +282,47 @@ def run_prunec_compile(key: str) -> dict:
             "output_shape": list(logits.shape)}
 
 
+def run_prunec_profile(key: str, top: int = 25) -> dict:
+    """prunec's analysis, scoring and selection, and rewrite under ``cProfile`` (a separate
+    run: the profiler's overhead inflates the times): the top entries by cumulative and by
+    own time."""
+    import cProfile
+    import io
+    import pstats
+
+    from prunec.ir.capture import capture
+    from prunec.ir.channels import analyze_channels
+    from prunec.passes import MagnitudePruning
+    from prunec.passes.base import candidate_groups
+    from prunec.rewrite import apply_plan
+
+    model, example, _ = build(key)
+    program = capture(model, example)
+    profiler = cProfile.Profile()
+    start = time.perf_counter()
+    profiler.enable()
+    groups = candidate_groups(analyze_channels(program), "mlp")
+    plan = MagnitudePruning(RATIO, targets="mlp", scope="local", round_to=ROUND_TO).plan(
+        program, groups, None)
+    apply_plan(program, plan)
+    profiler.disable()
+    total = time.perf_counter() - start
+    out = {"profiled_seconds": total}
+    for order in ("cumulative", "tottime"):
+        stream = io.StringIO()
+        stats = pstats.Stats(profiler, stream=stream)
+        stats.sort_stats(order)
+        rows = []
+        for func in stats.fcn_list[:top]:  # fcn_list: sorted by the last sort_stats
+            cc, nc, tt, ct, _ = stats.stats[func]
+            filename, line, name = func
+            short = filename.split("site-packages/")[-1].replace(str(ROOT) + "/", "")
+            rows.append({"function": f"{short}:{line}({name})", "calls": nc,
+                         "tottime": tt, "cumtime": ct})
+        out[order] = rows
+    return out
+
+
 def _sliced_names(program, groups) -> set[str]:
     return {slot.param for g in groups for slot in g.params}
 
@@ -326,6 +368,8 @@ def child(key: str, tool: str, threads: int, out: Path) -> None:
         result = run_tp(key)
     elif tool == "prunec-compile":
         result = run_prunec_compile(key)
+    elif tool == "prunec-profile":
+        result = run_prunec_profile(key)
     else:
         result = run_prunec(key, donate=tool == "prunec-donate")
     out.write_text(json.dumps(result, indent=2))
@@ -357,11 +401,16 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--tools", nargs="+",
                         default=["prunec", "prunec-donate", "prunec-compile", "tp"],
-                        choices=["prunec", "prunec-donate", "prunec-compile", "tp"])
+                        choices=["prunec", "prunec-donate", "prunec-compile", "tp",
+                                 "prunec-profile"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--child", nargs=2, metavar=("MODEL", "TOOL"))
     parser.add_argument("--out", type=Path)
     parser.add_argument("--timeout", type=int, default=3600)
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="rounds of every tool, interleaved; times are medians")
+    parser.add_argument("--quiet-machine", action="store_true",
+                        help="record that the run held the machine (QUIET protocol)")
     args = parser.parse_args()
     if args.child:
         child(args.child[0], args.child[1], args.threads, args.out)
@@ -370,14 +419,45 @@ def main() -> None:
     path = RESULTS / "scale.json"
     data = json.loads(path.read_text()) if path.exists() else {"results": {}}
     data["env"] = environment(args.threads)
+    data["env"]["loadavg_before"] = os.getloadavg()
+    data["env"]["quiet_machine"] = args.quiet_machine
     for key in args.models:
-        for tool in args.tools:
-            if tool not in MODELS[key].get("tools", [tool]):
-                continue
-            data["results"].setdefault(key, {})[tool] = _run_child(key, tool, args)
-            path.write_text(json.dumps(data, indent=2))
-            print(key, tool, json.dumps(data["results"][key][tool])[:400], flush=True)
+        runs: dict[str, list[dict]] = {}
+        for _ in range(args.repeats):  # rounds: every tool once per round (interleaved)
+            for tool in args.tools:
+                if tool not in MODELS[key].get("tools", [tool]):
+                    continue
+                result = _run_child(key, tool, args)
+                runs.setdefault(tool, []).append(result)
+                print(key, tool, json.dumps(result)[:400], flush=True)
+        for tool, results in runs.items():
+            data["results"].setdefault(key, {})[tool] = _median_run(results)
+        path.write_text(json.dumps(data, indent=2))
+    data["env"]["loadavg_after"] = os.getloadavg()
+    path.write_text(json.dumps(data, indent=2))
     (RESULTS / "scale.md").write_text(render(data))
+
+
+def _median_run(results: list[dict]) -> dict:
+    """One run's record with each stage's seconds replaced by the median over the runs
+    (all of them kept under ``stage_seconds_runs``); peaks are the largest seen."""
+    ok = [r for r in results if "error" not in r]
+    if not ok:
+        return results[-1]
+    out = dict(ok[0])
+    if len(ok) > 1 and "stages" in out:
+        runs = {k: [r["stages"][k].get("seconds") for r in ok] for k in ok[0]["stages"]}
+        out["stage_seconds_runs"] = runs
+        out["stages"] = {k: dict(v) for k, v in ok[0]["stages"].items()}
+        for k, values in runs.items():
+            values = sorted(v for v in values if v is not None)
+            if values:
+                out["stages"][k]["seconds"] = values[len(values) // 2] if len(values) % 2 \
+                    else (values[len(values) // 2 - 1] + values[len(values) // 2]) / 2
+            peaks = [r["stages"][k].get("peak_growth_bytes") for r in ok]
+            if None not in peaks:
+                out["stages"][k]["peak_growth_bytes"] = max(peaks)
+    return out
 
 
 def _run_child(key: str, tool: str, args) -> dict:
@@ -407,9 +487,15 @@ def render(data: dict) -> str:
         "# Scale: prunec and Torch-Pruning on large models (CPU)", "",
         f"Machine: {env['platform']}, {env['cores']} cores, {env['memory_gb']} GiB RAM; "
         f"torch {env['torch']}, transformers {env['transformers']}, Torch-Pruning "
-        f"{env['torch_pruning']}; {env['threads']} threads per run. The machine was shared "
-        f"with other jobs during the runs, so times are upper bounds (other processes "
-        f"competed for the 2 cores); memory figures are per process and not affected.", "",
+        f"{env['torch_pruning']}; {env['threads']} threads per run. " + (
+            "The latest run held the machine (QUIET protocol: no other benchmark or test "
+            "started while it ran; load average (1 min) "
+            f"{env['loadavg_before'][0]:.1f} at its start, {env['loadavg_after'][0]:.1f} at "
+            "its end); rows from earlier runs say how loaded the machine was below."
+            if env.get("quiet_machine") else
+            "The machine was shared with other jobs during the runs, so times are upper "
+            "bounds (other processes competed for the 2 cores); memory figures are per "
+            "process and not affected."), "",
         f"Task for both tools: remove {int(RATIO * 100)}% of every MLP's hidden channels, "
         f"ranked per layer by weight L2 norm, kept counts multiples of {ROUND_TO}. Random "
         f"weights; one process per (model, tool), run one at a time. Peak growth is the "
@@ -441,6 +527,7 @@ def render(data: dict) -> str:
             lines.append(_memory_row(spec, row))
     lines += _compile_section(data)
     lines += _verified_8b_section(data)
+    lines += _profile_section(data)
     lines += ["", "## Summary", ""] + _summary(data)
     lines += ["", "## Checks", ""]
     for key, spec in MODELS.items():
@@ -486,6 +573,27 @@ def _compile_section(data: dict) -> list[str]:
                      f"| {_gb(peak)} ({peak / size:.2f}x) | {_gb(pruned)} ({pruned / size:.2f}x) "
                      f"| {_gb(peak - pruned)} ({(peak - pruned) / size:.2f}x) | {r['verified']} |")
     return lines + [""] + [f"- {n}" for n in data.get("compile_notes", [])]
+
+
+def _profile_section(data: dict, top: int = 15) -> list[str]:
+    """Where prunec's analysis + scoring + rewrite time goes (``prunec-profile`` runs)."""
+    out: list[str] = []
+    for key, spec in MODELS.items():
+        r = data["results"].get(key, {}).get("prunec-profile")
+        if not r or "error" in r:
+            continue
+        out += ["", f"## Profile: {spec['name']}, analysis + scoring + rewrite", "",
+                f"`cProfile` over `analyze_channels`, the pass's `plan` (scoring, selection) "
+                f"and `apply_plan`, in a run of its own ({r['profiled_seconds']:.1f} s under "
+                f"the profiler). Top {top} by own time (tottime), then by cumulative time.", "",
+                "| function | calls | own s | cumulative s |", "|---|---|---|---|"]
+        out += [f"| `{e['function']}` | {e['calls']} | {e['tottime']:.2f} | {e['cumtime']:.2f} |"
+                for e in r["tottime"][:top]]
+        out += ["", "| function | calls | own s | cumulative s |", "|---|---|---|---|"]
+        out += [f"| `{e['function']}` | {e['calls']} | {e['tottime']:.2f} | {e['cumtime']:.2f} |"
+                for e in r["cumulative"][:top]]
+        out += [""] + [f"- {n}" for n in data.get("profile_notes", [])]
+    return out
 
 
 PHASES_8B = ("build", "capture", "analysis", "scoring", "reference", "rewrite", "verification")

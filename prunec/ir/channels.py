@@ -401,6 +401,31 @@ def _components(space: _Space) -> np.ndarray:
     return labels.astype(np.int64)
 
 
+def _sorted_unique(values: np.ndarray) -> np.ndarray:
+    """``np.unique(values)``: the distinct values in increasing order, by a sort.
+
+    numpy 2.3+ answers ``np.unique`` of integers with a hash table first, which on the
+    element-level arrays of a large model (640k (component, axis) codes of a 2-layer
+    Llama-shaped 1B) took 0.63 s against 0.06 s for sorting and keeping each value that
+    differs from its predecessor.
+    """
+    ordered = np.sort(values, kind="stable")
+    if len(ordered) < 2:
+        return ordered
+    return ordered[np.concatenate(([True], ordered[1:] != ordered[:-1]))]
+
+
+def _unique_inverse(values: np.ndarray) -> np.ndarray:
+    """``np.unique(values, return_inverse=True)[1]``: for each entry, the rank of its value
+    among the distinct values (0 for the smallest), by one stable sort."""
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    inverse = np.empty(len(values), dtype=np.int64)
+    if len(values):
+        inverse[order] = np.cumsum(np.concatenate(([0], ordered[1:] != ordered[:-1])))
+    return inverse
+
+
 def _element_dims(space: _Space) -> np.ndarray:
     """element -> index of its (node, axis) in ``space.offsets`` order."""
     dim_of = np.empty(space.total, dtype=np.int64)
@@ -423,14 +448,14 @@ def _build_groups(program: Program, space: _Space, comp: np.ndarray, param_targe
     comp_blocked = np.zeros(n_comp, dtype=bool)
     comp_blocked[comp[blocked]] = True
     sel = in_param[comp]
-    code = np.unique(comp[sel] * n_dims + dim_of[sel])  # (component, axis) pairs, sorted
+    code = _sorted_unique(comp[sel] * n_dims + dim_of[sel])  # (component, axis) pairs
     pair_comp, pair_dim = code // n_dims, code % n_dims
     # Components with the same set of axes form one group: hash each set, then group.
     salt = np.random.default_rng(0).integers(1, 2**62, size=n_dims, dtype=np.int64)
     sig = np.zeros(n_comp, dtype=np.int64)
     np.add.at(sig, pair_comp, salt[pair_dim])
-    cands = np.unique(pair_comp)
-    _, inverse = np.unique(sig[cands], return_inverse=True)
+    cands = _sorted_unique(pair_comp)
+    inverse = _unique_inverse(sig[cands])
     order = np.argsort(inverse, kind="stable")
     bounds = np.flatnonzero(np.diff(inverse[order])) + 1
     groups = []

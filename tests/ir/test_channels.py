@@ -142,3 +142,23 @@ def test_instruments_dump_ir_and_check_outputs(tmp_path):
                    instruments=[CheckOutputs(), DumpIR(tmp_path)])
     dumped = list(tmp_path.glob("*.py"))
     assert len(dumped) == 1 and "linear" in dumped[0].read_text()
+
+
+@pytest.mark.parametrize("values", [[], [7], [3, 3, 3], [5, -2, 9, 5, 0, -2, 2**40, 9, 1],
+                                    list(range(50, 0, -1)) * 3])
+def test_sorted_unique_and_inverse_match_numpy_unique(values):
+    """The sort-based helpers the analysis uses instead of np.unique (hash-based and ~10x
+    slower on large element arrays since numpy 2.3) give np.unique's exact answers."""
+    import numpy as np
+
+    from prunec.ir.channels import _sorted_unique, _unique_inverse
+
+    arr = np.asarray(values, dtype=np.int64)
+    expected, inverse = np.unique(arr, return_inverse=True)
+    assert np.array_equal(_sorted_unique(arr), expected)
+    assert _sorted_unique(arr).dtype == np.int64
+    assert np.array_equal(_unique_inverse(arr), inverse.reshape(-1))
+    rng = np.random.default_rng(len(values))
+    big = rng.integers(-1000, 1000, size=5000)
+    assert np.array_equal(_sorted_unique(big), np.unique(big))
+    assert np.array_equal(_unique_inverse(big), np.unique(big, return_inverse=True)[1])

@@ -98,3 +98,31 @@ def test_analyses_are_cached_per_version():
     assert program.analysis("n", lambda p: calls.append(1) or len(calls)) == 1
     program.bump()
     assert program.analysis("n", lambda p: calls.append(1) or len(calls)) == 2
+
+
+def test_rewrite_remakes_only_the_fake_values_whose_sizes_changed():
+    """finalize(sizes=...) keeps the fake value of every node whose shape the rewrite did not
+    change, symbolic batch axis included (it once compared two reads of a symbolic shape by
+    identity and re-made every node with a symbolic axis)."""
+    from prunec.ir.capture import capture
+    from prunec.ir.channels import analyze_channels
+    from prunec.passes import MagnitudePruning
+    from prunec.passes.base import candidate_groups
+
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 16),
+                                torch.nn.ReLU(), torch.nn.Linear(16, 6)).eval()
+    program = capture(model, (torch.randn(1, 6),))
+    before = {n.name: n.meta["val"] for n in program.graph.nodes
+              if n.op != "placeholder" and isinstance(n.meta.get("val"), torch.Tensor)}
+    assert any(isinstance(v.shape[0], torch.SymInt) for v in before.values())
+    groups = candidate_groups(analyze_channels(program), "mlp")
+    plan = MagnitudePruning(0.5, targets="mlp").plan(program, groups, None)
+    apply_plan(program, plan)
+    after = {n.name: n.meta["val"] for n in program.graph.nodes if n.name in before}
+    changed = {name for name, val in after.items() if val is not before[name]}
+    resized = {name for name, val in after.items()
+               if [str(s) for s in val.shape] != [str(s) for s in before[name].shape]}
+    assert changed == resized and resized  # the pruned layers' values, and only those
+    assert any(isinstance(after[n].shape[0], torch.SymInt) for n in changed)
+    x = torch.randn(3, 6)
+    assert program.gm(x).shape == (3, 6)
