@@ -28,7 +28,7 @@ import torch.utils._pytree as pytree
 
 from prunec.errors import BackendUnavailable, InvalidArgumentError, PrunecError
 from prunec.ir.channels import static_shape
-from prunec.ir.interpret import scratch_state
+from prunec.ir.interpret import OUTPUT_SWITCHES, scratch_state
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -81,6 +81,13 @@ def require(module: str, *, backend: str, pip: str) -> "ModuleType":
 
 
 # --------------------------------------------------------------------------- io spec
+_TENSOR = object()  # marks a tensor leaf in a tree of captured input constants
+
+
+def _holds_tensor(tree: Any) -> bool:
+    return any(leaf is _TENSOR for leaf in pytree.tree_leaves(tree))
+
+
 @dataclass
 class IOSpec:
     """The flat tensor interface of a program, and how to go back to its pytrees.
@@ -141,12 +148,29 @@ class IOSpec:
         )
 
     # ----------------------------------------------------------------- inputs
+    def complete_kwargs(self, kwargs: dict) -> dict:
+        """``kwargs`` with the output switches it leaves out (``use_cache``, ``return_dict``...:
+        :data:`prunec.ir.interpret.OUTPUT_SWITCHES`) set to their captured constants, which
+        the artifact is specialised to. No other keyword is filled in."""
+        captured = pytree.tree_unflatten(
+            [_TENSOR if c is None else c[0] for c in self.input_constants], self.in_spec)[1]
+        missing = {k: v for k, v in captured.items()
+                   if k in OUTPUT_SWITCHES and k not in kwargs and not _holds_tensor(v)}
+        return {**kwargs, **missing} if missing else kwargs
+
     def flatten_inputs(self, args: tuple, kwargs: dict) -> list[torch.Tensor]:
-        """The tensor inputs of a call, in graph order; constants are checked."""
+        """The tensor inputs of a call, in graph order; constants are checked (a constant
+        keyword may be left out, see :meth:`complete_kwargs`)."""
         keys = list(pytree.tree_unflatten([None] * self.in_spec.num_leaves, self.in_spec)[1])
+        kwargs = self.complete_kwargs(kwargs)
         if set(kwargs) != set(keys):
+            unknown = sorted(set(kwargs) - set(keys))
+            absent = sorted(k for k in keys if k not in kwargs)
             raise InvalidArgumentError(
-                f"Keyword inputs {sorted(kwargs)} differ from those captured {sorted(keys)}.")
+                f"Keyword inputs {sorted(kwargs)} differ from those captured {sorted(keys)}"
+                + (f": {unknown} unknown" if unknown else "")
+                + (f"{';' if unknown else ':'} {absent} missing (tensor inputs cannot be left "
+                   f"out)" if absent else "") + ".")
         leaves, spec = pytree.tree_flatten((tuple(args), {k: kwargs[k] for k in keys}))
         if spec != self.in_spec:
             raise InvalidArgumentError(f"Inputs are structured as {spec}, but the artifact was "

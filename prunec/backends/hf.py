@@ -7,7 +7,7 @@ After :mod:`prunec.backends.module` wrote a plan back into a copy of a ``transfo
 
 | family (detected by structure) | widths | heads | layers | biases |
 |---|---|---|---|---|
-| Llama-like decoders (Llama, Mistral, Qwen2/3, ...: ``layers[i].mlp.up_proj``, ``self_attn.q_proj``) | ``intermediate_size`` | ``num_attention_heads``, ``num_key_value_heads``, ``head_dim`` | ``num_hidden_layers``, ``layer_types``, ``layer_idx`` renumbered | ``mlp_bias``, ``attention_bias`` (zero biases elsewhere) |
+| Decoders: Llama, Mistral, Qwen2/3, Gemma, Olmo2, Mixtral (attention only), Phi-3 (fused ``qkv_proj``, ``gate_up_proj``), GPT-NeoX and OPT (MLP; their head width is derived, so heads are refused) | ``intermediate_size`` (OPT: ``ffn_dim``) | ``num_attention_heads``, ``num_key_value_heads``, ``head_dim`` | ``num_hidden_layers``, ``layer_types``, ``layer_idx`` renumbered | ``mlp_bias``, ``attention_bias`` (zero biases elsewhere) |
 | GPT-2 (``h[i].mlp.c_fc``) | ``n_inner`` | ``n_head`` only with ``n_embd / n_head`` unchanged | ``n_layer`` | Conv1D always has one |
 | BERT-like encoders (``encoder.layer[i].intermediate.dense``) | ``intermediate_size`` | as GPT-2 | ``num_hidden_layers`` | Linear layers have one |
 
@@ -60,13 +60,42 @@ def _family(layers: nn.ModuleList) -> str:
     first = layers[0] if len(layers) else None
     if first is None:
         return "unknown"
-    if _get(first, "mlp.up_proj") is not None and _get(first, "self_attn.q_proj") is not None:
-        return "llama"
     if _get(first, "mlp.c_fc") is not None and _get(first, "attn.c_attn") is not None:
         return "gpt2"
     if _get(first, "intermediate.dense") is not None and _get(first, "attention.self.query") is not None:
         return "bert"
+    if _attention_kind(first) is not None or _mlp_kind(first) is not None:
+        return "decoder"
     return "unknown"
+
+
+# A decoder layer's attention: (module, query or fused qkv, key, output projection).
+# Llama, Mistral, Qwen2/3, Gemma, Olmo2, Mixtral...: separate q/k/v and o_proj; Phi-3: one
+# fused qkv_proj (queries, then keys, then values); OPT: out_proj; GPT-NeoX: a fused
+# query_key_value interleaved per head and dense.
+_ATTENTION_KINDS = (("self_attn", "q_proj", "k_proj", "o_proj"),
+                    ("self_attn", "qkv_proj", None, "o_proj"),
+                    ("self_attn", "q_proj", "k_proj", "out_proj"),
+                    ("attention", "query_key_value", None, "dense"))
+# A decoder layer's MLP: its down projection (whose input width is the MLP's) and the config
+# field that names that width.
+_MLP_KINDS = (("mlp.down_proj", "intermediate_size"), ("mlp.dense_4h_to_h", "intermediate_size"),
+              ("fc2", "ffn_dim"))
+
+
+def _attention_kind(layer: nn.Module) -> tuple | None:
+    for kind in _ATTENTION_KINDS:
+        attn, query, key, out = kind
+        if all(isinstance(_get(layer, f"{attn}.{n}"), nn.Linear) for n in (query, key, out) if n):
+            return kind
+    return None
+
+
+def _mlp_kind(layer: nn.Module) -> tuple | None:
+    for kind in _MLP_KINDS:
+        if isinstance(_get(layer, kind[0]), nn.Linear):
+            return kind
+    return None
 
 
 def _uniform(values: list[int], field: str, config, what: str, fix: str) -> int:
@@ -95,8 +124,8 @@ def update_config(model: nn.Module, structure: dict) -> dict:
     path, layers = _layers(model)
     family = _family(layers) if layers is not None else "unknown"
     removed = [e for e in structure.get("removed", []) if e["list"] == path]
-    if family == "llama":
-        _llama(model, config, path, layers, structure)
+    if family == "decoder":
+        _decoder(model, config, path, layers, structure)
     elif family == "gpt2":
         _gpt2(model, config, layers)
     elif family == "bert":
@@ -113,23 +142,19 @@ def _set(config, field: str, value: Any) -> None:
         setattr(config, field, value)
 
 
-def _llama(model, config, path: str, layers, structure: dict) -> None:
-    attn0 = layers[0].self_attn
-    head_dim = int(attn0.head_dim)
-    widths = [layer.mlp.up_proj.out_features for layer in layers]
-    _set(config, "intermediate_size", _uniform(widths, "intermediate_size", config,
-                                               "the MLPs", _WIDTH_FIX))
-    heads = [layer.self_attn.q_proj.out_features // head_dim for layer in layers]
-    kv = [layer.self_attn.k_proj.out_features // head_dim for layer in layers]
-    n_heads = _uniform(heads, "num_attention_heads", config, "the attention layers", _HEAD_FIX)
-    n_kv = _uniform(kv, "num_key_value_heads", config, "the key/value heads", _HEAD_FIX)
-    hidden = model.get_input_embeddings().weight.shape[1]
-    if (n_heads, n_kv, hidden) != (config.num_attention_heads, config.num_key_value_heads,
-                                   config.hidden_size) or getattr(config, "head_dim", None):
-        _set(config, "head_dim", head_dim)  # families that read it (Qwen2 through getattr)
-    _set(config, "num_attention_heads", n_heads)
-    _set(config, "num_key_value_heads", n_kv)
-    _set(config, "hidden_size", int(hidden))
+def _decoder(model, config, path: str, layers, structure: dict) -> None:
+    """Decoder families (see ``_ATTENTION_KINDS`` and ``_MLP_KINDS``): the MLP width, the
+    head counts and ``head_dim``, ``hidden_size`` and the bias switches."""
+    mlp = _mlp_kind(layers[0])
+    if mlp is not None and hasattr(config, mlp[1]):
+        widths = [layer.get_submodule(mlp[0]).in_features for layer in layers]
+        _set(config, mlp[1], _uniform(widths, mlp[1], config, "the MLPs", _WIDTH_FIX))
+    hidden = int(model.get_input_embeddings().weight.shape[1])
+    kind = _attention_kind(layers[0])
+    if kind is not None and hasattr(config, "num_attention_heads"):
+        _decoder_heads(config, layers, kind, hidden)
+    if hasattr(config, "hidden_size"):
+        _set(config, "hidden_size", hidden)
     added = {b[len(path) + 1:] for b in structure.get("biases", []) if b.startswith(path + ".")}
     _llama_biases(config, layers, "mlp", ("gate_proj", "up_proj", "down_proj"), "mlp_bias",
                   added)
@@ -137,12 +162,40 @@ def _llama(model, config, path: str, layers, structure: dict) -> None:
                   "attention_bias", added)
 
 
+def _decoder_heads(config, layers, kind: tuple, hidden: int) -> None:
+    """``num_attention_heads``, ``num_key_value_heads`` and ``head_dim`` from the layers'
+    projections (the head width is the attention module's own ``head_dim``/``head_size``,
+    which pruning never changes)."""
+    attn, query, key, out = kind
+    first = layers[0].get_submodule(attn)
+    head_dim = int(getattr(first, "head_dim", None) or getattr(first, "head_size", None)
+                   or config.hidden_size // config.num_attention_heads)
+    heads = [layer.get_submodule(f"{attn}.{out}").in_features // head_dim for layer in layers]
+    n_heads = _uniform(heads, "num_attention_heads", config, "the attention layers", _HEAD_FIX)
+    has_kv = getattr(config, "num_key_value_heads", None) is not None
+    n_kv = None
+    if has_kv and key is not None:
+        kv = [layer.get_submodule(f"{attn}.{key}").out_features // head_dim for layer in layers]
+        n_kv = _uniform(kv, "num_key_value_heads", config, "the key/value heads", _HEAD_FIX)
+    elif has_kv:  # fused queries, keys, values: the rest after the queries is keys + values
+        kv = [(layer.get_submodule(f"{attn}.{query}").out_features - h * head_dim)
+              // (2 * head_dim) for layer, h in zip(layers, heads)]
+        n_kv = _uniform(kv, "num_key_value_heads", config, "the key/value heads", _HEAD_FIX)
+    changed = (n_heads, hidden) != (config.num_attention_heads, config.hidden_size) or \
+        (has_kv and n_kv != config.num_key_value_heads)
+    if changed or getattr(config, "head_dim", None):
+        _set(config, "head_dim", head_dim)  # families that read it (some through getattr)
+    _set(config, "num_attention_heads", n_heads)
+    if has_kv:
+        _set(config, "num_key_value_heads", n_kv)
+
+
 def _llama_biases(config, layers, part: str, names: tuple, field: str, added: set) -> None:
     """Turn on ``field`` when a compensation gave one of ``names`` a bias (``added``: module
     paths relative to the layer list); the family's other such layers get zero biases, so
     their outputs do not change and the config describes every layer alike."""
     linears = [(f"{i}.{part}.{n}", getattr(getattr(layer, part), n)) for i, layer in enumerate(layers)
-               for n in names if isinstance(getattr(getattr(layer, part), n, None), nn.Linear)]
+               for n in names if isinstance(getattr(getattr(layer, part, None), n, None), nn.Linear)]
     new = [rel for rel, _ in linears if rel in added]
     if not new:
         return
@@ -232,9 +285,10 @@ def _check_describes(model: nn.Module, config) -> None:
         raise PlanError(
             f"{type(config).__name__} cannot describe the pruned model: '{k}' has shape {h} "
             f"but a model built from the updated config has {w} ({len(wrong)} tensors "
-            f"differ). prunec does not know how this family's config names that width; "
-            f"use backend='torch', or prune only what the config describes (targets='mlp', "
-            f"scope='local', compensate=False).")
+            f"differ). prunec does not know how this family's config names that width (a "
+            f"family that derives the head width as hidden_size / num_attention_heads cannot "
+            f"describe pruned heads); use backend='torch', or prune only what the config "
+            f"describes (targets='mlp', scope='local', compensate=False).")
 
 
 def save_pretrained(model: nn.Module, path: Path) -> None:

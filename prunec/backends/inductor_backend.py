@@ -77,6 +77,7 @@ class InductorArtifact(Artifact):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.io is not None:
+            kwargs = self.io.complete_kwargs(kwargs)  # constant keywords may be left out
             self.io.flatten_inputs(args, kwargs)  # checks dtype, rank and fixed sizes
         if self._compiled is None:
             _require_toolchain(args, kwargs)
@@ -119,6 +120,7 @@ class AOTInductorArtifact(Artifact):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.io is not None:
+            kwargs = self.io.complete_kwargs(kwargs)  # constant keywords may be left out
             self.io.flatten_inputs(args, kwargs)  # checks dtype, rank and fixed sizes
         with torch.no_grad():
             return self.runner(*args, **kwargs)

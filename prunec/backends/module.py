@@ -402,7 +402,7 @@ def _graph_groups(program) -> dict[str, int]:
 
 # Attention modules (Hugging Face and timm naming): the projection whose output counts the
 # query heads, the key/value one, and the attribute that holds the head width.
-_Q_NAMES = ("q_proj", "query", "q", "c_attn", "qkv")
+_Q_NAMES = ("q_proj", "query", "q", "c_attn", "qkv", "qkv_proj")
 _K_NAMES = ("k_proj", "key", "k")
 _HEAD_DIM = ("head_dim", "attention_head_size")
 
@@ -424,12 +424,26 @@ def _attention_attributes(sub: nn.Module) -> dict:
     q_width = _out_width(getattr(sub, q_name))
     if q_width is None:
         return {}
-    fused = q_name in ("c_attn", "qkv")  # one projection for q, k and v
-    if fused:
-        q_width //= 3 if not getattr(sub, "is_cross_attention", False) else 1
-    heads = q_width // head_dim
+    fused = q_name in ("c_attn", "qkv", "qkv_proj")  # one projection for q, k and v
     k_name = next((n for n in _K_NAMES if isinstance(getattr(sub, n, None), nn.Module)), None)
-    kv_heads = (_out_width(getattr(sub, k_name)) or q_width) // head_dim if k_name else heads
+    out = getattr(sub, "o_proj", None)
+    if q_name == "qkv_proj" and isinstance(out, nn.Linear):
+        # queries, then keys, then values (Phi-3); with grouped-query attention the output
+        # projection counts the query heads and the rest is keys and values alike
+        heads = int(out.weight.shape[1]) // head_dim  # (in_features may not be updated yet)
+        kv_heads = (q_width - heads * head_dim) // (2 * head_dim)
+    else:
+        if fused:
+            q_width //= 3 if not getattr(sub, "is_cross_attention", False) else 1
+        heads = q_width // head_dim
+        kv_heads = (_out_width(getattr(sub, k_name)) or q_width) // head_dim if k_name else heads
+    if not (heads > 0 and kv_heads > 0 and heads % kv_heads == 0):
+        # never hand torch's attention kernels a head count they would divide by (a zero
+        # count crashes the process instead of raising)
+        raise PlanError(
+            f"the written-back {type(sub).__name__} would have {heads} query and {kv_heads} "
+            f"key/value heads (from its projections' widths, head width {head_dim}): prunec "
+            f"cannot hold this attention's pruned heads in the module; use backend='torch'.")
     changed: dict = {}
     for attr in ("num_heads", "num_attention_heads", "n_head"):
         _set(sub, attr, heads, changed)

@@ -59,6 +59,7 @@ class TorchArtifact(Artifact):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.io is not None:
+            kwargs = self.io.complete_kwargs(kwargs)  # constant keywords may be left out
             self.io.flatten_inputs(args, kwargs)  # checks dtype, rank and fixed sizes
         with torch.no_grad():
             return self.module(*args, **kwargs)

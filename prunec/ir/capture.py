@@ -179,15 +179,37 @@ def capture(
     check_model(model)
     check_dynamic(dynamic)
     args, kwargs = check_example_inputs(model, example_inputs, example_kwargs)
+    kwargs, cache_note = _kv_cache_off(model, kwargs)
     work = copy.deepcopy(model) if train else share_weights_copy(model)
     work.train(train)
     gm, notes = _export_with_retries(work, args, kwargs, train=train, dynamic=dynamic,
                                      name=type(model).__name__)
     _check_dtypes(gm, type(model).__name__)
-    notes += _clone_written_inputs(gm)
+    notes += cache_note + _clone_written_inputs(gm)
     program = Program(gm, args, kwargs, training=train, capture_options={"dynamic": dynamic})
     program.capture_notes = notes
     return program
+
+
+def _kv_cache_off(model: torch.nn.Module, kwargs: dict) -> tuple[dict, list[str]]:
+    """A Hugging Face model whose config turns its KV cache on returns a ``Cache`` object,
+    which is no tensor and which torch.export cannot flatten: capture it with
+    ``use_cache=False`` unless the caller chose. The program then returns the outputs without
+    the cache (a call may leave ``use_cache`` out: captured constants fill in); the model's
+    config is not touched, so a module written back keeps generating with its cache."""
+    config = getattr(model, "config", None)
+    if "use_cache" in kwargs or getattr(config, "use_cache", None) is not True:
+        return kwargs, []
+    try:
+        parameters = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return kwargs, []
+    if "use_cache" not in parameters:
+        return kwargs, []
+    return {**kwargs, "use_cache": False}, [
+        f"captured with use_cache=False: {type(model).__name__} returns its KV cache when "
+        f"use_cache is on, and a cache is not a tensor output (the model's config is "
+        f"unchanged; pass example_kwargs={{'use_cache': ...}} to choose)"]
 
 
 def _export_with_retries(work: torch.nn.Module, args: tuple, kwargs: dict, *, train: bool,

@@ -77,6 +77,8 @@ def test_iospec_rejects_other_constants_and_keywords():
         io.flatten_inputs((ids,), {**kwargs, "temperature": 3.0})
     with pytest.raises(PrunecError, match="Keyword inputs"):
         io.flatten_inputs((ids,), {"attention_mask": kwargs["attention_mask"]})
+    with pytest.raises(PrunecError, match="Keyword inputs.*temperature.*missing"):
+        io.flatten_inputs((ids,), {"attention_mask": kwargs["attention_mask"]})  # not a switch
     # keyword order does not matter
     io.flatten_inputs((ids,), {"temperature": 2.0, "attention_mask": kwargs["attention_mask"]})
 

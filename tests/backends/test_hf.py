@@ -144,8 +144,101 @@ def test_bert_mlp_round_trip(tmp_path):
                            compiled.module(_ids()).last_hidden_state)
 
 
-def test_capturing_a_kv_cache_output_says_use_cache_false():
+def test_a_model_with_its_kv_cache_on_is_captured_without_it(tmp_path):
+    """use_cache=True in the config (the default of every causal LM): capture passes
+    use_cache=False (a cache is no tensor output), says so, and leaves the config alone; a
+    call may leave use_cache out, calibration batches too; generate() keeps its cache."""
     model = _llama()
     model.config.use_cache = True
-    with pytest.raises(prunec.errors.CaptureError, match="DynamicCache.*use_cache.*False"):
-        prunec.compile(model, (_ids(),))
+    batches = [{"input_ids": _ids(seed=s), "attention_mask": torch.ones(2, 10, dtype=torch.long)}
+               for s in (3, 4)]
+    vbp = VarianceBasedPruning(0.5, batches, targets="mlp", scope="local",
+                               mask="attention_mask", round_to=8)
+    compiled = prunec.compile(model, (), [vbp], example_kwargs=batches[0])
+    assert model.config.use_cache is True
+    assert any("use_cache=False" in note for note in compiled.program.capture_notes)
+    with torch.no_grad():
+        out = compiled(**batches[1])  # no use_cache: the captured constant fills in
+        reference = compiled.program.run(**batches[1], use_cache=False)
+    assert torch.equal(out.logits, reference.logits)
+    with pytest.raises(prunec.errors.InvalidArgumentError, match="specialised"):
+        compiled(**batches[1], use_cache=True)
+    module = prunec.compile(model, (_ids(),), [MagnitudePruning(0.5, targets="mlp",
+                                                                scope="local")],
+                            backend="module").module
+    assert module.config.use_cache is True
+    _generates_with_cache(module)
+
+
+def test_an_output_torch_cannot_flatten_names_the_class():
+    """Outside Hugging Face configs, a forward returning a Cache object is still a clear
+    CaptureError saying what to do."""
+    from transformers.cache_utils import DynamicCache
+
+    class ReturnsCache(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.fc(x), DynamicCache()
+
+    with pytest.raises(prunec.errors.CaptureError, match="DynamicCache.*register"):
+        prunec.compile(ReturnsCache().eval(), (torch.randn(2, 4),))
+
+
+def _family(name: str):
+    """A tiny causal LM of ``name`` with its default config (KV cache on)."""
+    torch.manual_seed(0)
+    common = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                  max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    gqa = dict(num_key_value_heads=2, intermediate_size=48)
+    configs = {
+        "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM, gqa),
+        "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM,
+                  dict(gqa, head_dim=8)),
+        "mixtral": (transformers.MixtralConfig, transformers.MixtralForCausalLM,
+                    dict(gqa, num_local_experts=2, num_experts_per_tok=1)),
+        "gpt_neox": (transformers.GPTNeoXConfig, transformers.GPTNeoXForCausalLM,
+                     dict(intermediate_size=48)),
+        "opt": (transformers.OPTConfig, transformers.OPTForCausalLM,
+                dict(ffn_dim=48, word_embed_proj_dim=32)),
+    }
+    config_cls, model_cls, extra = configs[name]
+    return model_cls(config_cls(**common, **extra)).eval()
+
+
+@pytest.mark.parametrize("name, field", [("phi3", "intermediate_size"),
+                                         ("gpt_neox", "intermediate_size"),
+                                         ("opt", "ffn_dim")])
+def test_mlp_width_of_more_decoder_families(name, field, tmp_path):
+    """Phi-3's fused gate_up_proj, GPT-NeoX's dense_4h_to_h and OPT's fc2: the config field
+    the family reads says the pruned width; generate() with the cache; save/load."""
+    model = _family(name)
+    compiled = _compile(model, [MagnitudePruning(0.5, targets="mlp", scope="local")])
+    module = compiled.module
+    assert getattr(module.config, field) == 24 and getattr(model.config, field) == 48
+    _generates_with_cache(module)
+    _round_trip(compiled, tmp_path)
+
+
+@pytest.mark.parametrize("name", ["phi3", "qwen3", "mixtral"])
+def test_heads_of_more_decoder_families(name, tmp_path):
+    """Key/value groups pruned with their query heads: Phi-3's fused qkv_proj (queries, keys,
+    values), Qwen3's per-head norms, Mixtral's attention beside its experts."""
+    from prunec.passes import HeadPruning
+
+    model = _family(name)
+    compiled = _compile(model, [HeadPruning(0.5, uniform=True)])
+    config = compiled.module.config
+    assert (config.num_attention_heads, config.num_key_value_heads) == (2, 1)
+    assert (model.config.num_attention_heads, model.config.num_key_value_heads) == (4, 2)
+    _generates_with_cache(compiled.module)
+    _round_trip(compiled, tmp_path)
+
+
+def test_heads_of_a_family_that_derives_the_head_width_are_refused():
+    from prunec.passes import HeadPruning
+
+    with pytest.raises(PlanError, match="GPTNeoXConfig.*hidden_size / num_attention_heads"):
+        _compile(_family("gpt_neox"), [HeadPruning(0.5, uniform=True)])
