@@ -6,6 +6,11 @@ per-layer widths before and after. It prints as text (``print(report)``), render
 Markdown (:meth:`Report.to_markdown`) and JSON (:meth:`Report.to_json`), and draws per-layer
 widths and MACs as a PNG (:meth:`Report.plot`).
 
+**Passes** are read from the program's lineage (:attr:`~prunec.ir.program.Program.lineage`,
+:meth:`Report.read_lineage`): one entry per step, so a replayed plan and a pass that removed
+nothing are listed too (the latter with the op that kept its channels), each with the typed
+statistics the step holds (:class:`PassStats`, :class:`LatencyStats`).
+
 **MACs are per sample.** ``macs_before`` / ``macs_after`` count one forward on the example
 inputs (the cost model of :mod:`prunec.ir.cost`); the readable forms divide by the example
 batch size (the first axis of the first example tensor), so an example batch of 128 items

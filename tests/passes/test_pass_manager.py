@@ -235,3 +235,40 @@ def test_lineage_steps_hold_the_passes_typed_stats():
     assert fresh.lineage[0].stats.units_removed == step.stats.units_removed
     assert isinstance(DepthPruning(1, criterion="magnitude", compensate=False)(program()).stats,
                       PassStats)
+
+
+def test_pass_signature_names_a_pass_and_differs_from_the_reports_words():
+    """``pass_signature`` is how timings and errors name a pass; ``report.describe_pass``
+    says what a pass did: two names for two things."""
+    import prunec.passes.base as base
+    from prunec.report import describe_pass
+
+    assert base.pass_signature(MagnitudePruning(0.5, round_to=4)) == \
+        "MagnitudePruning(ratio=0.5, scope='global', targets='all', round_to=4, norm=2.0)"
+    assert not hasattr(base, "describe_pass") and "pass_signature" in base.__all__
+    assert describe_pass({"pass": "X", "already_applied": True}).startswith("nothing")
+
+
+def test_a_protocol_pass_is_recorded_by_the_runner():
+    """A pass without PassBase that changes nothing, or one an instrument skips, is still in
+    the lineage (a step that changed nothing), so the report lists it."""
+    from prunec.passes import PassContext
+
+    class Noop:
+        guarantee = None
+
+        def __call__(self, program, ctx=None):
+            return PassResult(program, False, stats={"custom": 1})
+
+    class SkipAll:
+        def should_run(self, pass_, program):
+            return False
+
+    p = program()
+    result = PassContext().run(Noop(), p)
+    (step,) = p.lineage
+    assert (step.name, step.modified, step.config) == ("Noop", False, {})
+    assert step.stats is result.stats and step.stats["custom"] == 1
+    PassContext([SkipAll()]).run(MagnitudePruning(0.5), p)
+    assert p.lineage[-1].stats.skipped and p.lineage[-1].config["pass"] == "MagnitudePruning"
+    assert p.plans == [] and p.history == []
