@@ -86,11 +86,8 @@ class GraphEditor:
         is_output = any(o.name == x for o in self.model.graph.output)
         inner = self.fresh(x) if is_output else x
         result = x if is_output else self.fresh(x)
-        if is_output:
+        if is_output:  # y takes the output's name, so its readers read y with no rewiring
             source.output[0] = inner
-            for node in self.model.graph.node:
-                if node is not source:
-                    node.input[:] = [inner if i == x else i for i in node.input]
         else:
             for node in self.model.graph.node:
                 node.input[:] = [result if i == x else i for i in node.input]
