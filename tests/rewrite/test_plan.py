@@ -108,3 +108,20 @@ def test_idempotence_saving_a_loaded_plan_gives_the_same_text_and_conversion_is_
     old = PruningPlan.from_json(_old_json(plan, program))
     once = convert_plan(program, old)
     assert convert_plan(program, once) is once
+
+
+def test_a_plan_applied_for_a_pass_names_it_in_its_json():
+    """apply_plan gives a pass's plan the pass's config (``source``); the JSON keeps it, an
+    older reader's text (no source) still loads, and a malformed source is a PlanError."""
+    program = captured_mlp()
+    plan = PruningPlan({"0.fc1.weight:0": list(range(8))})
+    assert "source" not in json.loads(plan.to_json())
+    apply_plan(program, plan, config={"pass": "MagnitudePruning", "ratio": 0.5})
+    assert plan.source == {"pass": "MagnitudePruning", "ratio": 0.5}
+    again = PruningPlan.from_json(plan.to_json())
+    assert again.source == plan.source and again == PruningPlan(plan.keep)  # not in equality
+    replayed = PruningPlan({"1.fc1.weight:0": [0, 1]})
+    apply_plan(program, replayed)  # a replay of unknown origin says nothing
+    assert replayed.source == {} and program.lineage[-1].name == "replay"
+    with pytest.raises(PlanError, match="'source' must be a pass config"):
+        PruningPlan.from_json(json.dumps({"keep": {}, "source": {"ratio": 0.5}}))
