@@ -32,6 +32,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from prunec.errors import PrunecError
+from prunec.fileio import atomic_path, atomic_write_text
+from prunec.ir.channels import analyze_channels
+from prunec.ir.cost import count_macs, count_params, mac_kind, macs_by_node
+from prunec.ir.program import node_module_path
+from prunec.progress import format_seconds
 
 if TYPE_CHECKING:
     from prunec.ir.program import Program
@@ -63,8 +68,6 @@ def _percent_fewer(before: float, after: float) -> str:
 
 
 def _seconds(value: float) -> str:
-    from prunec.progress import format_seconds
-
     return format_seconds(value)
 
 
@@ -122,8 +125,6 @@ def layer_widths(program: "Program", batch_size: int = 1) -> dict[str, LayerWidt
     width) or heads (attention); MACs are per sample (divided by ``batch_size``), summed
     over every use of a weight.
     """
-    from prunec.ir.cost import mac_kind, macs_by_node
-    from prunec.ir.program import node_module_path
 
     macs = macs_by_node(program)
     layers: dict[str, LayerWidth] = {}
@@ -437,7 +438,6 @@ def activation_product_macs(program: "Program") -> int:
     are lower by this amount. A product with a parameter operand (``x @ W``) is a layer and
     not included here.
     """
-    from prunec.ir.cost import mac_kind, macs_by_node
 
     per_node = macs_by_node(program)
     total = 0
@@ -610,8 +610,6 @@ class Report:
     @classmethod
     def start(cls, program: "Program", *, model: Any = None, backend: str = "torch") -> "Report":
         """A report with the program's costs and layers before any pass."""
-        from prunec.ir.channels import analyze_channels
-        from prunec.ir.cost import count_macs, count_params
 
         batch = batch_size_of(program.example_args, program.example_kwargs)
         # Cached per program version: the first pass reuses this analysis.
@@ -661,7 +659,6 @@ class Report:
 
     def finish(self, program: "Program", *, seconds: float | None = None) -> "Report":
         """Record the costs and layers after the passes (and the total time)."""
-        from prunec.ir.cost import count_macs, count_params
 
         self.macs_after, self.params_after = count_macs(program), count_params(program)
         self.product_macs_after = activation_product_macs(program)
@@ -788,8 +785,6 @@ class Report:
         """The report as JSON text; also written to ``path`` when given."""
         text = json.dumps(self.to_dict(), indent=2)
         if path is not None:
-            from prunec.fileio import atomic_write_text
-
             atomic_write_text(path, text)
         return text
 
@@ -824,7 +819,6 @@ class Report:
         top.set_title(f"{self.model or 'model'}: per-layer width and MACs", loc="left")
         fig.legend(*top.get_legend_handles_labels(), loc="outside upper right", ncols=2,
                    frameon=False)
-        from prunec.fileio import atomic_path
 
         path = Path(path)
         with atomic_path(path) as temp:  # a reader sees the old picture or the new one

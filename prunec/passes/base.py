@@ -23,6 +23,7 @@ from prunec import validate
 from prunec.errors import InvalidArgumentError, PassError, PrunecError
 from prunec.ir.channels import UNCHOOSABLE, ChannelAnalysis, ChannelGroup, analyze_channels
 from prunec.ir.program import Program, Step
+from prunec.passes.latency import check_latency, width_counts
 from prunec.report import PassStats
 from prunec.rewrite import PruningPlan, apply_plan
 
@@ -346,8 +347,6 @@ class PruningPass(PassBase):
                               f"latency={latency!r}.")
         self.latency_target = None
         if latency is not None:
-            from prunec.passes.latency import check_latency
-
             self.latency_target = check_latency(latency, where)
             self.latency = self.latency_target.fraction  # in config(): a reached target is a no-op
         self.ratio = check_ratio(ratio, where) if ratio is not None else 0.0
@@ -435,8 +434,6 @@ class PruningPass(PassBase):
         return PruningPlan(keep)
 
     def _latency_keep(self, program, groups, scores) -> dict[str, int]:
-        from prunec.passes.latency import width_counts
-
         steps = {g.key: unit_step(g, self.round_to) for g in groups}
         counts, self.latency_stats = width_counts(
             program, groups, scores, self.latency_target, steps,
