@@ -138,6 +138,7 @@ def _write_tensor(editor: GraphEditor, source: "OnnxSource", program: "Program",
     use = source.uses.get(node.target)
     if use is not None:
         editor.set_input(use.node, use.input, use.to_onnx(new.cpu().numpy()))
+        _sync_conv_group(editor, use.node, node)
         return
     if old is None:
         _add_bias(editor, source, node, new.cpu().numpy())
@@ -146,6 +147,39 @@ def _write_tensor(editor: GraphEditor, source: "OnnxSource", program: "Program",
         f"The pruned program changed tensor '{node.target}', which comes from no initializer "
         f"of the ONNX file (a constant folded at the example shapes): it cannot be written "
         f"back.")
+
+
+_CONVOLUTIONS = ("conv1d", "conv2d", "conv3d", "convolution")
+
+
+def _conv_groups(weight: torch.fx.Node) -> int | None:
+    """The ``groups`` of the convolution that reads ``weight`` in the pruned program."""
+    for user in weight.users:
+        name = getattr(user.target, "__name__", str(user.target)).split(".")[0]
+        if user.op != "call_function" or name not in _CONVOLUTIONS or user.args[1] is not weight:
+            continue
+        index = 8 if name == "convolution" else 6
+        groups = user.args[index] if len(user.args) > index else user.kwargs.get("groups", 1)
+        return int(groups)
+    return None
+
+
+def _sync_conv_group(editor: GraphEditor, key: str, weight: torch.fx.Node) -> None:
+    """A grouped (depthwise) Conv whose channels were pruned holds fewer groups: its
+    ``group`` attribute follows the pruned program's convolution."""
+    onnx_node = editor.nodes.get(key)
+    if onnx_node is None or onnx_node.op_type != "Conv":
+        return
+    groups = _conv_groups(weight)
+    attribute = next((a for a in onnx_node.attribute if a.name == "group"), None)
+    if groups is None or (attribute is None and groups == 1):
+        return
+    if attribute is None:
+        from onnx import helper
+
+        onnx_node.attribute.append(helper.make_attribute("group", groups))
+    else:
+        attribute.i = groups
 
 
 def _add_bias(editor: GraphEditor, source: "OnnxSource", attr: torch.fx.Node,

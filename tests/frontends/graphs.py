@@ -81,6 +81,32 @@ def conv_bn_residual(seed: int = 0) -> onnx.ModelProto:
     return _model(nodes, [x], [y], inits, "convnet")
 
 
+def depthwise(seed: int = 0, multiplier: int = 1) -> onnx.ModelProto:
+    """Inverted residual: ``x -> Conv1x1 expand -> Relu -> depthwise Conv3x3 (group = its
+    channels, ``multiplier`` outputs each) -> Relu -> Conv1x1 project -> + x -> GAP -> Gemm``."""
+    rng = np.random.default_rng(seed)
+    wide = 16
+    nodes = [
+        helper.make_node("Conv", ["x", "ew", "eb"], ["e"], name="block/expand", kernel_shape=[1, 1]),
+        helper.make_node("Relu", ["e"], ["r1"], name="block/relu1"),
+        helper.make_node("Conv", ["r1", "dw", "db"], ["d"], name="block/dw", kernel_shape=[3, 3],
+                         pads=[1] * 4, group=wide),
+        helper.make_node("Relu", ["d"], ["r2"], name="block/relu2"),
+        helper.make_node("Conv", ["r2", "pw"], ["p"], name="block/project", kernel_shape=[1, 1]),
+        helper.make_node("Add", ["p", "x"], ["s"], name="block/add"),
+        helper.make_node("GlobalAveragePool", ["s"], ["g"], name="pool"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "fcw", "fcb"], ["y"], name="fc", transB=1),
+    ]
+    inits = [_init("ew", (wide, 4, 1, 1), rng), _init("eb", (wide,), rng),
+             _init("dw", (wide * multiplier, 1, 3, 3), rng), _init("db", (wide * multiplier,), rng),
+             _init("pw", (4, wide * multiplier, 1, 1), rng), _init("fcw", (3, 4), rng),
+             _init("fcb", (3,), rng)]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])
+    return _model(nodes, [x], [y], inits, "inverted_residual")
+
+
 def shared_bias(seed: int = 0) -> onnx.ModelProto:
     """Two parallel MLP branches reading ONE zero bias (as exporters deduplicate it) and one
     Reshape shape constant: ``y = fc_a2(relu(fc_a(x) + z)) + fc_b2(relu(fc_b(x) + z))``."""

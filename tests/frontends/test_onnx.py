@@ -74,6 +74,8 @@ HELPER_GRAPHS = {
     "gemm_no_transB": (lambda: graphs.gemm(False), (2, 5)),
     "conv_bn_residual": (graphs.conv_bn_residual, (2, 5)),
     "attention_computed_shapes": (graphs.heads, (2, 5)),
+    "depthwise": (graphs.depthwise, (2, 5)),
+    "depthwise_multiplier_2": (lambda: graphs.depthwise(multiplier=2), (2, 5)),
 }
 
 
@@ -96,6 +98,21 @@ def test_helper_graph_magnitude_round_trip(name):
     out = compiled(other)
     assert list(out) == [o.name for o in original.graph.output]
     assert out[original.graph.output[0].name].shape == _run(original, other)[0].shape
+
+
+@pytest.mark.parametrize("multiplier", [1, 2])
+def test_depthwise_conv_keeps_one_group_per_channel(multiplier):
+    """Pruning the channels a depthwise Conv reads removes whole groups: its ``group``
+    attribute follows (ONNX Runtime refuses the file otherwise)."""
+    original = graphs.depthwise(multiplier=multiplier)
+    compiled = prunec.compile(original, _feeds(original), passes=[MagnitudePruning(0.5)],
+                              backend="onnxruntime")
+    pruned = compiled.artifact.model
+    conv = next(n for n in pruned.graph.node if n.name == "block/dw")
+    group = next(a.i for a in conv.attribute if a.name == "group")
+    weight = {t.name: list(t.dims) for t in pruned.graph.initializer}[conv.input[1]]
+    assert group == 8 and weight == [8 * multiplier, 1, 3, 3]
+    assert "zeroed original" in compiled.artifact.verified
 
 
 def test_gemm_weights_keep_their_layout():
