@@ -307,6 +307,18 @@ def candidate_groups(analysis: ChannelAnalysis, targets: str) -> list[ChannelGro
     raise PrunecError(f"targets must be 'all' or 'mlp', got {targets!r}.")
 
 
+def _keep_plan(groups: list[ChannelGroup], scores: dict[str, torch.Tensor],
+               counts: dict[str, int]) -> PruningPlan:
+    """Keep the ``counts[g]`` highest-scoring units of every group (in index order)."""
+    keep = {}
+    for g in groups:
+        k = counts[g.key]
+        if k < g.size:
+            order = torch.argsort(scores[g.key].double(), descending=True, stable=True)
+            keep[g.key] = sorted(order[:k].tolist())
+    return PruningPlan(keep)
+
+
 def unit_step(group: ChannelGroup, round_to: int) -> int:
     """Units to keep in multiples of, so that the kept channel count ``k * width`` of the
     group's widest axis is a multiple of ``round_to``.
@@ -420,24 +432,26 @@ class PruningPass(PassBase):
         origin = {g.key: origin.get(g.key, g.size) for g in groups}
         scores = self.score(program, groups, ctx)
         if self.latency_target is not None:
-            counts = self._latency_keep(program, groups, scores)
+            counts = self._latency_keep(program, groups, scores, ctx)
         elif self.scope == "local":
             counts = {g.key: self._local_keep(g, origin[g.key]) for g in groups}
         else:
             counts = self._global_keep(groups, scores, origin)
-        keep = {}
-        for g in groups:
-            k = counts[g.key]
-            if k < g.size:
-                order = torch.argsort(scores[g.key].double(), descending=True, stable=True)
-                keep[g.key] = sorted(order[:k].tolist())
-        return PruningPlan(keep)
+        return _keep_plan(groups, scores, counts)
 
-    def _latency_keep(self, program, groups, scores) -> dict[str, int]:
+    def _latency_keep(self, program, groups, scores, ctx) -> dict[str, int]:
+        def realize(counts: dict[str, int]) -> PruningPlan:
+            # The closed loop times the program this pass delivers: its own units kept and
+            # its compensations (mean folding adds ops that cost time too).
+            plan = _keep_plan(groups, scores, counts)
+            if plan:
+                self.compensate(program, groups, plan, ctx)
+            return plan
+
         steps = {g.key: unit_step(g, self.round_to) for g in groups}
         counts, self.latency_stats = width_counts(
             program, groups, scores, self.latency_target, steps,
-            normalize=self.normalize_global, where=type(self).__name__)
+            normalize=self.normalize_global, where=type(self).__name__, realize=realize)
         return counts
 
     def _local_keep(self, group: ChannelGroup, origin: int) -> int:

@@ -246,7 +246,7 @@ def _record(program: Program, args: tuple, kwargs: dict, names: list[str]) -> di
 # ---------------------------------------------------------------------------- widths
 def width_counts(program: Program, groups: list[ChannelGroup], scores: dict[str, torch.Tensor],
                  target: LatencyTarget, steps: dict[str, int], *, normalize: bool,
-                 where: str) -> tuple[dict[str, int], dict]:
+                 where: str, realize=None) -> tuple[dict[str, int], dict]:
     """Kept unit count per group meeting ``target`` with the most importance kept.
 
     Args:
@@ -257,6 +257,9 @@ def width_counts(program: Program, groups: list[ChannelGroup], scores: dict[str,
         steps: Per group key, the unit step (kept counts are its multiples, or the size).
         normalize: Divide each group's scores by their mean (the pass's global ranking).
         where: The pass's name, for errors.
+        realize: Takes ``{group key: kept count}``, returns the plan the pass would apply
+            (its units, its compensations): what the closed loop times. None: the first
+            units of each group, no compensation.
 
     Returns:
         ``{group key: kept count}`` and the statistics for the report (``latency``).
@@ -279,8 +282,9 @@ def width_counts(program: Program, groups: list[ChannelGroup], scores: dict[str,
     lowered: dict = {}
 
     def measure(picked: list[int]) -> float:
-        plan = PruningPlan({g.key: list(range(widths[g.key][j])) for g, j in zip(groups, picked)
-                            if widths[g.key][j] < sizes[g.key]})
+        counts = {g.key: widths[g.key][j] for g, j in zip(groups, picked)}
+        plan = realize(counts) if realize is not None else PruningPlan(
+            {k: list(range(c)) for k, c in counts.items() if c < sizes[k]})
         return _measure_plan(program, model.dense, plan, target, lowered)
 
     picked, loop = closed_loop(target, option_values, option_costs, dense_ms, measure,
@@ -513,13 +517,16 @@ def _measure_plan(program: Program, dense: tables.Structure, plan: PruningPlan,
 
 # ---------------------------------------------------------------------------- depth
 def drop_blocks(program: Program, candidates: list, scores: dict[str, float],
-                room: dict[int, int], target: LatencyTarget, *, where: str
+                room: dict[int, int], target: LatencyTarget, *, where: str, realize=None
                 ) -> tuple[list, dict]:
     """Blocks to drop meeting ``target`` with the most block importance kept.
 
     Per stage, dropping ``j`` blocks (``j`` up to the stage's room) drops its ``j``
     lowest-scoring candidates: cost ``-sum T_b``, value ``-sum score_b``. (Blocks of a stage
     have the same shapes, so the same latency; otherwise this order is a heuristic.)
+
+    ``realize`` takes the blocks to drop and returns the plan the pass would apply (with
+    its stored means): what the closed loop times (None: the drops without means).
 
     Returns:
         The blocks to drop and the statistics for the report (``latency``).
@@ -572,8 +579,9 @@ def drop_blocks(program: Program, candidates: list, scores: dict[str, float],
     lowered: dict = {}
 
     def measure(picked: list[int]) -> float:
-        plan = PruningPlan(blocks=[BlockDrop(b.key, None)
-                                   for blocks, j in zip(order, picked) for b in blocks[:j]])
+        chosen = [b for blocks, j in zip(order, picked) for b in blocks[:j]]
+        plan = realize(chosen) if realize is not None else PruningPlan(
+            blocks=[BlockDrop(b.key, None) for b in chosen])
         return _measure_plan(program, dense, plan, target, lowered)
 
     picked, loop = closed_loop(target, option_values, option_costs, dense_ms, measure,

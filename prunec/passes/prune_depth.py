@@ -153,18 +153,17 @@ class DepthPruning(PassBase):
                               "captured with train=True; capture with train=False.")
         scores = block_scores(program, candidates, self.criterion, self.calibration,
                               max_batches=self.max_batches, progress=self.progress, mask=self.mask)
+        realize = self._realizer(program)
         if self.latency_target is not None:
             chosen, stats.latency = drop_blocks(program, candidates, scores,
                                                    self._room(program), self.latency_target,
-                                                   where="DepthPruning")
+                                                   where="DepthPruning", realize=realize)
         else:
             chosen = self.select(program, candidates, scores, target - done)
         if not chosen:  # every stage is at its minimum
             stats.dropped = 0
             return self.unchanged(program, stats)
-        plan = PruningPlan(blocks=[BlockDrop(b.key, None) for b in chosen])
-        if self.compensate:
-            plan.blocks = [BlockDrop(b.key, m) for b, m in zip(chosen, self.means(program, chosen))]
+        plan = realize(chosen)
         macs = sum(b.macs for b in chosen)
         apply_plan(program, plan, config=self.config(), stats=stats)
         stats.dropped, stats.dropped_keys = len(chosen), [b.key for b in chosen]
@@ -172,6 +171,19 @@ class DepthPruning(PassBase):
         return PassResult(program, True, plan, stats)
 
     # ------------------------------------------------------------------------ steps
+    def _realizer(self, program: Program):
+        """The plan dropping given blocks, with their stored means when ``compensate``
+        (each block's mean measured once, however many plans the latency loop times)."""
+        means: dict[str, torch.Tensor] = {}
+
+        def realize(chosen: list[Block]) -> PruningPlan:
+            if self.compensate:
+                missing = [b for b in chosen if b.key not in means]
+                if missing:
+                    means.update((b.key, m) for b, m in zip(missing, self.means(program, missing)))
+            return PruningPlan(blocks=[BlockDrop(b.key, means.get(b.key)) for b in chosen])
+        return realize
+
     def candidates(self, program: Program) -> list[Block]:
         """Removable blocks, without the first of each stage when ``protect_first`` and
         without those of stages already at ``min_per_stage`` blocks."""

@@ -348,3 +348,55 @@ def test_tolerance_and_iterations_are_checked():
         LatencyTarget(0.5, tolerance=0)
     with pytest.raises(InvalidArgumentError, match="iterations"):
         LatencyTarget(0.5, iterations=-1)
+
+
+def test_inductor_target_measures_on_inductor_at_its_threads(monkeypatch, tmp_path):
+    """Every program a LatencyTarget(backend="inductor") times is lowered by the inductor
+    backend, with the target's thread count set while it is lowered (Inductor's C++ kernels
+    take theirs when generated). Inductor itself is timed in benchmarks/latency_target.py."""
+    seen = []
+
+    def lower(program, backend, **options):
+        seen.append((backend, torch.get_num_threads()))
+        return program.gm
+
+    monkeypatch.setattr(latency_table, "lower", lower)
+    monkeypatch.setenv(latency_table.CACHE_ENV, str(tmp_path))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        spec = LatencyTarget(0.95, backend="inductor", threads=1, rounds=2, max_widths=2,
+                             iterations=1)
+        MagnitudePruning(latency=spec, targets="mlp")(capture(Stack(), (example(),)))
+    except PlanError as exc:  # real (eager) timings: the full width may time fastest
+        assert "best reachable" in str(exc)
+    finally:
+        torch.set_num_threads(previous)
+    assert seen and set(seen) == {("inductor", 1)}
+
+
+def test_closed_loop_times_the_plan_the_pass_applies(fake_time, monkeypatch):
+    """The plan timed is the one delivered: the pass's own units and its compensations
+    (mean folding adds ops, which cost time), for width and depth passes."""
+    from prunec.passes import latency
+
+    timed = []
+    measure = latency._measure_plan
+
+    def spy(program, dense, plan, target, lowered):
+        timed.append(plan.to_json())
+        return measure(program, dense, plan, target, lowered)
+
+    monkeypatch.setattr(latency, "_measure_plan", spy)
+    program = capture(Stack(scales=(0.01, 1.0, 0.3)).eval(), (example(),))
+    calibration = [(torch.randn(2, 8, 16),) for _ in range(3)]
+    result = VarianceBasedPruning(latency=target(0.75), calibration=calibration)(program)
+    assert result.plan.compensations and timed[-1] == result.plan.to_json()
+
+    timed.clear()
+    model = Stack().eval()
+    with torch.no_grad():
+        model.layers[1].fc2.weight.mul_(1e-3)
+    program = capture(model, (example(),))
+    result = DepthPruning(latency=target(0.8), calibration=calibration)(program)
+    assert result.plan.blocks[0].mean is not None and timed[-1] == result.plan.to_json()
