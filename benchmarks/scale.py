@@ -599,21 +599,29 @@ def _profile_section(data: dict, top: int = 15) -> list[str]:
 PHASES_8B = ("build", "capture", "analysis", "scoring", "reference", "rewrite", "verification")
 
 
+def _proxy_args(key: str, r: dict) -> str:
+    args = "" if key == "llama_8b_verified" else f" --layers {r['layers']} --vocab {r['vocab']}"
+    return args + ("" if r.get("dtype", "bfloat16") == "bfloat16" else f" --dtype {r['dtype']}")
+
+
 def _verified_8b_section(data: dict) -> list[str]:
     """``benchmarks/scale_8b.py``: the 8B-shaped Llama (and its few-layer proxies) pruned with
     every weight written, phase by phase, and checked layer by layer."""
     out: list[str] = []
     for key, title in (("llama_8b_verified", "8B-shaped Llama, bfloat16, every weight written, "
                         "verified layer by layer"),
-                       ("llama_8b_proxy", "Proxy: the 8B's layer shapes with fewer layers")):
+                       ("llama_8b_proxy", "Proxy: the 8B's layer shapes with fewer layers"),
+                       ("llama_8b_proxy_float32", "Proxy in float32: the same check without "
+                        "bfloat16 rounding")):
         r = data["results"].get(key, {}).get("prunec-verified")
         if not r:
             continue
         env, base = r["env"], r["rss_built_bytes"] - r["rss_before_build_bytes"]
         out += ["", f"## {title}", "",
-                f"`python benchmarks/scale_8b.py{'' if key.endswith('verified') else ' --layers ' + str(r['layers']) + ' --vocab ' + str(r['vocab'])}`: "
+                f"`python benchmarks/scale_8b.py{_proxy_args(key, r)}`: "
                 f"{r['layers']} layers, vocabulary {r['vocab']}, {r['params'] / 1e9:.2f}B "
-                f"parameters, {_gb(r['model_bytes'])} GiB in bfloat16, random weights from a "
+                f"parameters, {_gb(r['model_bytes'])} GiB in {r.get('dtype', 'bfloat16')}, "
+                f"random weights from a "
                 f"seeded generator, built once in place (no second copy). Pruned with "
                 f"`MagnitudePruning(0.5, targets=\"mlp\", scope=\"local\", round_to=8)` and "
                 f"donation (`program.donated = True`, as `prunec.compile(..., donate=True, "
@@ -624,7 +632,8 @@ def _verified_8b_section(data: dict) -> list[str]:
                 f"Machine: {env['platform']}, {env['cores']} cores, {env['memory_gb']} GiB RAM; "
                 f"torch {env['torch']}, transformers {env['transformers']}; {env['threads']} "
                 f"threads. "
-                + ("The run held the machine (QUIET protocol: no other benchmark or test "
+                + (r["machine_note"] if r.get("machine_note") else
+                   "The run held the machine (QUIET protocol: no other benchmark or test "
                    "started while it ran)" if r.get("quiet_machine") else
                    "The machine was shared with other jobs during the run")
                 + f"; load average (1 min) {r.get('loadavg_before', [float('nan')])[0]:.1f} at the start, "
@@ -695,6 +704,21 @@ def _summary(data: dict) -> list[str]:
                    f"{_gb(peak)} GiB, {peak / p['model_bytes']:.2f}x the model's size "
                    f"({p['released_params']} sliced parameters released as their pruned "
                    f"copies were made; pruned output finite: {p.get('output_finite')}).")
+    r = data["results"].get("llama_8b_verified", {}).get("prunec-verified")
+    if r:
+        base = r["rss_built_bytes"]
+        peak = max(ph["peak_growth_bytes"] + r["rss_before_build_bytes"] - base
+                   for name, ph in r["phases"].items() if name != "build")
+        worst = max(c["rel_err_vs_masked"] for c in r["layer_checks"][:r["layers_checked"]])
+        nearest = min(c["rel_err_vs_dense"] for c in r["layer_checks"][:r["layers_checked"]])
+        out.append(f"- 8B-shaped Llama, bfloat16, all {_gb(r['model_bytes'])} GiB of weights "
+                   f"written: MLP 50% pruned with donation on this {r['env']['memory_gb']} GiB "
+                   f"machine, peak growth over the built model {_gb(peak)} GiB "
+                   f"({peak / r['model_bytes']:.3f}x), "
+                   f"{sum(ph['seconds'] for n, ph in r['phases'].items() if n not in ('build', 'reference', 'verification')):.0f} s "
+                   f"from capture to the rewritten program; layers 0..{r['layers_checked'] - 1} "
+                   f"of the pruned program within {worst:.1e} of the masked original "
+                   f"(dense: {nearest:.2f} and more); verified: {r['verified']}.")
     p = data["results"].get("llama_8b", {}).get("prunec", {})
     if p and "error" not in p:
         out.append(f"- Llama-shaped 8B (bfloat16, lazily materialised): captured, analysed, "

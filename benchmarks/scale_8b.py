@@ -29,7 +29,8 @@ Pipeline (one process, RSS sampled every 20 ms by a thread, time and peak RSS pe
    0..K-1 and its logits compared with the masked reference (must agree to bfloat16
    rounding) and with the dense reference (must differ: the check can fail).
 
-``--layers N`` builds the same shapes with N layers (the proxy used to find what holds
+``--dtype float32`` runs the same check in float32 (its errors then show what is bfloat16
+rounding). ``--layers N`` builds the same shapes with N layers (the proxy used to find what holds
 memory: per-layer shapes are the 8B's) and ``--vocab`` a smaller vocabulary for a cheap
 proxy. Results go to ``benchmarks/results/scale.json`` under ``llama_8b_verified`` (or
 ``llama_8b_proxy``) and the markdown is re-rendered by ``benchmarks/scale.py``.
@@ -199,7 +200,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 # ---------------------------------------------------------------------------- run
-def run(layers: int, vocab: int, threads: int) -> dict:
+def run(layers: int, vocab: int, threads: int, dtype: torch.dtype = torch.bfloat16) -> dict:
     from prunec.ir.capture import capture
     from prunec.ir.channels import analyze_channels
     from prunec.passes import MagnitudePruning
@@ -210,7 +211,7 @@ def run(layers: int, vocab: int, threads: int) -> dict:
     sampler = RssSampler()
     start_rss = sampler.base
     with sampler.phase("build"):
-        model = build_llama(layers, vocab)
+        model = build_llama(layers, vocab, dtype)
     size = scale.model_bytes(model)
     params = sum(p.numel() for p in model.parameters())
     say(f"model: {params / 1e9:.2f}B parameters, {gib(size)} GiB")
@@ -245,7 +246,8 @@ def run(layers: int, vocab: int, threads: int) -> dict:
     passed = all(c["rel_err_vs_masked"] <= RTOL < c["rel_err_vs_dense"]
                  for c in check[:layers_checked])
     widths = sorted({len(v) for v in kept.values()})
-    return {"layers": layers, "vocab": vocab, "params": params, "model_bytes": size,
+    return {"layers": layers, "vocab": vocab, "dtype": str(dtype).replace("torch.", ""),
+            "params": params, "model_bytes": size,
             "rss_before_build_bytes": start_rss, "rss_built_bytes": built,
             "phases": sampler.phases, "groups": len(groups), "pruned_groups": len(plan.keep),
             "kept_widths": widths, "released_params": released, "layer_checks": check,
@@ -261,17 +263,20 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=32)
     parser.add_argument("--vocab", type=int, default=128256)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
+                        help="float32: shows the check's errors in bfloat16 are rounding")
     parser.add_argument("--quiet-machine", action="store_true",
                         help="record that the run held the machine (QUIET protocol)")
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args()
     load_before = os.getloadavg()
-    result = run(args.layers, args.vocab, args.threads)
+    result = run(args.layers, args.vocab, args.threads, getattr(torch, args.dtype))
     result["loadavg_before"] = load_before
     result["quiet_machine"] = args.quiet_machine
     result["loadavg_after"] = os.getloadavg()
     result["env"] = scale.environment(args.threads)
     key = "llama_8b_verified" if (args.layers, args.vocab) == (32, 128256) else "llama_8b_proxy"
+    key += "" if args.dtype == "bfloat16" else "_" + args.dtype
     print(json.dumps({k: v for k, v in result.items() if k != "layer_checks"}, indent=1))
     print(json.dumps(result["layer_checks"][:CHECK_LAYERS]))
     if args.no_save:
