@@ -330,3 +330,18 @@ def test_ocspruner_runs_with_mixed_precision_on_cuda():
     assert compiled.report.stable_epoch is not None and compiled.report.macs_after < compiled.report.macs_before
     out = compiled.module(x.cuda())
     assert out.is_cuda and torch.isfinite(out).all()
+
+
+def test_ocspruner_that_never_pruned_is_a_step_that_changed_nothing():
+    """A run that ends before any selection is still in the lineage (and so in the report):
+    a step that changed nothing, with no plan."""
+    torch.manual_seed(0)
+    x = torch.randn(32, 2, 10, generator=torch.Generator().manual_seed(1))
+    y = (x[:, 0].mean(1) > 0).long()
+    compiled = ocspruner(Net(), x[:4], (x, y), epochs=1, macs_reduction=0.4, monitor_start=2,
+                         batch_size=16)
+    (step,) = compiled.program.lineage
+    assert (step.name, step.modified, compiled.plans) == ("OCSPruner", False, [])
+    (entry,) = compiled.report.passes
+    assert entry["stats"] is step.stats and not entry["modified"] and entry["units_removed"] == 0
+    assert compiled.report.macs_after == compiled.report.macs_before
