@@ -14,6 +14,8 @@ bake them into the module:
   ``ReduceL2`` (18: axes as input), ``ReduceSum`` (13: axes as input);
 * ``Flatten`` (all versions: ``axis`` equal to the rank);
 * ``GreaterOrEqual`` / ``LessOrEqual`` (12, 16), which onnx2torch maps but does not register;
+* ``Resize`` (11-19: nearest and linear, wherever ``F.interpolate`` samples exactly the
+  pixels the ONNX definition does; see :class:`ResizeModule`);
 * ``Gelu`` (20), and newer versions of ops whose change only widened their types
   (``Cast`` 19/21, ``Shape`` 19/21, ``Identity``, ``Constant``, ``Transpose`` 21 ...: see
   :data:`_ALIASES`);
@@ -38,6 +40,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from prunec.errors import UnsupportedOpError
 
 __all__ = ["import_onnx2torch", "register", "LINEAR_DOMAIN", "LinearModule"]
 
@@ -336,7 +340,43 @@ def _linear(node: Any, graph: Any) -> Any:
     return _result(LinearModule(weight, bias), node, (names[0],))
 
 
+def _floats(graph: Any, node: Any, index: int) -> list[float] | None:
+    names = node.input_values
+    if index >= len(names) or not names[index]:
+        return None
+    try:
+        values = [float(v) for v in _const(graph, names[index]).reshape(-1)]
+    except KeyError:
+        raise NotImplementedError(
+            f"Resize input {index} ({names[index]!r}) is computed at run time even at fixed "
+            f"input shapes; prunec needs it constant") from None
+    return values or None
+
+
+def _unsupported_resize(what: str) -> UnsupportedOpError:
+    return UnsupportedOpError(
+        f"ONNX op 'Resize' {what}: no torch interpolation samples the pixels it does, so "
+        f"prunec cannot analyse this model (re-export it with nearest or linear resizing)")
+
+
+def _resize(node: Any, graph: Any) -> Any:
+    attributes = {k: (v.decode() if isinstance(v, bytes) else v)
+                  for k, v in node.attributes.items()}
+    roi = _floats(graph, node, 1)
+    if attributes.get("coordinate_transformation_mode") == "tf_crop_and_resize" or \
+            attributes.get("antialias", 0) or (roi and attributes.get(
+                "coordinate_transformation_mode") == "tf_crop_and_resize"):
+        raise _unsupported_resize("with tf_crop_and_resize or antialias")
+    if attributes.get("axes") or attributes.get("keep_aspect_ratio_policy",
+                                                  "stretch") != "stretch":
+        raise _unsupported_resize("with axes or a keep_aspect_ratio_policy")
+    sizes = _ints(graph, node, 3, []) if len(node.input_values) > 3 else []
+    module = ResizeModule(attributes, _floats(graph, node, 2), sizes or None)
+    return _result(module, node, (node.input_values[0],))
+
+
 _TABLE: list[tuple[str, tuple[int, ...], Any, str]] = [
+    ("Resize", (11, 13, 18, 19), _resize, ""),
     ("Reshape", (5, 13, 14, 19, 21), _reshape, ""),
     ("Expand", (8, 13), _expand, ""),
     ("Slice", (10, 11, 13), _slice, ""),
@@ -360,6 +400,105 @@ _ALIASES: list[tuple[str, tuple[int, ...], int]] = [
 ]
 """Newer opset versions that only widen the types an op takes: onnx2torch's (or prunec's)
 converter of the older version serves them."""
+
+
+class ResizeModule(torch.nn.Module):
+    """ONNX ``Resize`` (11-19) of the spatial axes as ``F.interpolate``, only where the two
+    agree exactly: the source coordinate of every output pixel is worked out by the ONNX
+    definition (``coordinate_transformation_mode``, ``nearest_mode``) and by torch's for
+    each candidate (``nearest``, ``nearest-exact``; linear with ``align_corners`` off or
+    on), at the stand-in's fixed sizes; the first candidate whose coordinates equal ONNX's
+    is used, and none is an ``UnsupportedOpError`` naming the attributes (the file is then
+    refused with that name, never converted into something else). Cubic resizing and
+    resizing the batch or channel axis are refused the same way."""
+
+    def __init__(self, attributes: dict, scales: list[float] | None,
+                 sizes: list[int] | None) -> None:
+        super().__init__()
+        self.mode = str(attributes.get("mode", "nearest"))
+        self.transform = str(attributes.get("coordinate_transformation_mode", "half_pixel"))
+        self.nearest = str(attributes.get("nearest_mode", "round_prefer_floor"))
+        self.scales, self.sizes = scales, sizes
+
+    def _target(self, channels: int, shape: list[int]) -> tuple[list[int], list[float]]:
+        """Output sizes and scales of the spatial axes ``shape`` (batch and channels stay:
+        the batch may be symbolic, so sizes' batch entry, the example's, is not compared)."""
+        if self.sizes is not None:
+            if len(self.sizes) != len(shape) + 2 or self.sizes[1] != channels:
+                raise _unsupported_resize("of the channel axis")
+            out = list(self.sizes[2:])
+            scales = [o / i for o, i in zip(out, shape)]
+        elif self.scales is not None:
+            if list(self.scales[:2]) != [1.0, 1.0] or len(self.scales) != len(shape) + 2:
+                raise _unsupported_resize("of the batch or channel axis")
+            scales = list(self.scales[2:])
+            out = [int(np.floor(i * s)) for i, s in zip(shape, scales)]
+        else:
+            raise _unsupported_resize("without scales or sizes")
+        return out, scales
+
+    def _onnx_source(self, out: int, size: int, scale: float) -> np.ndarray:
+        x = np.arange(out, dtype=np.float64)
+        if self.transform == "asymmetric":
+            return x / scale
+        if self.transform == "align_corners":
+            return x * (size - 1) / (out - 1) if out > 1 else np.zeros(out)
+        if self.transform == "half_pixel" or (self.transform == "pytorch_half_pixel" and out > 1):
+            return (x + 0.5) / scale - 0.5
+        if self.transform == "pytorch_half_pixel":
+            return np.zeros(out)
+        raise _unsupported_resize(f"coordinate_transformation_mode={self.transform}")
+
+    def _onnx_index(self, source: np.ndarray, size: int) -> np.ndarray:
+        rounding = {"round_prefer_floor": lambda v: np.ceil(v - 0.5),
+                    "round_prefer_ceil": lambda v: np.floor(v + 0.5),
+                    "floor": np.floor, "ceil": np.ceil}.get(self.nearest)
+        if rounding is None:
+            raise _unsupported_resize(f"nearest_mode={self.nearest}")
+        return np.clip(rounding(source), 0, size - 1)
+
+    def _choose(self, channels: int, shape: list[int]) -> dict:
+        out, scales = self._target(channels, shape)
+        by_scale = self.sizes is None  # torch then computes with 1 / scale_factor too
+        candidates: list[dict] = []
+        for size, o, sc in zip(shape, out, scales):
+            ratio = 1.0 / sc if by_scale else size / o
+            x = np.arange(o, dtype=np.float64)
+            onnx_source = self._onnx_source(o, size, sc)
+            if self.mode == "nearest":
+                want = self._onnx_index(onnx_source, size)
+                torch_ways = {"nearest": np.minimum(np.floor(x * ratio), size - 1),
+                              "nearest-exact": np.minimum(np.floor((x + 0.5) * ratio), size - 1)}
+            elif self.mode == "linear":
+                want = np.clip(onnx_source, 0, size - 1)
+                corners = x * (size - 1) / (o - 1) if o > 1 else np.zeros(o)
+                torch_ways = {"linear:False": np.clip((x + 0.5) * ratio - 0.5, 0, size - 1),
+                              "linear:True": corners}
+            else:
+                raise _unsupported_resize(f"mode={self.mode}")
+            candidates.append({k for k, v in torch_ways.items() if np.allclose(v, want,
+                                                                                atol=1e-9)})
+        agreed = set.intersection(*candidates) if candidates else set()
+        if not agreed:
+            raise _unsupported_resize(
+                f"mode={self.mode}, coordinate_transformation_mode={self.transform}, "
+                f"nearest_mode={self.nearest} at sizes {shape} -> {out}")
+        way = sorted(agreed)[0]
+        mode, _, corners = way.partition(":")
+        if mode == "linear":
+            mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(out)]
+        options: dict = {"mode": mode}
+        if corners:
+            options["align_corners"] = corners == "True"
+        if by_scale:
+            options.update(scale_factor=tuple(scales), recompute_scale_factor=False)
+        else:
+            options["size"] = tuple(out)
+        return options
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spatial = [int(d) for d in x.shape[2:]]  # the stand-in is frozen at fixed sizes
+        return F.interpolate(x, **self._choose(int(x.shape[1]), spatial))
 
 
 class GeluModule(torch.nn.Module):

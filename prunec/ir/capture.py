@@ -46,7 +46,7 @@ import torch
 import torch.fx as fx
 import torch.utils._pytree as pytree
 
-from prunec.errors import CaptureError
+from prunec.errors import CaptureError, PrunecError
 from prunec.ir.capture_checks import check_dynamic, check_example_inputs, check_model, clone_inputs
 from prunec.ir.interpret import is_written
 from prunec.ir.program import BATCH_SYMBOLS, Program, refresh_meta, rehint
@@ -241,6 +241,9 @@ def _export_with_retries(work: torch.nn.Module, args: tuple, kwargs: dict, *, tr
         if failure is None:
             _release(records)
             break
+        if isinstance(failure, PrunecError):  # the model's own clear refusal (a stand-in's)
+            _release(records)
+            raise failure
         first = first or failure
         text = f"{type(failure).__name__} {failure}"
         if not attempts or not _SHAPE_FAILURES.search(text):

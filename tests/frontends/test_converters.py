@@ -60,3 +60,62 @@ def test_converters_match_onnx_runtime(opset):
         assert g.shape == w.shape, name
         np.testing.assert_allclose(g.astype(np.float64), w.astype(np.float64), rtol=1e-6,
                                    atol=1e-6, err_msg=name)
+
+
+def _resize(opset: int, scales=None, sizes=None, **attributes) -> onnx.ModelProto:
+    inputs = ["x", "", "scales" if scales else "", "sizes" if sizes else ""]
+    while inputs[-1] == "":
+        inputs.pop()
+    inits = ([numpy_helper.from_array(np.array(scales, np.float32), "scales")] if scales else []) \
+        + ([_ints("sizes", sizes)] if sizes else [])
+    graph = helper.make_graph(
+        [helper.make_node("Resize", inputs, ["y"], **attributes)], "resize",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.UNDEFINED, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return onnx.shape_inference.infer_shapes(model)
+
+
+RESIZES = [  # what torch's exporters write, and cases torch samples alike
+    dict(scales=[1, 1, 2, 2], mode="nearest", coordinate_transformation_mode="asymmetric",
+         nearest_mode="floor"),
+    dict(sizes=[1, 3, 5, 7], mode="linear", coordinate_transformation_mode="half_pixel"),
+    dict(sizes=[1, 3, 5, 7], mode="linear", coordinate_transformation_mode="pytorch_half_pixel"),
+    dict(scales=[1, 1, 2, 2], mode="linear", coordinate_transformation_mode="align_corners"),
+    dict(scales=[1, 1, 0.5, 0.5], mode="linear", coordinate_transformation_mode="half_pixel"),
+    dict(scales=[1, 1, 3, 2], mode="nearest", coordinate_transformation_mode="half_pixel",
+         nearest_mode="round_prefer_floor"),
+    dict(sizes=[1, 3, 8, 12], mode="nearest"),  # the defaults: half_pixel, round_prefer_floor
+]
+
+
+@pytest.mark.parametrize("opset", [13, 19])
+@pytest.mark.parametrize("case", range(len(RESIZES)))
+def test_resize_matches_onnx_runtime(opset, case):
+    model = _resize(opset, **RESIZES[case])
+    x = np.random.default_rng(case).standard_normal((1, 3, 4, 6)).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString(),
+                                providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    source = open_onnx(model, {"x": x})
+    with torch.no_grad():
+        got = torch.utils._pytree.tree_leaves(source.module(torch.from_numpy(x)))[0].numpy()
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("case", [
+    dict(scales=[1, 1, 2, 2], mode="linear", coordinate_transformation_mode="asymmetric"),
+    dict(scales=[1, 1, 2, 2], mode="cubic"),
+    dict(scales=[1, 2, 1, 1], mode="nearest"),
+])
+def test_resize_torch_cannot_mirror_is_refused_by_name(case):
+    """Where no torch interpolation samples the pixels ONNX does, the file is refused with
+    the op's attributes named (never converted into something that differs)."""
+    from prunec.errors import PrunecError
+
+    model = _resize(19, **case)
+    x = np.zeros((1, 3, 4, 6), np.float32)
+    with pytest.raises(PrunecError, match="Resize"):
+        source = open_onnx(model, {"x": x})
+        source.module(torch.from_numpy(x))

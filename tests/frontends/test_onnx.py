@@ -76,6 +76,7 @@ HELPER_GRAPHS = {
     "attention_computed_shapes": (graphs.heads, (2, 5)),
     "depthwise": (graphs.depthwise, (2, 5)),
     "depthwise_multiplier_2": (lambda: graphs.depthwise(multiplier=2), (2, 5)),
+    "resize": (graphs.upsample, (2, 5)),
 }
 
 
