@@ -72,8 +72,10 @@ class CompiledModel:
 
     def save(self, path: str | Path) -> Path:
         """Save the artifact (``.pt2`` for torch and inductor, ``.onnx``, a TensorRT plan);
-        :func:`prunec.load` restores it without the model's code."""
-        return self.artifact.save(check_save_path(path))
+        :func:`prunec.load` restores it without the model's code. A path in a missing
+        directory is refused before a stale artifact is lowered again."""
+        path = check_save_path(path)
+        return self.artifact.save(path)
 
     def __repr__(self) -> str:
         return (f"<CompiledModel backend={self.backend!r} plans={len(self.program.plans)} "
