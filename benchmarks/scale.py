@@ -596,11 +596,14 @@ def _profile_section(data: dict, top: int = 15) -> list[str]:
     return out
 
 
-PHASES_8B = ("build", "capture", "analysis", "scoring", "reference", "rewrite", "verification")
+PHASES_8B = ("build", "capture", "analysis", "scoring", "reference", "rewrite", "compile",
+             "verification")
 
 
 def _proxy_args(key: str, r: dict) -> str:
-    args = "" if key == "llama_8b_verified" else f" --layers {r['layers']} --vocab {r['vocab']}"
+    args = "" if key.startswith("llama_8b_verified") else \
+        f" --layers {r['layers']} --vocab {r['vocab']}"
+    args += " --compile" if "same_plan" in r else ""
     return args + ("" if r.get("dtype", "bfloat16") == "bfloat16" else f" --dtype {r['dtype']}")
 
 
@@ -610,6 +613,8 @@ def _verified_8b_section(data: dict) -> list[str]:
     out: list[str] = []
     for key, title in (("llama_8b_verified", "8B-shaped Llama, bfloat16, every weight written, "
                         "verified layer by layer"),
+                       ("llama_8b_verified_compile", "8B-shaped Llama through prunec.compile("
+                        "..., verify=False, donate=True), verified layer by layer"),
                        ("llama_8b_proxy", "Proxy: the 8B's layer shapes with fewer layers"),
                        ("llama_8b_proxy_float32", "Proxy in float32: the same check without "
                         "bfloat16 rounding")):
@@ -624,9 +629,13 @@ def _verified_8b_section(data: dict) -> list[str]:
                 f"random weights from a "
                 f"seeded generator, built once in place (no second copy). Pruned with "
                 f"`MagnitudePruning(0.5, targets=\"mlp\", scope=\"local\", round_to=8)` and "
-                f"donation (`program.donated = True`, as `prunec.compile(..., donate=True, "
-                f"verify=False)` sets it), "
-                f"{r['pruned_groups']} of {r['groups']} MLP groups, kept widths "
+                + (f"`prunec.compile(model, (ids,), [pass], verify=False, donate=True)` (the "
+                   f"plan for the masked reference was made beforehand on a capture sharing "
+                   f"the weights, then dropped; the plan compile carried out is the same: "
+                   f"{r['same_plan']}), " if "same_plan" in r else
+                   f"donation (`program.donated = True`, as `prunec.compile(..., donate=True, "
+                   f"verify=False)` sets it), ")
+                + f"{r['pruned_groups']} of {r['groups']} MLP groups, kept widths "
                 f"{r['kept_widths']}; {r['released_params']} parameters of the original "
                 f"released as their pruned copies were made.", "",
                 f"Machine: {env['platform']}, {env['cores']} cores, {env['memory_gb']} GiB RAM; "
@@ -672,6 +681,28 @@ def _dtype(spec: dict) -> str:
     return spec["dtype"] + (" (lazy)" if spec.get("lazy") else "")
 
 
+def _summary_8b(r: dict | None) -> list[str]:
+    """One summary line for a ``scale_8b.py`` run of the full 8B model."""
+    out: list[str] = []
+    if r:
+        base = r["rss_built_bytes"]
+        peak = max(ph["peak_growth_bytes"] + r["rss_before_build_bytes"] - base
+                   for name, ph in r["phases"].items() if name != "build")
+        worst = max(c["rel_err_vs_masked"] for c in r["layer_checks"][:r["layers_checked"]])
+        nearest = min(c["rel_err_vs_dense"] for c in r["layer_checks"][:r["layers_checked"]])
+        how = " through prunec.compile" if "same_plan" in r else ""
+        seconds = sum(ph["seconds"] for n, ph in r["phases"].items()
+                      if n not in ("build", "reference", "verification"))
+        out.append(f"- 8B-shaped Llama, bfloat16, all {_gb(r['model_bytes'])} GiB of weights "
+                   f"written: MLP 50% pruned with donation{how} on this "
+                   f"{r['env']['memory_gb']} GiB machine, peak growth over the built model "
+                   f"{_gb(peak)} GiB ({peak / r['model_bytes']:.3f}x), {seconds:.0f} s "
+                   f"from capture to the pruned program; layers 0..{r['layers_checked'] - 1} "
+                   f"of the pruned program within {worst:.1e} of the masked original "
+                   f"(dense: {nearest:.2f} and more); verified: {r['verified']}.")
+    return out
+
+
 def _summary(data: dict) -> list[str]:
     """The measured figures against the three questions the benchmark asks."""
     out = []
@@ -704,21 +735,8 @@ def _summary(data: dict) -> list[str]:
                    f"{_gb(peak)} GiB, {peak / p['model_bytes']:.2f}x the model's size "
                    f"({p['released_params']} sliced parameters released as their pruned "
                    f"copies were made; pruned output finite: {p.get('output_finite')}).")
-    r = data["results"].get("llama_8b_verified", {}).get("prunec-verified")
-    if r:
-        base = r["rss_built_bytes"]
-        peak = max(ph["peak_growth_bytes"] + r["rss_before_build_bytes"] - base
-                   for name, ph in r["phases"].items() if name != "build")
-        worst = max(c["rel_err_vs_masked"] for c in r["layer_checks"][:r["layers_checked"]])
-        nearest = min(c["rel_err_vs_dense"] for c in r["layer_checks"][:r["layers_checked"]])
-        out.append(f"- 8B-shaped Llama, bfloat16, all {_gb(r['model_bytes'])} GiB of weights "
-                   f"written: MLP 50% pruned with donation on this {r['env']['memory_gb']} GiB "
-                   f"machine, peak growth over the built model {_gb(peak)} GiB "
-                   f"({peak / r['model_bytes']:.3f}x), "
-                   f"{sum(ph['seconds'] for n, ph in r['phases'].items() if n not in ('build', 'reference', 'verification')):.0f} s "
-                   f"from capture to the rewritten program; layers 0..{r['layers_checked'] - 1} "
-                   f"of the pruned program within {worst:.1e} of the masked original "
-                   f"(dense: {nearest:.2f} and more); verified: {r['verified']}.")
+    for key in ("llama_8b_verified", "llama_8b_verified_compile"):
+        out += _summary_8b(data["results"].get(key, {}).get("prunec-verified"))
     p = data["results"].get("llama_8b", {}).get("prunec", {})
     if p and "error" not in p:
         out.append(f"- Llama-shaped 8B (bfloat16, lazily materialised): captured, analysed, "

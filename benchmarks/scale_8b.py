@@ -12,8 +12,8 @@ Pipeline (one process, RSS sampled every 20 ms by a thread, time and peak RSS pe
 1. ``build``: the model, every weight written (all 15 GiB resident);
 2. ``capture``: ``prunec.ir.capture`` (eval mode: the program shares the model's tensors);
    the config's ``output_hidden_states=True`` makes the program return every layer's output
-   (as a keyword example input, ``torch.export`` 2.13 refuses a bool that reaches the
-   forward through ``**kwargs`` when dynamic shapes are given);
+   (as a keyword example input, a bool that reaches the forward through ``**kwargs``,
+   ``torch.export`` 2.13 takes it only with static shapes, to which capture falls back);
 3. ``analysis``: ``analyze_channels`` and the MLP candidate groups;
 4. ``scoring``: ``MagnitudePruning(0.5, targets="mlp", scope="local", round_to=8)``'s
    scores (float64 per-channel norms) and selection: half of every MLP's hidden channels;
@@ -29,8 +29,11 @@ Pipeline (one process, RSS sampled every 20 ms by a thread, time and peak RSS pe
    0..K-1 and its logits compared with the masked reference (must agree to bfloat16
    rounding) and with the dense reference (must differ: the check can fail).
 
-``--dtype float32`` runs the same check in float32 (its errors then show what is bfloat16
-rounding). ``--layers N`` builds the same shapes with N layers (the proxy used to find what holds
+``--compile`` prunes through ``prunec.compile(model, (ids,), [pass], verify=False,
+donate=True)`` instead, the call a user makes (phases: build, reference, compile,
+verification; the reference's plan is made beforehand on a capture sharing the weights, and
+the plan compile carries out must equal it). ``--dtype float32`` runs the same check in
+float32 (its errors then show what is bfloat16 rounding). ``--layers N`` builds the same shapes with N layers (the proxy used to find what holds
 memory: per-layer shapes are the 8B's) and ``--vocab`` a smaller vocabulary for a cheap
 proxy. Results go to ``benchmarks/results/scale.json`` under ``llama_8b_verified`` (or
 ``llama_8b_proxy``) and the markdown is re-rendered by ``benchmarks/scale.py``.
@@ -258,6 +261,67 @@ def run(layers: int, vocab: int, threads: int, dtype: torch.dtype = torch.bfloat
             "capture_notes": list(program.capture_notes)}
 
 
+def run_compile(layers: int, vocab: int, threads: int, dtype: torch.dtype = torch.bfloat16) -> dict:
+    """The same model pruned through ``prunec.compile(..., verify=False, donate=True)``, the
+    call a user makes. The masked reference needs the plan before the weights go, so the
+    plan is made once beforehand on a capture that shares the weights (and is dropped), and
+    the plan ``compile`` carries out must be the same (MagnitudePruning is deterministic)."""
+    import prunec
+    from prunec.ir.capture import capture
+    from prunec.ir.channels import analyze_channels
+    from prunec.passes import MagnitudePruning
+    from prunec.passes.base import candidate_groups
+
+    torch.set_num_threads(threads)
+    sampler = RssSampler()
+    start_rss = sampler.base
+    with sampler.phase("build"):
+        model = build_llama(layers, vocab, dtype)
+    size = scale.model_bytes(model)
+    params = sum(p.numel() for p in model.parameters())
+    ids = torch.randint(0, vocab, (1, TOKENS), generator=torch.Generator().manual_seed(SEED))
+    gc.collect()
+    built = scale.rss_bytes()
+
+    def pass_():
+        return MagnitudePruning(scale.RATIO, targets="mlp", scope="local", round_to=scale.ROUND_TO)
+
+    with sampler.phase("reference"):
+        program = capture(model, (ids,))
+        groups = candidate_groups(analyze_channels(program), "mlp")
+        plan = pass_().plan(program, groups, None)
+        kept = down_proj_keys(plan, groups)
+        del program, groups
+        masked_h, masked_logits = masked_reference(model, ids, kept)
+        dense_h, dense_logits = masked_reference(model, ids, None)
+    with sampler.phase("compile"):
+        compiled = prunec.compile(model, (ids,), [pass_()], verify=False, donate=True)
+    released = sum(p.numel() == 0 for p in model.parameters())
+    done = compiled.program.lineage[-1].plan
+    same_plan = done.keep == plan.keep
+    with sampler.phase("verification"), torch.no_grad():
+        out = compiled(ids)
+        hidden = list(out.hidden_states[1:])
+        logits = out.logits
+    sampler.stop()
+    layers_checked = min(CHECK_LAYERS, layers)
+    check = [{"layer": i, "rel_err_vs_masked": rel_err(hidden[i], masked_h[i]),
+              "rel_err_vs_dense": rel_err(hidden[i], dense_h[i])} for i in range(layers)]
+    passed = same_plan and all(c["rel_err_vs_masked"] <= RTOL < c["rel_err_vs_dense"]
+                               for c in check[:layers_checked])
+    return {"layers": layers, "vocab": vocab, "dtype": str(dtype).replace("torch.", ""),
+            "params": params, "model_bytes": size, "rss_before_build_bytes": start_rss,
+            "rss_built_bytes": built, "phases": sampler.phases, "groups": len(plan.keep),
+            "pruned_groups": len(done.keep), "same_plan": same_plan,
+            "kept_widths": sorted({len(v) for v in done.keep.values()}),
+            "released_params": released, "layer_checks": check,
+            "layers_checked": layers_checked, "rtol": RTOL,
+            "logits_rel_err_vs_masked": rel_err(logits, masked_logits),
+            "logits_rel_err_vs_dense": rel_err(logits, dense_logits), "verified": passed,
+            "output_finite": bool(torch.isfinite(logits).all()),
+            "report": str(compiled.report)[:2000]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=32)
@@ -268,15 +332,19 @@ def main() -> None:
     parser.add_argument("--quiet-machine", action="store_true",
                         help="record that the run held the machine (QUIET protocol)")
     parser.add_argument("--no-save", action="store_true")
+    parser.add_argument("--compile", action="store_true",
+                        help="prune through prunec.compile(..., verify=False, donate=True)")
     args = parser.parse_args()
     load_before = os.getloadavg()
-    result = run(args.layers, args.vocab, args.threads, getattr(torch, args.dtype))
+    result = (run_compile if args.compile else run)(args.layers, args.vocab, args.threads,
+                                                    getattr(torch, args.dtype))
     result["loadavg_before"] = load_before
     result["quiet_machine"] = args.quiet_machine
     result["loadavg_after"] = os.getloadavg()
     result["env"] = scale.environment(args.threads)
     key = "llama_8b_verified" if (args.layers, args.vocab) == (32, 128256) else "llama_8b_proxy"
     key += "" if args.dtype == "bfloat16" else "_" + args.dtype
+    key += "_compile" if args.compile else ""
     print(json.dumps({k: v for k, v in result.items() if k != "layer_checks"}, indent=1))
     print(json.dumps(result["layer_checks"][:CHECK_LAYERS]))
     if args.no_save:

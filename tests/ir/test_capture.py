@@ -285,3 +285,29 @@ def test_successful_retry_keeps_torch_error_log_off_stderr(capfd, caplog, monkey
     assert any("failed while attempting to run meta for aten.baddbmm" in m for m in logged)
     torch.testing.assert_close(program.gm(x, mask=mask), model(x, mask))
     assert logging.getLogger("torch").handlers  # torch's own logging is back as it was
+
+
+class _FlagThroughKwargs(nn.Module):
+    """A forward that takes a bool through ``**kwargs`` (as transformers models take
+    ``output_hidden_states``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+
+    def forward(self, x, **kwargs):
+        y = self.lin(x)
+        return (y, y * 2) if kwargs.get("both") else y
+
+
+def test_bool_keyword_through_var_kwargs_captures_static_with_a_note():
+    """torch.export refuses every dynamic-shapes spec next to a non-tensor input reached
+    through ``**kwargs``; capture falls back to static shapes and says so, instead of a
+    CaptureError."""
+    model = _FlagThroughKwargs().eval()
+    x = torch.randn(2, 4)
+    program = capture(model, (x,), {"both": True})
+    assert any("all axes static" in note for note in program.capture_notes)
+    got = program.gm(x, both=True)
+    want = model(x, both=True)
+    assert len(got) == 2 and all(torch.allclose(g, w) for g, w in zip(got, want))
