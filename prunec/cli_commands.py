@@ -33,7 +33,7 @@ from prunec.cli_specs import (
 )
 from prunec.frontends.onnx import graph_inputs, load_model
 from prunec.report import batch_size_of
-from prunec.rewrite.plan import PruningPlan
+from prunec.rewrite.plan import plans_from_metadata
 from prunec.train import finetune
 from prunec.zoo import default_model, digits_data, evaluate
 
@@ -511,7 +511,9 @@ def _saved_setup(args: argparse.Namespace) -> tuple[Setup, list]:
         if not isinstance(model, str) or not isinstance(plans, list):
             raise TypeError("wrong types")
         inputs = [parse_input(str(t)) for t in inputs]
-        plans = [PruningPlan.from_json(json.dumps(p)) for p in plans]
+        # each plan names its pass (its own JSON, or report.json's entries for older ones)
+        plans = plans_from_metadata({"plans": plans,
+                                     "passes": (results.get("report") or {}).get("passes")})
     except CliError as exc:
         raise CliError(f"{folder}/report.json is malformed: {exc}") from None
     except (OSError, ValueError, KeyError, TypeError, AttributeError, PrunecError,

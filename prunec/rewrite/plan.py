@@ -153,19 +153,25 @@ def plans_from_metadata(metadata: dict) -> list[PruningPlan]:
 
     Each plan says which pass made it (``plan.source``): from its own JSON, or, for a file
     whose plans predate ``source``, from the matching entry of the metadata's ``lineage``
-    (its steps that changed the program, in the order of ``plans``). A plan that neither
-    names is replayed as ``"replay"``.
+    (its steps that changed the program, in the order of ``plans``) or of a report's
+    ``passes`` (``report.to_dict()``, e.g. the ``report.json`` of ``prunec prune``: its
+    entries that changed the program; their options leave out ``progress``, so a config
+    rebuilt from a report lacks it). A plan that none of these names is replayed as
+    ``"replay"``.
 
     Raises:
         PlanError: an entry of ``plans`` that is not a saved plan.
     """
     plans = [PruningPlan.from_json(p if isinstance(p, str) else json.dumps(p))
              for p in metadata.get("plans") or []]
-    steps = [s for s in metadata.get("lineage") or []
-             if isinstance(s, dict) and s.get("modified", True)]
-    if len(steps) == len(plans):  # parallel lists: the lineage names each plan's pass
-        for plan, step in zip(plans, steps):
-            config = step.get("config")
+    configs = [s.get("config") for s in metadata.get("lineage") or []
+               if isinstance(s, dict) and s.get("modified", True)]
+    if not configs:  # a report's entries: {"pass": name, "options": {...}, "modified": ...}
+        configs = [{"pass": e.get("pass"), **e["options"]} if isinstance(e.get("options"), dict)
+                   and e.get("pass") != "replay" else None
+                   for e in metadata.get("passes") or [] if isinstance(e, dict) and e.get("modified")]
+    if len(configs) == len(plans):  # parallel lists: each names its plan's pass
+        for plan, config in zip(plans, configs):
             if not plan.source and isinstance(config, dict) \
                     and isinstance(config.get("pass"), str):
                 plan.source = dict(config)

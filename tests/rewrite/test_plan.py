@@ -125,3 +125,21 @@ def test_a_plan_applied_for_a_pass_names_it_in_its_json():
     assert replayed.source == {} and program.lineage[-1].name == "replay"
     with pytest.raises(PlanError, match="'source' must be a pass config"):
         PruningPlan.from_json(json.dumps({"keep": {}, "source": {"ratio": 0.5}}))
+
+
+def test_plans_from_metadata_name_their_pass_from_a_lineage_or_a_report():
+    from prunec.rewrite.plan import plans_from_metadata
+
+    old = {"keep": {"0.fc1.weight:0": [0, 1]}, "compensations": [], "blocks": []}  # no source
+    config = {"pass": "MagnitudePruning", "ratio": 0.5}
+    lineage = [{"name": "RandomPruning", "config": {"pass": "RandomPruning"}, "modified": False},
+               {"name": "MagnitudePruning", "config": config, "modified": True}]
+    assert plans_from_metadata({"plans": [json.dumps(old)], "lineage": lineage})[0].source == config
+    passes = [{"pass": "RandomPruning", "options": {}, "modified": False},
+              {"pass": "MagnitudePruning", "options": {"ratio": 0.5}, "modified": True}]
+    assert plans_from_metadata({"plans": [old], "passes": passes})[0].source == config
+    replayed = [{"pass": "replay", "options": {}, "modified": True}]
+    assert plans_from_metadata({"plans": [old], "passes": replayed})[0].source == {}
+    own = dict(old, source={"pass": "RandomPruning", "ratio": 0.1})  # its own source wins
+    assert plans_from_metadata({"plans": [own], "lineage": lineage[1:]})[0].source == own["source"]
+    assert plans_from_metadata({"plans": [old, old], "lineage": lineage})[1].source == {}  # unmatched
