@@ -28,7 +28,8 @@ import torch.utils._pytree as pytree
 
 from prunec.errors import BackendUnavailable, InvalidArgumentError, PrunecError
 from prunec.ir.channels import static_shape
-from prunec.ir.interpret import OUTPUT_SWITCHES, scratch_state
+from prunec.ir.interpret import scratch_state
+from prunec.ir.program import OUTPUT_SWITCHES
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -150,7 +151,7 @@ class IOSpec:
     # ----------------------------------------------------------------- inputs
     def complete_kwargs(self, kwargs: dict) -> dict:
         """``kwargs`` with the output switches it leaves out (``use_cache``, ``return_dict``...:
-        :data:`prunec.ir.interpret.OUTPUT_SWITCHES`) set to their captured constants, which
+        :data:`prunec.ir.program.OUTPUT_SWITCHES`) set to their captured constants, which
         the artifact is specialised to. No other keyword is filled in."""
         captured = pytree.tree_unflatten(
             [_TENSOR if c is None else c[0] for c in self.input_constants], self.in_spec)[1]

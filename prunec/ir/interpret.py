@@ -43,7 +43,7 @@ import torch.fx._pytree as fx_pytree
 import torch.utils._pytree as pytree
 
 from prunec.errors import CalibrationError
-from prunec.ir.program import Program, node_module_path
+from prunec.ir.program import Program, node_module_path, with_output_switches
 from prunec.ir.state import has_mutation, is_written, scratch_state, written_attributes
 
 __all__ = [
@@ -101,7 +101,7 @@ def flatten_inputs(program: Program, args: tuple, kwargs: dict) -> list:
     in_spec = getattr(gm, "_in_spec", None)
     if in_spec is None:  # a plain graph module: placeholders are the inputs in order
         return list(pytree.arg_tree_leaves(*args, **kwargs))
-    values = _bind(gm, args, constant_kwargs_filled(program, kwargs))
+    values = _bind(gm, args, with_output_switches(program.example_kwargs, kwargs))
     if _is_args_kwargs_spec(in_spec):
         count = in_spec.child(0).num_children
         structure: Any = (list(values[:count]), dict(zip(in_spec.child(1).context, values[count:])))
@@ -116,22 +116,6 @@ def flatten_inputs(program: Program, args: tuple, kwargs: dict) -> list:
         ) from exc
     _check_placeholder_count(gm, flat)
     return list(flat)
-
-
-OUTPUT_SWITCHES = frozenset({"use_cache", "return_dict", "output_attentions",
-                             "output_hidden_states"})
-"""Keywords that only choose which outputs a (Hugging Face) model returns, never what it
-computes: a call may leave them out, and the captured value stands (capture turns
-``use_cache`` off for a model whose config turns its KV cache on)."""
-
-
-def constant_kwargs_filled(program: Program, kwargs: dict) -> dict:
-    """``kwargs`` with the output switches (:data:`OUTPUT_SWITCHES`) it leaves out taken
-    from the capture, to which the graph is specialised. Other keywords are never filled in:
-    a left-out ``temperature`` would silently differ from the model's own default."""
-    missing = {k: v for k, v in program.example_kwargs.items()
-               if k in OUTPUT_SWITCHES and k not in kwargs and not isinstance(v, torch.Tensor)}
-    return {**kwargs, **missing} if missing else kwargs
 
 
 def unflatten_outputs(program: Program, flat: Any) -> Any:

@@ -62,7 +62,24 @@ import torch.fx as fx
 
 from prunec.ir.state import scratch_state
 
-__all__ = ["Program", "Step", "param_nodes", "node_module_path"]
+__all__ = ["Program", "Step", "param_nodes", "node_module_path", "OUTPUT_SWITCHES",
+           "with_output_switches"]
+
+OUTPUT_SWITCHES = frozenset({"use_cache", "return_dict", "output_attentions",
+                             "output_hidden_states"})
+"""Keywords that only choose which outputs a (Hugging Face) model returns, never what it
+computes: a call may leave them out, and the captured value stands (capture turns
+``use_cache`` off for a model whose config turns its KV cache on)."""
+
+
+def with_output_switches(example_kwargs: dict, kwargs: dict) -> dict:
+    """``kwargs`` with the output switches (:data:`OUTPUT_SWITCHES`) it leaves out taken from
+    the capture's ``example_kwargs``, to which the graph is specialised. Other keywords are
+    never filled in: a left-out ``temperature`` would silently differ from the model's own
+    default."""
+    missing = {k: v for k, v in example_kwargs.items()
+               if k in OUTPUT_SWITCHES and k not in kwargs and not isinstance(v, torch.Tensor)}
+    return {**kwargs, **missing} if missing else kwargs
 
 
 @dataclass
@@ -175,8 +192,9 @@ class Program:
         return getattr(mod, attr)
 
     def run(self, *args, **kwargs):
-        """Call the program like the original model."""
-        return self.gm(*args, **kwargs)
+        """Call the program like the original model (output switches such as ``use_cache``
+        may be left out: :func:`with_output_switches`)."""
+        return self.gm(*args, **with_output_switches(self.example_kwargs, kwargs))
 
     def clone(self, *, share_tensors: bool = False) -> "Program":
         """A copy whose graph and module mutations never reach this program.

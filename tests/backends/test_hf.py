@@ -161,6 +161,8 @@ def test_a_model_with_its_kv_cache_on_is_captured_without_it(tmp_path):
         out = compiled(**batches[1])  # no use_cache: the captured constant fills in
         reference = compiled.program.run(**batches[1], use_cache=False)
     assert torch.equal(out.logits, reference.logits)
+    with torch.no_grad():  # the program itself, and the ONNX Runtime artifact, alike
+        assert torch.equal(compiled.program.run(**batches[1]).logits, reference.logits)
     with pytest.raises(prunec.errors.InvalidArgumentError, match="specialised"):
         compiled(**batches[1], use_cache=True)
     module = prunec.compile(model, (_ids(),), [MagnitudePruning(0.5, targets="mlp",
