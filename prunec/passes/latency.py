@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 import numbers
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -54,7 +55,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from prunec.errors import InvalidArgumentError
+from prunec.errors import InvalidArgumentError, PlanError
 from prunec.ir.channels import ChannelGroup
 from prunec.ir.interpret import ProgramInterpreter
 from prunec.ir.program import Program
@@ -438,7 +439,10 @@ def closed_loop(target: LatencyTarget, values: list[list[float]], costs: list[li
     ``|m - asked|`` when it was too slow, above when too fast).
 
     Of the measured plans, the one keeping the most importance among those within the
-    tolerance is taken; if none is, the closest to ``asked``.
+    tolerance is taken; if none is, the slowest of those faster than asked (the target is
+    met, with more pruned); if every plan measured is slower than asked, a
+    :class:`~prunec.errors.PlanError` names the fastest one measured (a model that misses
+    the latency asked is not delivered).
 
     Args:
         target: The latency target (``fraction``, ``iterations``, ``tolerance``).
@@ -454,7 +458,8 @@ def closed_loop(target: LatencyTarget, values: list[list[float]], costs: list[li
 
     Raises:
         PlanError: the target cannot be met: the tables say so and ``iterations`` is 0, or
-            the fastest plan, measured, is slower than the target by more than the tolerance.
+            every plan measured (the fastest plan, when it was) is slower than the target by
+            more than the tolerance.
     """
     asked, tol = target.fraction, target.tolerance * target.fraction
     fastest = [int(np.argmin(c)) for c in costs]
@@ -492,14 +497,24 @@ def closed_loop(target: LatencyTarget, values: list[list[float]], costs: list[li
             break
         budget = corrected_budget(asked, points)
     within = [q for q in points if abs(q["measured"] - asked) <= tol]
+    faster = [q for q in points if q["measured"] < asked - tol]
     if within:
         best = max(within, key=lambda q: (q["value"], -q["measured"]))
-    else:
-        best = min(points, key=lambda q: abs(q["measured"] - asked))
-        floor = [q for q in points if q["fastest"]]
-        if floor and floor[0]["measured"] > asked + tol:
-            tables.check_reachable(floor[0]["measured"] * dense_ms, dense_ms,
+    elif faster:  # the target is met, with more pruned than asked: the least pruned of them
+        best = max(faster, key=lambda q: q["measured"])
+    else:  # every plan measured is slower than the target: none is delivered
+        floor = min(points, key=lambda q: q["measured"])
+        if any(q["fastest"] for q in points):
+            floor = next(q for q in points if q["fastest"])
+            tables.check_reachable(floor["measured"] * dense_ms, dense_ms,
                                    asked * dense_ms, where, measured=True)
+        raise PlanError(
+            f"{where}: the latency target {asked:.0%} of the dense {dense_ms:.3f} ms was not "
+            f"met by the {len(points)} plans measured (iterations={target.iterations}): the "
+            f"best reachable is {floor['measured'] * dense_ms:.3f} ms "
+            f"({floor['measured']:.0%}) so far, where the tables predicted "
+            f"{floor['predicted']:.0%}. Raise iterations=, ask for at least "
+            f"{math.ceil(floor['measured'] * 100)} %, or widen targets (targets='all').")
     loop = [{k: q[k] for k in ("budget", "predicted", "measured")} for q in points]
     return best["picked"], {"measured_fraction": best["measured"], "loop": loop}
 

@@ -407,3 +407,30 @@ def test_closed_loop_times_the_plan_the_pass_applies(fake_time, monkeypatch):
     program = capture(model, (example(),))
     result = DepthPruning(latency=target(0.8), calibration=calibration)(program)
     assert result.plan.blocks[0].mean is not None and timed[-1] == delivered(result.plan)
+
+
+def test_closed_loop_keeps_a_faster_plan_and_never_delivers_a_slower_one():
+    from prunec.passes.latency import closed_loop
+
+    values = [[0.0, 1.0, 1.5, 2.0]]
+    costs = [[-6.0, -4.0, -2.0, 0.0]]  # ms added to a 10 ms dense program
+    spec = LatencyTarget(0.7, backend="torch", iterations=2)
+
+    def fast_backend(picked):  # saves twice what the tables say
+        return 1.0 + 2 * costs[0][picked[0]] / 10.0
+
+    picked, stats = closed_loop(spec, values, costs, 10.0, fast_backend, where="Test")
+    assert stats["measured_fraction"] < 0.7 * 0.95 and picked == [2]  # 60 %: the slowest fast one
+
+    fine_values = [[float(v) for v in range(7)]]
+    fine_costs = [[-6.0, -5.0, -4.0, -3.0, -2.0, -1.0, 0.0]]
+    timed = []
+
+    def stuck_backend(picked):  # only the fastest plan gets below 78 %
+        timed.append(picked[0])
+        return 0.78 if picked[0] else 0.4
+
+    with pytest.raises(PlanError, match=r"not met by the 2 plans measured.*best reachable is "
+                                        r"[0-9.]+ ms \(78%\) so far.*iterations="):
+        closed_loop(spec, fine_values, fine_costs, 10.0, stuck_backend, where="Test")
+    assert timed == [3, 1]  # 70 % priced, then the corrected budget (59 %): 50 % priced
