@@ -42,7 +42,7 @@ TESTED_AS: dict[str, str] = {
 # tests/test_cli_onnx.py, the OCS training loop through tests/recipes/test_ocspruner.py), but
 # without a test file of their own yet.
 NOT_YET = {
-    "backends/onnx_blocks.py", "backends/onnx_original.py", "backends/onnx_shapes.py",
+    "backends/onnx_blocks.py", "backends/onnx_original.py",
     "frontends/stand_in.py", "recipes/ocs_train.py",
 }
 
