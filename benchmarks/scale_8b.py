@@ -33,8 +33,9 @@ Pipeline (one process, RSS sampled every 20 ms by a thread, time and peak RSS pe
 donate=True)`` instead, the call a user makes (phases: build, reference, compile,
 verification; the reference's plan is made beforehand on a capture sharing the weights, and
 the plan compile carries out must equal it). ``--dtype float32`` runs the same check in
-float32 (its errors then show what is bfloat16 rounding). ``--layers N`` builds the same shapes with N layers (the proxy used to find what holds
-memory: per-layer shapes are the 8B's) and ``--vocab`` a smaller vocabulary for a cheap
+float32 (its errors then show what is bfloat16 rounding). ``--layers N`` builds the same
+shapes with N layers (the proxy used to find what holds memory: per-layer shapes are the
+8B's) and ``--vocab`` a smaller vocabulary for a cheap
 proxy. Results go to ``benchmarks/results/scale.json`` under ``llama_8b_verified`` (or
 ``llama_8b_proxy``) and the markdown is re-rendered by ``benchmarks/scale.py``.
 
