@@ -267,6 +267,19 @@ class LatencyStats(_FieldMapping):
     block_ms: dict | None = None
     extra: dict = field(default_factory=dict)
 
+    # The closed loop reports these even when it measured nothing (``None``), which the
+    # mapping view keeps as reported: they live in ``extra``, read here by attribute.
+    @property
+    def measured_fraction(self) -> float | None:
+        """The chosen plan's latency as measured on the backend, as a fraction of
+        ``dense_ms`` (the closed loop); ``None`` when nothing was measured."""
+        return self.extra.get("measured_fraction")
+
+    @property
+    def loop(self) -> list:
+        """One ``{"budget", "predicted", "measured"}`` row per plan the closed loop timed."""
+        return list(self.extra.get("loop") or [])
+
 
 @dataclass(eq=False)
 class PassStats(_FieldMapping):

@@ -335,8 +335,11 @@ def test_latency_statistics_are_typed_and_serialise_as_before():
     assert isinstance(stats.latency, LatencyStats) and stats.latency.dense_ms == 2.0
     assert stats.latency["predicted_fraction"] == 0.58 and stats.latency.extra == {"custom": 1}
     assert stats.latency == numbers and json.loads(json.dumps(stats.latency.to_dict())) == numbers
+    assert stats.latency.measured_fraction is None and stats.latency.loop == []
     report = Report(macs_before=1, params_before=1, passes=[pass_entry("P", {}, True, stats)])
     assert report.to_dict()["passes"][0]["latency"] == numbers
     achieved = {"backend": "torch", "threads": 1, "dense_ms": 2.0, "achieved_ms": 1.2,
                 "achieved_fraction": 0.6, "fraction": 0.6}
     assert latency_line(achieved, report.passes).endswith("predicted 58%)")
+    stats.latency["measured_fraction"], stats.latency["loop"] = 0.61, [{"budget": 0.6}]
+    assert stats.latency.measured_fraction == 0.61 and stats.latency.loop == [{"budget": 0.6}]
