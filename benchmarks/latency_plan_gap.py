@@ -8,7 +8,12 @@ time), the pass's own units without compensation, and the pass's program (its un
 mean-folding compensations). Prints the fractions of the dense latency; the numbers are
 quoted in ``benchmarks/results/latency_model_check.md``.
 
-Run: ``python benchmarks/latency_plan_gap.py onnxruntime torch``.
+``sessions``: the same structure (one bottleneck of the first stage at 8 of 16 channels)
+with six different sets of kept channels, each its own ONNX Runtime session, timed with the
+dense program at 2 and 1 threads, twice: whether the kept channels or the session decide
+the latency.
+
+Run: ``python benchmarks/latency_plan_gap.py onnxruntime torch`` or ``... sessions``.
 """
 from __future__ import annotations
 
@@ -56,5 +61,31 @@ def main(backends: list[str]) -> None:
                             for k, v in samples.items()}, "dense ms", round(dense, 3))
 
 
+def sessions() -> None:
+    case = digits_case()
+    key = "layer1.1.conv1.weight:0"
+    gen = torch.Generator().manual_seed(0)
+    keeps = {"first": list(range(8)), "last": list(range(8, 16)),
+             "odd": list(range(1, 16, 2)), "even": list(range(0, 16, 2)),
+             "rand1": sorted(torch.randperm(16, generator=gen)[:8].tolist()),
+             "rand2": sorted(torch.randperm(16, generator=gen)[:8].tolist())}
+    args = tuple(case.program.example_args)
+    for threads in (2, 1):
+        spec = tables.MeasureSpec("onnxruntime", (), threads, 40)
+        fns = {"dense": tables._bound(tables.lower_for_timing(case.program, spec), args, {})}
+        for name, keep in keeps.items():
+            program = case.program.clone(share_tensors=True)
+            apply_plan(program, PruningPlan({key: keep}))
+            fns[name] = tables._bound(tables.lower_for_timing(program, spec), args, {})
+        for _ in range(2):
+            samples = tables.time_callables(fns, rounds=40, round_seconds=0.002)
+            dense = tables.undisturbed(samples["dense"])
+            print(threads, "threads", {k: round(tables.undisturbed(v) / dense, 3)
+                                       for k, v in samples.items()}, "dense ms", round(dense, 3))
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["onnxruntime", "torch"])
+    if sys.argv[1:] == ["sessions"]:
+        sessions()
+    else:
+        main(sys.argv[1:] or ["onnxruntime", "torch"])

@@ -446,9 +446,12 @@ NOTES: dict[str, list[str]] = {
         "at 99-104 % while the tables priced them at 40-84 %; torch: the fastest plan, with its "
         "6 compensations, 101 %), so 90 % and 95 % are refused with the best measured. At 2 "
         "ms for 64 images the bottlenecks' convolutions are a small part of the time, and a "
-        "separate check (`benchmarks/latency_plan_gap.py`, in `latency_model_check.md`) timed "
-        "ONNX Runtime 15 points apart for the same shapes with different kept channels (not "
-        "explained); depth pruning or `targets='all'` is the way to go faster there.",
+        "separate check (`benchmarks/latency_plan_gap.py sessions`, in "
+        "`latency_model_check.md`) found ONNX Runtime at 2 threads timing one session up to "
+        "30 % apart from another running the same shapes (each session its own intra-op "
+        "pool; at 1 thread they agree within 2 %): the plans are priced and measured by "
+        "session luck there. Depth pruning, `targets='all'` or 1 thread are the ways to go "
+        "faster.",
         "- Accuracy at equal latency: the latency plan is at least as accurate as the MACs "
         "plan in 4 of the 10 rows. With one repeated structure (MiniLM, the decoder) every "
         "group costs the same per unit, both plans keep the same MACs to 1 % and their "
