@@ -204,13 +204,9 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 # ---------------------------------------------------------------------------- run
-def run(layers: int, vocab: int, threads: int, dtype: torch.dtype = torch.bfloat16) -> dict:
-    from prunec.ir.capture import capture
-    from prunec.ir.channels import analyze_channels
-    from prunec.passes import MagnitudePruning
-    from prunec.passes.base import candidate_groups
-    from prunec.rewrite import apply_plan
-
+def _built(layers: int, vocab: int, threads: int, dtype: torch.dtype) -> tuple:
+    """``(sampler, rss before, model, model bytes, parameters, ids, rss built)``: the model
+    built under the RSS sampler; later phases are reported as growth over the built model."""
     torch.set_num_threads(threads)
     sampler = RssSampler()
     start_rss = sampler.base
@@ -220,9 +216,18 @@ def run(layers: int, vocab: int, threads: int, dtype: torch.dtype = torch.bfloat
     params = sum(p.numel() for p in model.parameters())
     say(f"model: {params / 1e9:.2f}B parameters, {gib(size)} GiB")
     ids = torch.randint(0, vocab, (1, TOKENS), generator=torch.Generator().manual_seed(SEED))
-    # Phases after the build are reported as growth over the built model.
     gc.collect()
-    built = scale.rss_bytes()
+    return sampler, start_rss, model, size, params, ids, scale.rss_bytes()
+
+
+def run(layers: int, vocab: int, threads: int, dtype: torch.dtype = torch.bfloat16) -> dict:
+    from prunec.ir.capture import capture
+    from prunec.ir.channels import analyze_channels
+    from prunec.passes import MagnitudePruning
+    from prunec.passes.base import candidate_groups
+    from prunec.rewrite import apply_plan
+
+    sampler, start_rss, model, size, params, ids, built = _built(layers, vocab, threads, dtype)
     with sampler.phase("capture"):
         program = capture(model, (ids,))
         program.donated = True  # what compile(..., donate=True, verify=False) sets
@@ -273,16 +278,7 @@ def run_compile(layers: int, vocab: int, threads: int, dtype: torch.dtype = torc
     from prunec.passes import MagnitudePruning
     from prunec.passes.base import candidate_groups
 
-    torch.set_num_threads(threads)
-    sampler = RssSampler()
-    start_rss = sampler.base
-    with sampler.phase("build"):
-        model = build_llama(layers, vocab, dtype)
-    size = scale.model_bytes(model)
-    params = sum(p.numel() for p in model.parameters())
-    ids = torch.randint(0, vocab, (1, TOKENS), generator=torch.Generator().manual_seed(SEED))
-    gc.collect()
-    built = scale.rss_bytes()
+    sampler, start_rss, model, size, params, ids, built = _built(layers, vocab, threads, dtype)
 
     def pass_():
         return MagnitudePruning(scale.RATIO, targets="mlp", scope="local", round_to=scale.ROUND_TO)
