@@ -11,7 +11,8 @@ quoted in ``benchmarks/results/latency_model_check.md``.
 ``sessions``: the same structure (one bottleneck of the first stage at 8 of 16 channels)
 with six different sets of kept channels, each its own ONNX Runtime session, timed with the
 dense program at 2 and 1 threads, twice: whether the kept channels or the session decide
-the latency.
+the latency (``sessions spinning``: at 2 threads with ONNX Runtime's spinning on, as
+``prunec.compile`` lowers by default, then off, as the timing harness has it).
 
 Run: ``python benchmarks/latency_plan_gap.py onnxruntime torch`` or ``... sessions``.
 """
@@ -61,7 +62,7 @@ def main(backends: list[str]) -> None:
                             for k, v in samples.items()}, "dense ms", round(dense, 3))
 
 
-def sessions() -> None:
+def sessions(spinning: bool = False, thread_counts: tuple = (2, 1)) -> None:
     case = digits_case()
     key = "layer1.1.conv1.weight:0"
     gen = torch.Generator().manual_seed(0)
@@ -70,8 +71,9 @@ def sessions() -> None:
              "rand1": sorted(torch.randperm(16, generator=gen)[:8].tolist()),
              "rand2": sorted(torch.randperm(16, generator=gen)[:8].tolist())}
     args = tuple(case.program.example_args)
-    for threads in (2, 1):
-        spec = tables.MeasureSpec("onnxruntime", (), threads, 40)
+    for threads in thread_counts:
+        # The timing harness turns spinning off unless asked; "spinning" times it on.
+        spec = tables.MeasureSpec("onnxruntime", (("spinning", spinning),), threads, 40)
         fns = {"dense": tables._bound(tables.lower_for_timing(case.program, spec), args, {})}
         for name, keep in keeps.items():
             program = case.program.clone(share_tensors=True)
@@ -87,5 +89,8 @@ def sessions() -> None:
 if __name__ == "__main__":
     if sys.argv[1:] == ["sessions"]:
         sessions()
+    elif sys.argv[1:] == ["sessions", "spinning"]:  # on, then off, 2 threads
+        sessions(True, (2,))
+        sessions(False, (2,))
     else:
         main(sys.argv[1:] or ["onnxruntime", "torch"])
