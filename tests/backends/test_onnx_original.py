@@ -1,0 +1,105 @@
+"""prunec.backends.onnx_original: the plan written back into the user's own ONNX graph
+(Gemm with alpha, beta and transB here), checked against the original graph with the removed
+units zeroed by hand; and its atomic save, with external data. Round trips of many exported
+graphs are in tests/frontends/test_onnx.py."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+import prunec  # noqa: E402
+from prunec.backends.onnx_original import save_model, write_back  # noqa: E402
+from prunec.frontends.converters import import_onnx2torch  # noqa: E402
+from prunec.frontends.onnx import onnx_source  # noqa: E402
+from prunec.passes import MagnitudePruning  # noqa: E402
+
+try:  # onnx2torch imports torchvision; prunec imports it without (frontends/converters.py)
+    import_onnx2torch()
+except ImportError:
+    pytest.skip("onnx2torch is not installed", allow_module_level=True)
+
+RNG = np.random.default_rng(1)
+INITS = {"W1": RNG.standard_normal((6, 16)).astype(np.float32),  # no transB: [in, out]
+         "B1": RNG.standard_normal(16).astype(np.float32),
+         "W2": RNG.standard_normal((3, 16)).astype(np.float32),  # transB: [out, in]
+         "B2": RNG.standard_normal(3).astype(np.float32)}
+
+
+def _model(inits=INITS) -> onnx.ModelProto:
+    nodes = [helper.make_node("Gemm", ["x", "W1", "B1"], ["h"], name="fc1", alpha=0.5, beta=2.0),
+             helper.make_node("Relu", ["h"], ["r"], name="act"),
+             helper.make_node("Gemm", ["r", "W2", "B2"], ["y"], name="fc2", transB=1)]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 3])],
+        [numpy_helper.from_array(a, n) for n, a in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _run(model, x):
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})[0]
+
+
+@pytest.fixture(scope="module")
+def pruned():
+    original = _model()
+    compiled = prunec.compile(original, {"x": RNG.standard_normal((2, 6)).astype(np.float32)},
+                              passes=[MagnitudePruning(0.5, round_to=1)], backend="onnxruntime")
+    return original, compiled
+
+
+def test_numerical_the_file_equals_the_original_with_removed_units_zeroed(pruned):
+    original, compiled = pruned
+    (plan,) = compiled.plans
+    (kept,) = plan.keep.values()
+    removed = sorted(set(range(16)) - set(kept))
+    zeroed = {k: v.copy() for k, v in INITS.items()}
+    zeroed["W1"][:, removed] = 0
+    zeroed["B1"][removed] = 0
+    zeroed["W2"][:, removed] = 0
+    x = RNG.standard_normal((5, 6)).astype(np.float32)  # another batch size
+    np.testing.assert_allclose(_run(compiled.artifact.model, x), _run(_model(zeroed), x),
+                               rtol=1e-5, atol=1e-5)
+    assert np.abs(_run(original, x) - _run(_model(zeroed), x)).max() > 1e-3
+
+
+def test_structural_same_ops_and_names_smaller_initializers(pruned):
+    original, compiled = pruned
+    model = compiled.artifact.model
+    assert [(n.op_type, n.name) for n in model.graph.node] == \
+        [(n.op_type, n.name) for n in original.graph.node]
+    shapes = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    assert shapes == {"W1": (6, 8), "B1": (8,), "W2": (3, 8), "B2": (3,)}
+    gemm = {a.name: helper.get_attribute_value(a) for a in model.graph.node[0].attribute}
+    assert gemm["alpha"] == 0.5 and gemm["beta"] == 2.0  # scales kept: the stand-in's undone
+    assert {t.name: tuple(t.dims) for t in original.graph.initializer}["W1"] == (6, 16)
+
+
+def test_idempotence_writing_back_twice_gives_the_same_file_and_a_rerun_changes_nothing(pruned):
+    original, compiled = pruned
+    source = onnx_source(compiled.program)
+    first, second = write_back(source, compiled.program), write_back(source, compiled.program)
+    assert first.SerializeToString() == second.SerializeToString()
+    assert source.model.SerializeToString() == original.SerializeToString()  # never edited
+    program = compiled.program.clone()
+    assert not MagnitudePruning(0.5, round_to=1)(program).modified
+
+
+def test_save_model_with_external_data_is_whole_and_leaves_no_scratch(tmp_path):
+    big = dict(INITS, W1=RNG.standard_normal((6, 256)).astype(np.float32),
+               B1=RNG.standard_normal(256).astype(np.float32),
+               W2=RNG.standard_normal((3, 256)).astype(np.float32))
+    model = _model(big)
+    path = save_model(model, tmp_path / "m.onnx", external=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]
+    loaded = onnx.load(str(path))
+    x = RNG.standard_normal((2, 6)).astype(np.float32)
+    np.testing.assert_array_equal(_run(loaded, x), _run(model, x))
+    assert all(t.HasField("raw_data") for t in model.graph.initializer)  # the caller's copy
+    save_model(model, tmp_path / "small.onnx", external=False)
+    assert not (tmp_path / "small.onnx.data").exists()
