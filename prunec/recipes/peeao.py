@@ -63,13 +63,16 @@ class Candidate:
                  kind: str = "parent"):
         self.program, self.twin, self.plan, self.kind = program, twin, plan, kind
 
-    def child(self, plan: PruningPlan, kind: str, program: Program | None = None) -> "Candidate":
-        """Clones of both Programs with ``plan`` applied (``program``: already applied)."""
+    def child(self, plan: PruningPlan, kind: str, program: Program | None = None, *,
+              config: dict | None = None, stats: Any = None) -> "Candidate":
+        """Clones of both Programs with ``plan`` applied (``program``: already applied by a
+        pass, which recorded its own lineage step), each recorded in the lineage under
+        ``config`` (the pass that made the plan) with ``stats``."""
         if program is None:
             program = self.program.clone()
-            apply_plan(program, plan)
+            apply_plan(program, plan, config=config, stats=stats)
         twin = self.twin.clone()
-        apply_plan(twin, plan)
+        apply_plan(twin, plan, config=config, stats=stats)
         return Candidate(program, twin, plan, kind)
 
     def sync(self) -> None:
@@ -169,7 +172,9 @@ def _layer_candidate(parent: Candidate, calibration, criterion: str, compensate:
         return None
     keys = result.stats.dropped_keys
     count = filters_removed(parent.program, keys)
-    return parent.child(result.plan, "layer", program), count
+    step = program.lineage[-1]  # the DepthPruning step: the twin records the same
+    return parent.child(result.plan, "layer", program, config=step.config,
+                        stats=step.stats), count
 
 
 def _neuron_candidate(parent: Candidate, calibration, count: int | None,
@@ -182,7 +187,15 @@ def _neuron_candidate(parent: Candidate, calibration, count: int | None,
     score = neuron_kl_exact if neuron_scores == "exact" else neuron_kl_scores
     scores = score(parent.program, groups, calibration)
     plan = select_units(groups, scores, count)
-    return parent.child(plan, "neuron") if plan else None
+    if not plan:
+        return None
+    config = {"pass": "PEEAO", "unit": "neuron", "filters": count, "scores": neuron_scores}
+    total = sum(g.size for g, _ in groups.values())
+    kept = sum(len(plan.keep[key]) if key in plan.keep else g.size
+               for key, (g, _) in groups.items())
+    stats = PassStats(targets="block inner channels", groups=len(groups), units_total=total,
+                      pruned_groups=len(plan.keep), units_removed=total - kept)
+    return parent.child(plan, "neuron", config=config, stats=stats)
 
 
 # ---------------------------------------------------------------------------- recipe
@@ -264,9 +277,6 @@ def peeao(model: torch.nn.Module, example_inputs: Any, train_data: Any, val_data
             iterations.append(row)
             if on_iteration is not None:
                 on_iteration(row, parent.program)
-            stats = PassStats(extra={"choice": row["choice"]})
-            report.passes.append({"pass": "PEEAO", "options": {"iteration": it}, "modified": True,
-                                  "plan": parent.plan, **stats, "stats": stats})
             pbar.update(1)
             pbar.set_postfix(cut=f"{100 * row['macs_reduction']:.1f}%", choice=row["choice"],
                              acc=f"{row['val_accuracy']:.3f}")
@@ -275,6 +285,7 @@ def peeao(model: torch.nn.Module, example_inputs: Any, train_data: Any, val_data
         warnings.warn(f"peeao: stopped at {100 * reached:.1f}% of the MACs removed, short of "
                       f"macs_reduction={macs_reduction} ({stop}).", stacklevel=2)
     report.finish(parent.program)
+    report.read_lineage(parent.program)  # each iteration's kept step: a block or neurons
     report.iterations.extend(iterations)
     return CompiledModel(parent.program, report)
 

@@ -17,6 +17,7 @@ from prunec.ir.interpret import run_with_overrides
 from prunec.ir.similarity import linear_cka, penultimate_features
 from prunec.recipes.neuron_kl import inner_groups, neuron_kl_exact, neuron_kl_scores, select_units
 from prunec.recipes.peeao import choose, peeao
+from prunec.rewrite import recapture
 from prunec.zoo import ResNet1d
 from tests.captured import one_thread  # noqa: F401 (autouse fixture)
 
@@ -86,6 +87,23 @@ def test_exact_neuron_scores_choose_the_filters_with_lowest_measured_kl(monkeypa
     expected = select_units(groups, neuron_kl_exact(program, groups, [x for x, _ in train]),
                             row["filters_removed"])
     assert expected.keep and compiled.plans[-1].keep == expected.keep
+
+
+def test_report_entries_are_the_kept_candidates_lineage_steps(monkeypatch):
+    """Two iterations, a neuron step then a layer step: the report lists the lineage of the
+    program PEEAO returns, one step per iteration, named by what made it."""
+    with pytest.warns(UserWarning, match="short of macs_reduction"):
+        compiled = _run(monkeypatch, ckas=[0.1, 0.9, 0.9, 0.1], macs_reduction=0.9,
+                        max_iterations=2)
+    assert [r["choice"] for r in compiled.report.iterations] == ["neuron", "layer"]
+    lineage = compiled.program.lineage
+    assert [s.name for s in lineage] == ["PEEAO", "DepthPruning"]
+    assert lineage[0].config["unit"] == "neuron" and lineage[0].stats.units_removed == \
+        compiled.report.iterations[0]["filters_removed"] > 0
+    assert [e["pass"] for e in compiled.report.passes] == ["PEEAO", "DepthPruning"]
+    assert "PEEAO" in str(compiled.report) and "DepthPruning" in str(compiled.report)
+    replayed = recapture(_setup()[0], compiled.program)  # the lineage rebuilds the program
+    assert [s.name for s in replayed.lineage] == ["PEEAO", "DepthPruning"]
 
 
 def test_tie_keeps_the_layer(monkeypatch):
