@@ -437,13 +437,19 @@ class PruningPass(PassBase):
             counts = {g.key: self._local_keep(g, origin[g.key]) for g in groups}
         else:
             counts = self._global_keep(groups, scores, origin)
-        return _keep_plan(groups, scores, counts)
+        return self.settle(_keep_plan(groups, scores, counts), groups, scores)
+
+    def settle(self, plan: PruningPlan, groups: list[ChannelGroup],
+               scores: dict[str, torch.Tensor]) -> PruningPlan:
+        """The pass's last word on a plan made from kept counts (a subclass's floor, e.g.
+        HeadPruning's ``min_heads``); the latency loop times the settled plan too."""
+        return plan
 
     def _latency_keep(self, program, groups, scores, ctx) -> dict[str, int]:
         def realize(counts: dict[str, int]) -> PruningPlan:
             # The closed loop times the program this pass delivers: its own units kept and
             # its compensations (mean folding adds ops that cost time too).
-            plan = _keep_plan(groups, scores, counts)
+            plan = self.settle(_keep_plan(groups, scores, counts), groups, scores)
             if plan:
                 self.compensate(program, groups, plan, ctx)
             return plan

@@ -32,7 +32,7 @@ import torch
 import torch.fx as fx
 
 from prunec import validate
-from prunec.errors import CalibrationError, PrunecError
+from prunec.errors import CalibrationError, InvalidArgumentError, PrunecError
 from prunec.ir.calibration import MaskSpec, collect_statistics
 from prunec.ir.channels import ChannelGroup, analyze_channels
 from prunec.ir.program import Program
@@ -55,6 +55,9 @@ class HeadPruning(PruningPass):
 
     Args:
         ratio: Fraction of the heads (units) removed, in ``[0, 1)``.
+        latency: Instead of ``ratio``: a latency target (a fraction of the dense latency or a
+            :class:`~prunec.passes.latency.LatencyTarget`); which heads go is then chosen by
+            the exact knapsack over measured latency tables, ``min_heads`` included.
         criterion: ``"magnitude"`` (default, data-free) or ``"activation"`` (needs
             ``calibration``); see the module docstring.
         calibration: Re-iterable items for ``"activation"``.
@@ -72,12 +75,17 @@ class HeadPruning(PruningPass):
 
     name = "heads"
 
-    def __init__(self, ratio: float, *, criterion: str = "magnitude",
+    def __init__(self, ratio: float | None = None, *, criterion: str = "magnitude",
                  calibration: Iterable[Any] | None = None, scope: str = "global",
                  uniform: bool = False, min_heads: int = 1, mask: MaskSpec = None,
-                 max_batches: int | None = None):
+                 max_batches: int | None = None, latency=None):
         super().__init__(ratio=ratio, scope="local" if uniform else scope, targets="all",
-                         round_to=1)
+                         round_to=1, latency=latency)
+        if latency is not None and uniform:
+            raise InvalidArgumentError(
+                f"{type(self).__name__}: uniform=True fixes the same count per layer, which a "
+                f"latency target does not choose; drop uniform (the Hugging Face write-back "
+                f"then needs equal counts: use a ratio with uniform=True instead)")
         where = type(self).__name__
         self.criterion = validate.check_choice(criterion, CRITERIA, where, "criterion")
         if criterion == "activation" and calibration is None:
@@ -106,13 +114,12 @@ class HeadPruning(PruningPass):
     def candidates(self, analysis) -> list[ChannelGroup]:
         return [g for g in analysis.prunable() if "attention" in g.tags]
 
-    def plan(self, program: Program, groups: list[ChannelGroup], ctx: PassContext) -> PruningPlan:
-        plan = super().plan(program, groups, ctx)
+    def settle(self, plan: PruningPlan, groups: list[ChannelGroup],
+               scores: dict[str, torch.Tensor]) -> PruningPlan:
         for g in groups:  # a layer never loses its last heads
             kept = plan.keep.get(g.key)
             if kept is not None and len(kept) < min(self.min_heads, g.size):
-                scores = self._scores[g.key]
-                order = torch.argsort(scores.double(), descending=True, stable=True)
+                order = torch.argsort(scores[g.key].double(), descending=True, stable=True)
                 plan.keep[g.key] = sorted(order[:min(self.min_heads, g.size)].tolist())
         return plan
 
@@ -122,7 +129,6 @@ class HeadPruning(PruningPass):
             scores = {g.key: unit_norms(program, g, 2.0).sqrt() for g in groups}
         else:
             scores = _activation_scores(program, groups, self)
-        self._scores = scores
         return scores
 
 

@@ -434,3 +434,37 @@ def test_closed_loop_keeps_a_faster_plan_and_never_delivers_a_slower_one():
                                         r"[0-9.]+ ms \(78%\) so far.*iterations="):
         closed_loop(spec, fine_values, fine_costs, 10.0, stuck_backend, where="Test")
     assert timed == [3, 1]  # 70 % priced, then the corrected budget (59 %): 50 % priced
+
+
+def test_head_pruning_takes_a_latency_target_and_keeps_min_heads(fake_time, monkeypatch):
+    """HeadPruning(latency=...): heads chosen by the knapsack, every layer keeps min_heads,
+    and the plan the loop timed is the one applied (the floor included)."""
+    transformers = pytest.importorskip("transformers")
+    from prunec.passes import HeadPruning, latency
+
+    timed = []
+    measure = latency._measure_plan
+
+    def spy(program, dense, plan, target, lowered):
+        timed.append({k: list(v) for k, v in plan.keep.items()})
+        return measure(program, dense, plan, target, lowered)
+
+    monkeypatch.setattr(latency, "_measure_plan", spy)
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=16, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
+        use_cache=False)
+    model = transformers.LlamaForCausalLM(config).eval()
+    ids = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(0))
+    program = capture(model, (ids,))
+    result = HeadPruning(latency=target(0.8), min_heads=3)(program)
+    stats = result.stats["latency"]
+    # the tables' choice left a layer 2 heads; min_heads=3 raised it, and the loop timed that
+    assert result.modified and stats["predicted_fraction"] < stats["measured_fraction"]
+    assert abs(stats["measured_fraction"] - 0.8) <= 0.05 * 0.8
+    assert all(len(kept) >= 3 for kept in result.plan.keep.values())
+    assert timed and timed[-1] == {k: list(v) for k, v in result.plan.keep.items()}
+    assert "ratio" not in HeadPruning(latency=0.5).config()
+    with pytest.raises(prunec.errors.InvalidArgumentError, match="uniform"):
+        HeadPruning(latency=0.5, uniform=True)
