@@ -33,6 +33,7 @@ skipped.
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -86,6 +87,13 @@ _NORMALISING = {"softmax", "_softmax", "log_softmax", "_log_softmax", "_safe_sof
                 "_native_batch_norm_legit_functional"}
 
 
+def _splits_into(node, slot_nodes: set) -> bool:
+    """``node`` returns a tuple (``chunk``, ``split``) whose every read is a slot of the group:
+    the channels go on inside it (a fused gate/up projection split in two halves)."""
+    return bool(node.users) and all(u.op == "call_function" and u.target is operator.getitem
+                                    and u.name in slot_nodes for u in node.users)
+
+
 def _measure(program: Program, group: ChannelGroup) -> tuple[list[MeasuredValue] | None, str]:
     nodes = {n.name: n for n in program.graph.nodes}
     slot_nodes = {s.node for s in group.slots}
@@ -97,7 +105,7 @@ def _measure(program: Program, group: ChannelGroup) -> tuple[list[MeasuredValue]
     for name in dict.fromkeys(node for node, _ in act_slots):
         value = nodes[name]
         for user in value.users:
-            if user.name in slot_nodes:
+            if user.name in slot_nodes or _splits_into(user, slot_nodes):
                 continue
             axis = fold_axis(user, value)
             if axis is None or (user.args[1].target, 1) not in weight_axes \

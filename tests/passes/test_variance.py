@@ -154,6 +154,43 @@ def test_swiglu_llama_down_proj_input():
     assert (ref - out)[real].abs().max().item() < 1e-4
 
 
+class FusedGateUp(nn.Module):
+    """Phi-3's MLP: one projection for gate and up, split in halves by ``chunk``."""
+
+    def __init__(self, d: int = 16, h: int = 32) -> None:
+        super().__init__()
+        self.gate_up, self.down = nn.Linear(d, 2 * h, bias=False), nn.Linear(h, d, bias=False)
+
+    def forward(self, x):
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return x + self.down(torch.nn.functional.silu(gate) * up)
+
+
+def test_fused_gate_up_projection_measures_the_down_projection_input():
+    """Through ``chunk``: the measured value is silu(gate) * up, the removed neurons' mean
+    goes into the down projection's bias, and the pruned model equals the original with
+    those neurons at their means."""
+    torch.manual_seed(0)
+    model = FusedGateUp().eval()
+    calibration = [(torch.randn(4, 6, 16) + 0.5,) for _ in range(3)]
+    program = capture(model, calibration[0])
+    original = program.clone()
+    result = VarianceBasedPruning(0.5, calibration, round_to=1)(program, PassContext())
+    assert result.modified and result.stats["units_removed"] == 16
+    assert tuple(program.get_tensor("gate_up.weight").shape) == (32, 16)
+    assert tuple(program.get_tensor("down.weight").shape) == (16, 16)
+    assert str(consumer_input(original, "down.weight").target) == "aten.mul.Tensor"
+    node = consumer_input(original, "down.weight")
+    values = torch.cat([record_values(original, c, [node.name])[node.name] for c in calibration])
+    mu = values.reshape(-1, 32).double().mean(0)
+    removed = torch.ones(32, dtype=torch.bool)
+    removed[result.plan.keep["gate_up.weight:0"]] = False
+    x = torch.randn(3, 6, 16)
+    overrides = {node.name: _replacer(removed, mu, 2)}
+    with torch.no_grad():
+        assert max_diff(program.run(x), run_with_overrides(original, (x,), overrides)) < 1e-5
+
+
 def _masked_mean_overrides(program, plan, consumers, item):
     """Means over real tokens only: the statistics must exclude padding."""
     analysis = analyze_channels(program)
