@@ -71,10 +71,12 @@ def make_llm_pass(args: argparse.Namespace, calibration: list | None):
     (:class:`~prunec.passes.DepthPruning`) from the command line's options."""
 
     criterion = getattr(args, "criterion", None)
+    latency = getattr(args, "latency", None)  # replaces --ratio / --num-blocks when given
     if args.pass_name == "heads":
-        return passes.HeadPruning(args.ratio, criterion=criterion or "magnitude",
+        return passes.HeadPruning(args.ratio if latency is None else None,
+                                  criterion=criterion or "magnitude",
                                   calibration=calibration, scope=args.scope,
-                                  uniform=getattr(args, "uniform", False))
+                                  uniform=getattr(args, "uniform", False), latency=latency)
     compensate = not getattr(args, "no_compensate", False)
     number = getattr(args, "num_blocks", None)
     criterion = criterion or ("cosine" if calibration is not None else "magnitude")
@@ -82,9 +84,12 @@ def make_llm_pass(args: argparse.Namespace, calibration: list | None):
         raise CliError(f"--pass depth with criterion {criterion!r}"
                        f"{' and mean compensation' if compensate else ''} needs --data for "
                        f"calibration; or give --criterion magnitude --no-compensate")
-    return passes.DepthPruning(number, ratio=None if number is not None else args.ratio,
-                               calibration=calibration, criterion=criterion,
-                               compensate=compensate, unit=getattr(args, "unit", "block"))
+    if latency is not None and number is not None:
+        raise CliError("--latency and --num-blocks both say how much to drop; give one")
+    ratio = None if number is not None or latency is not None else args.ratio
+    return passes.DepthPruning(number, ratio=ratio, calibration=calibration,
+                               criterion=criterion, compensate=compensate,
+                               unit=getattr(args, "unit", "block"), latency=latency)
 
 
 def copy_tokenizer(spec: str, out: Path) -> list[str]:

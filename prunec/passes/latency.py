@@ -532,8 +532,8 @@ def _measure_plan(program: Program, dense: tables.Structure, plan: PruningPlan,
 
 # ---------------------------------------------------------------------------- depth
 def drop_blocks(program: Program, candidates: list, scores: dict[str, float],
-                room: dict[int, int], target: LatencyTarget, *, where: str, realize=None
-                ) -> tuple[list, dict]:
+                room: dict[int, int], target: LatencyTarget, *, where: str, realize=None,
+                drops=None) -> tuple[list, dict]:
     """Blocks to drop meeting ``target`` with the most block importance kept.
 
     Per stage, dropping ``j`` blocks (``j`` up to the stage's room) drops its ``j``
@@ -542,6 +542,8 @@ def drop_blocks(program: Program, candidates: list, scores: dict[str, float],
 
     ``realize`` takes the blocks to drop and returns the plan the pass would apply (with
     its stored means): what the closed loop times (None: the drops without means).
+    ``drops`` maps a candidate to the :class:`BlockDrop` entries that remove it (default:
+    its own key; a whole decoder layer is a candidate of several blocks).
 
     Returns:
         The blocks to drop and the statistics for the report (``latency``).
@@ -549,6 +551,7 @@ def drop_blocks(program: Program, candidates: list, scores: dict[str, float],
     Raises:
         PlanError: the target cannot be met (the message names the best reachable).
     """
+    drops = drops or (lambda b: [BlockDrop(b.key, None)])
     spec = target.spec()
     args, kwargs = measurement_inputs(program, target)
     outside = list(dict.fromkeys(e for b in candidates
@@ -563,7 +566,7 @@ def drop_blocks(program: Program, candidates: list, scores: dict[str, float],
     for sig, blocks in members.items():  # in context: every block of one shape dropped
         try:
             variants[sig] = _variant(program, dense, PruningPlan(
-                blocks=[BlockDrop(b.key, None) for b in blocks]), sig)
+                blocks=[d for b in blocks for d in drops(b)]), sig)
         except Exception:  # noqa: BLE001 - a drop the rewrite declines: the branch alone
             pass
     reference = tables.measure_reference(dense, structures + list(variants.values()), spec,
@@ -596,7 +599,7 @@ def drop_blocks(program: Program, candidates: list, scores: dict[str, float],
     def measure(picked: list[int]) -> float:
         chosen = [b for blocks, j in zip(order, picked) for b in blocks[:j]]
         plan = realize(chosen) if realize is not None else PruningPlan(
-            blocks=[BlockDrop(b.key, None) for b in chosen])
+            blocks=[d for b in chosen for d in drops(b)])
         return _measure_plan(program, dense, plan, target, lowered)
 
     picked, loop = closed_loop(target, option_values, option_costs, dense_ms, measure,

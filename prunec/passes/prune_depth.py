@@ -100,10 +100,6 @@ class DepthPruning(PassBase):
                                        "latency (fraction of the dense latency).")
         self.latency_target = None
         if latency is not None:
-            if unit != "block":
-                raise InvalidArgumentError("DepthPruning: latency= selects residual blocks; "
-                                           "use unit='block' with it (whole layers are not "
-                                           "timed yet).")
             self.latency_target = check_latency(latency, "DepthPruning")
             self.latency = self.latency_target.fraction
         if num_blocks is not None and (not isinstance(num_blocks, int) or num_blocks < 0):

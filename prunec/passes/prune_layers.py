@@ -32,6 +32,7 @@ from prunec.ir.blocks import Block, analyze_blocks
 from prunec.ir.interpret import ProgramInterpreter
 from prunec.ir.program import Program
 from prunec.passes.base import PassResult, PassStats
+from prunec.passes.latency import drop_blocks
 from prunec.passes.depth_scores import (branch_scale, calibration_items, log_softmax_rows,
                                         similarity_scores)
 from prunec.rewrite import apply_plan
@@ -82,10 +83,16 @@ def run_layer_depth(pass_, program: Program) -> PassResult:
     if pass_.protect_first and candidates and candidates[0] is layers[0]:
         candidates = candidates[1:]
     done = dropped_layers(program)
-    target = pass_.num_blocks if pass_.num_blocks is not None else \
-        round(pass_.ratio * (len([l for l in layers if l.removable]) + done))
     stats = PassStats(unit="layer", layers=len(layers), candidates=len(candidates),
                       dropped_before=done)
+    if pass_.latency_target is not None:
+        if pass_.already_applied(program):  # its target is already reached
+            stats.already_applied = True
+            return pass_.unchanged(program, stats)
+        target = done + len(candidates)  # the knapsack decides how many
+    else:
+        target = pass_.num_blocks if pass_.num_blocks is not None else \
+            round(pass_.ratio * (len([l for l in layers if l.removable]) + done))
     if target - done <= 0 or not candidates:
         stats.dropped = 0
         return pass_.unchanged(program, stats)
@@ -93,15 +100,58 @@ def run_layer_depth(pass_, program: Program) -> PassResult:
         raise PrunecError("DepthPruning scores layers in eval mode, but this program was "
                           "captured with train=True; capture with train=False.")
     scores = layer_scores(program, candidates, pass_)
-    chosen = sorted(candidates, key=lambda l: (scores[l.path], l.path))[:target - done]
+    realize = _layer_realizer(pass_, program)
+    if pass_.latency_target is not None:
+        spans = [_LayerSpan(l) for l in candidates]  # a layer as one candidate of its blocks
+        picked, stats.latency = drop_blocks(
+            program, spans, scores, {0: len(spans)}, pass_.latency_target,
+            where="DepthPruning(unit='layer')", realize=lambda c: realize([s.layer for s in c]),
+            drops=lambda span: [BlockDrop(b.key, None) for b in span.layer.blocks])
+        chosen = [span.layer for span in picked]
+        if not chosen:
+            stats.dropped = 0
+            return pass_.unchanged(program, stats)
+    else:
+        chosen = sorted(candidates, key=lambda l: (scores[l.path], l.path))[:target - done]
     blocks = [b for layer in chosen for b in layer.blocks]
-    means = pass_.means(program, blocks) if pass_.compensate else [None] * len(blocks)
-    plan = PruningPlan(blocks=[BlockDrop(b.key, m) for b, m in zip(blocks, means)])
+    plan = realize(chosen)
     apply_plan(program, plan, config=pass_.config(), stats=stats)
     stats.dropped, stats.dropped_layers = len(chosen), [l.path for l in chosen]
     stats.dropped_keys, stats.macs_removed = [b.key for b in blocks], sum(b.macs for b in blocks)
     stats.scores = {k: float(v) for k, v in scores.items()}
     return PassResult(program, True, plan, stats)
+
+
+@dataclass(frozen=True)
+class _LayerSpan:
+    """A layer as one candidate of the latency selection: its blocks' nodes, one stage."""
+
+    layer: Layer
+
+    @property
+    def key(self) -> str:
+        return self.layer.path
+
+    @property
+    def nodes(self) -> tuple:
+        return tuple(n for b in self.layer.blocks for n in b.nodes)
+
+    stage: int = 0
+
+
+def _layer_realizer(pass_, program: Program):
+    """The plan dropping given layers, with each block's stored mean when ``compensate``
+    (measured once, however many plans the latency loop times)."""
+    means: dict[str, torch.Tensor] = {}
+
+    def realize(layers: list[Layer]) -> PruningPlan:
+        blocks = [b for layer in layers for b in layer.blocks]
+        if pass_.compensate:
+            missing = [b for b in blocks if b.key not in means]
+            if missing:
+                means.update((b.key, m) for b, m in zip(missing, pass_.means(program, missing)))
+        return PruningPlan(blocks=[BlockDrop(b.key, means.get(b.key)) for b in blocks])
+    return realize
 
 
 def layer_scores(program: Program, layers: list[Layer], pass_) -> dict[str, float]:

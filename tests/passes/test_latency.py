@@ -234,6 +234,14 @@ def test_cli_latency_option_builds_a_latency_pass():
     assert variance.latency_target.fraction == 0.7
     with pytest.raises(PrunecError, match="--latency"):
         parse_args(["prune", "--latency", "0"])
+    heads = make_pass(parse_args(["prune", "--pass", "heads", "--latency", "0.8"]), setup)
+    assert heads.latency_target.fraction == 0.8 and heads.ratio == 0.0
+    depth = make_pass(parse_args(["prune", "--pass", "depth", "--unit", "layer", "--latency",
+                                  "0.75"]), setup)
+    assert depth.latency_target.fraction == 0.75 and depth.unit == "layer"
+    with pytest.raises(PrunecError, match="--num-blocks"):
+        make_pass(parse_args(["prune", "--pass", "depth", "--latency", "0.75",
+                              "--num-blocks", "1"]), setup)
 
 
 def test_real_timing_on_onnxruntime(tmp_path, monkeypatch):
@@ -468,3 +476,27 @@ def test_head_pruning_takes_a_latency_target_and_keeps_min_heads(fake_time, monk
     assert "ratio" not in HeadPruning(latency=0.5).config()
     with pytest.raises(prunec.errors.InvalidArgumentError, match="uniform"):
         HeadPruning(latency=0.5, uniform=True)
+
+
+def test_depth_pruning_drops_whole_layers_for_a_latency_target(fake_time):
+    """DepthPruning(unit="layer", latency=...): the knapsack picks whole decoder layers (both
+    residual blocks of each) and the target is met as measured."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        use_cache=False)
+    model = transformers.LlamaForCausalLM(config).eval()
+    ids = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(0))
+    program = capture(model, (ids,))
+    result = DepthPruning(latency=target(0.7), unit="layer", compensate=False,
+                          criterion="magnitude")(program)
+    stats = result.stats
+    assert result.modified and stats["dropped"] >= 1
+    layers = {key.split("/")[0] for key in stats["dropped_keys"]}
+    assert len(stats["dropped_keys"]) == 2 * len(layers)  # attention and MLP of each layer
+    assert stats["latency"]["measured_fraction"] <= 0.7 * 1.05
+    assert program.run(ids).logits.shape == (2, 12, 64)
+    assert "ratio" not in DepthPruning(latency=0.5, unit="layer", compensate=False,
+                                       criterion="magnitude").config()
