@@ -7,7 +7,7 @@ After :mod:`prunec.backends.module` wrote a plan back into a copy of a ``transfo
 
 | family (detected by structure) | widths | heads | layers | biases |
 |---|---|---|---|---|
-| Decoders: Llama, Mistral, Qwen2/3, Gemma, Olmo2, Mixtral (attention only), Phi-3 (fused ``qkv_proj``, ``gate_up_proj``), GPT-NeoX and OPT (MLP; their head width is derived, so heads are refused) | ``intermediate_size`` (OPT: ``ffn_dim``) | ``num_attention_heads``, ``num_key_value_heads``, ``head_dim`` | ``num_hidden_layers``, ``layer_types``, ``layer_idx`` renumbered | ``mlp_bias``, ``attention_bias`` (zero biases elsewhere) |
+| Decoders: Llama, Mistral, Qwen2/3, Gemma, Olmo2, Mixtral (attention only), Phi-3 (fused ``qkv_proj``, ``gate_up_proj``); GPT-NeoX, OPT and ViT/DeiT (MLP; their head width is derived, so heads are refused) | ``intermediate_size`` (OPT: ``ffn_dim``) | ``num_attention_heads``, ``num_key_value_heads``, ``head_dim`` | ``num_hidden_layers``, ``layer_types``, ``layer_idx`` renumbered | ``mlp_bias``, ``attention_bias`` (zero biases elsewhere) |
 | GPT-2 (``h[i].mlp.c_fc``) | ``n_inner`` | ``n_head`` only with ``n_embd / n_head`` unchanged | ``n_layer`` | Conv1D always has one |
 | BERT-like encoders (``encoder.layer[i].intermediate.dense``) | ``intermediate_size`` | as GPT-2 | ``num_hidden_layers`` | Linear layers have one |
 
@@ -71,16 +71,18 @@ def _family(layers: nn.ModuleList) -> str:
 
 # A decoder layer's attention: (module, query or fused qkv, key, output projection).
 # Llama, Mistral, Qwen2/3, Gemma, Olmo2, Mixtral...: separate q/k/v and o_proj; Phi-3: one
-# fused qkv_proj (queries, then keys, then values); OPT: out_proj; GPT-NeoX: a fused
-# query_key_value interleaved per head and dense.
+# fused qkv_proj (queries, then keys, then values); OPT: out_proj; ViT/DeiT (transformers
+# 5: ``attention.q_proj``, ``mlp.fc1``/``fc2``); GPT-NeoX: a fused query_key_value
+# interleaved per head and dense.
 _ATTENTION_KINDS = (("self_attn", "q_proj", "k_proj", "o_proj"),
                     ("self_attn", "qkv_proj", None, "o_proj"),
                     ("self_attn", "q_proj", "k_proj", "out_proj"),
+                    ("attention", "q_proj", "k_proj", "o_proj"),
                     ("attention", "query_key_value", None, "dense"))
 # A decoder layer's MLP: its down projection (whose input width is the MLP's) and the config
 # field that names that width.
 _MLP_KINDS = (("mlp.down_proj", "intermediate_size"), ("mlp.dense_4h_to_h", "intermediate_size"),
-              ("fc2", "ffn_dim"))
+              ("mlp.fc2", "intermediate_size"), ("fc2", "ffn_dim"))
 
 
 def _attention_kind(layer: nn.Module) -> tuple | None:
@@ -142,6 +144,19 @@ def _set(config, field: str, value: Any) -> None:
         setattr(config, field, value)
 
 
+def _hidden_width(model: nn.Module, config) -> int:
+    """The residual width: a token embedding's columns, or a patch embedding convolution's
+    output channels (ViT); else the config's own (a model built from it must then agree)."""
+    embeddings = model.get_input_embeddings()
+    weight = getattr(embeddings, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.dim() == 2:
+        return int(weight.shape[1])
+    convs = [m for m in embeddings.modules() if isinstance(m, nn.modules.conv._ConvNd)]
+    if len(convs) == 1:
+        return int(convs[0].out_channels)
+    return int(config.hidden_size)
+
+
 def _decoder(model, config, path: str, layers, structure: dict) -> None:
     """Decoder families (see ``_ATTENTION_KINDS`` and ``_MLP_KINDS``): the MLP width, the
     head counts and ``head_dim``, ``hidden_size`` and the bias switches."""
@@ -149,7 +164,7 @@ def _decoder(model, config, path: str, layers, structure: dict) -> None:
     if mlp is not None and hasattr(config, mlp[1]):
         widths = [layer.get_submodule(mlp[0]).in_features for layer in layers]
         _set(config, mlp[1], _uniform(widths, mlp[1], config, "the MLPs", _WIDTH_FIX))
-    hidden = int(model.get_input_embeddings().weight.shape[1])
+    hidden = _hidden_width(model, config)
     kind = _attention_kind(layers[0])
     if kind is not None and hasattr(config, "num_attention_heads"):
         _decoder_heads(config, layers, kind, hidden)
@@ -243,7 +258,7 @@ def _bert(model, config, layers) -> None:
     widths = [layer.intermediate.dense.out_features for layer in layers]
     _set(config, "intermediate_size", _uniform(widths, "intermediate_size", config, "the MLPs",
                                                _WIDTH_FIX))
-    _set(config, "hidden_size", int(model.get_input_embeddings().weight.shape[1]))
+    _set(config, "hidden_size", _hidden_width(model, config))
     _derived_head_dim(config, layers, "attention.self", "BERT")
 
 

@@ -244,3 +244,21 @@ def test_heads_of_a_family_that_derives_the_head_width_are_refused():
 
     with pytest.raises(PlanError, match="GPTNeoXConfig.*hidden_size / num_attention_heads"):
         _compile(_family("gpt_neox"), [HeadPruning(0.5, uniform=True)])
+
+
+def test_vit_mlp_width_round_trip(tmp_path):
+    """ViT (transformers 5 names: ``attention.q_proj``, ``mlp.fc1``/``fc2``, a patch
+    embedding convolution): intermediate_size follows the MLPs; from_pretrained reloads it."""
+    torch.manual_seed(0)
+    config = transformers.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                    intermediate_size=64, image_size=16, patch_size=8,
+                                    num_labels=3)
+    model = transformers.ViTForImageClassification(config).eval()
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    compiled = prunec.compile(model, (x,), [MagnitudePruning(0.5, targets="mlp",
+                                                             scope="local")], backend="module")
+    assert compiled.module.config.intermediate_size == 32 and model.config.intermediate_size == 64
+    out = compiled.save(tmp_path / "vit")
+    reloaded = transformers.ViTForImageClassification.from_pretrained(out).eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(x).logits, compiled.module(x).logits)
