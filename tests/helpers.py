@@ -59,3 +59,16 @@ class Recurrent(torch.nn.Module):
 
     def forward(self, x):
         return self.head(self.rnn(x)[0])
+
+
+def require_onnx2torch() -> None:
+    """Skip the calling test module when onnx2torch is missing (prunec imports it without
+    torchvision: frontends/converters.py)."""
+    import pytest
+
+    from prunec.frontends.converters import import_onnx2torch
+
+    try:
+        import_onnx2torch()
+    except ImportError:
+        pytest.skip("onnx2torch is not installed", allow_module_level=True)

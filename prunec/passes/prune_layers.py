@@ -140,18 +140,10 @@ class _LayerSpan:
 
 
 def _layer_realizer(pass_, program: Program):
-    """The plan dropping given layers, with each block's stored mean when ``compensate``
-    (measured once, however many plans the latency loop times)."""
-    means: dict[str, torch.Tensor] = {}
-
-    def realize(layers: list[Layer]) -> PruningPlan:
-        blocks = [b for layer in layers for b in layer.blocks]
-        if pass_.compensate:
-            missing = [b for b in blocks if b.key not in means]
-            if missing:
-                means.update((b.key, m) for b, m in zip(missing, pass_.means(program, missing)))
-        return PruningPlan(blocks=[BlockDrop(b.key, means.get(b.key)) for b in blocks])
-    return realize
+    """The plan dropping given layers: every block of each, through the pass's own block
+    realizer (stored means when ``compensate``, each measured once)."""
+    realize_blocks = pass_._realizer(program)
+    return lambda layers: realize_blocks([b for layer in layers for b in layer.blocks])
 
 
 def layer_scores(program: Program, layers: list[Layer], pass_) -> dict[str, float]:

@@ -12,13 +12,10 @@ ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import prunec  # noqa: E402
-from prunec.frontends.converters import import_onnx2torch  # noqa: E402
 from prunec.passes import DepthPruning  # noqa: E402
+from tests.helpers import require_onnx2torch  # noqa: E402
 
-try:  # onnx2torch imports torchvision; prunec imports it without (frontends/converters.py)
-    import_onnx2torch()
-except ImportError:
-    pytest.skip("onnx2torch is not installed", allow_module_level=True)
+require_onnx2torch()
 
 RNG = np.random.default_rng(2)
 INITS = {f"{b}.{k}": RNG.standard_normal(s).astype(np.float32) * (0.1 if b == "b0" else 1.0)

@@ -13,14 +13,11 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import prunec  # noqa: E402
 from prunec.backends.onnx_original import save_model, write_back  # noqa: E402
-from prunec.frontends.converters import import_onnx2torch  # noqa: E402
 from prunec.frontends.onnx import onnx_source  # noqa: E402
 from prunec.passes import MagnitudePruning  # noqa: E402
+from tests.helpers import require_onnx2torch  # noqa: E402
 
-try:  # onnx2torch imports torchvision; prunec imports it without (frontends/converters.py)
-    import_onnx2torch()
-except ImportError:
-    pytest.skip("onnx2torch is not installed", allow_module_level=True)
+require_onnx2torch()
 
 RNG = np.random.default_rng(1)
 INITS = {"W1": RNG.standard_normal((6, 16)).astype(np.float32),  # no transB: [in, out]

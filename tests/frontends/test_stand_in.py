@@ -13,13 +13,10 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from prunec.errors import UnsupportedOpError  # noqa: E402
 from prunec.frontends.onnx import open_onnx  # noqa: E402
-from prunec.frontends.converters import import_onnx2torch  # noqa: E402
 from prunec.frontends.stand_in import _check_converters  # noqa: E402
+from tests.helpers import require_onnx2torch  # noqa: E402
 
-try:  # onnx2torch imports torchvision; prunec imports it without (frontends/converters.py)
-    import_onnx2torch()
-except ImportError:
-    pytest.skip("onnx2torch is not installed", allow_module_level=True)
+require_onnx2torch()
 
 RNG = np.random.default_rng(0)
 W1 = RNG.standard_normal((6, 8)).astype(np.float32)  # Gemm without transB: [in, out]
