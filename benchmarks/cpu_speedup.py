@@ -353,8 +353,8 @@ def markdown(models: dict, rows: list[dict], args) -> str:
                       f"from ORT's profiler, per category the median over {args.profile_rounds} "
                       "interleaved runs; profiling inflates small kernels)", ""] + profile_lines(m["ort_profile"]) + [""]
     lines += ["## Environment", ""] + common.env_lines(env, [
-        f"- DeiT-S and ViT-S/16 share this architecture apart from DeiT's distillation token; "
-        f"weights are random (speed depends only on the widths)",
+        "- DeiT-S and ViT-S/16 share this architecture apart from DeiT's distillation token; "
+        "weights are random (speed depends only on the widths)",
         f"- iterations per batch size {args.iters}, warmup {args.warmup} rounds; "
         f"{common.load_note()} at the end of the run"])
     return "\n".join(lines) + "\n"

@@ -229,7 +229,7 @@ def seeds_section(results: dict) -> list[str]:
                      + ", ".join(f"{100 * v:.2f}" for v in st["values"]) + " |")
     d = sm["ocs_minus_dense"]
     tr = sm["time_ratio"]
-    lines += ["", f"OCSPruner minus dense, per seed: "
+    lines += ["", "OCSPruner minus dense, per seed: "
               + ", ".join(f"{100 * v:+.2f}" for v in d["values"])
               + f" points (mean {100 * d['mean']:+.2f}). Stable epochs: "
               + ", ".join(str(v) for v in sm["stable_epoch"]) + ". Training-time ratio "

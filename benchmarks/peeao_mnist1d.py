@@ -31,7 +31,6 @@ Usage: ``python benchmarks/peeao_mnist1d.py [--samples 4000] [--dense-epochs 6] 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import time

@@ -633,8 +633,8 @@ def _verified_8b_section(data: dict) -> list[str]:
                    f"plan for the masked reference was made beforehand on a capture sharing "
                    f"the weights, then dropped; the plan compile carried out is the same: "
                    f"{r['same_plan']}), " if "same_plan" in r else
-                   f"donation (`program.donated = True`, as `prunec.compile(..., donate=True, "
-                   f"verify=False)` sets it), ")
+                   "donation (`program.donated = True`, as `prunec.compile(..., donate=True, "
+                   "verify=False)` sets it), ")
                 + f"{r['pruned_groups']} of {r['groups']} MLP groups, kept widths "
                 f"{r['kept_widths']}; {r['released_params']} parameters of the original "
                 f"released as their pruned copies were made.", "",

@@ -16,7 +16,7 @@ import torch
 from prunec import backends
 from prunec.backends.compiled import CompiledModel, lower_program
 from prunec.backends.onnx_original import ORIGINAL_BACKENDS
-from prunec.frontends.onnx import SOURCE_KEY, is_onnx_model, onnx_source, open_onnx
+from prunec.frontends.onnx import SOURCE_KEY, is_onnx_model, open_onnx
 from prunec.errors import InvalidArgumentError, PrunecError
 from prunec.ir.capture import capture
 from prunec.ir.blocks import analyze_blocks
@@ -29,7 +29,6 @@ from prunec.report import PassStats, Report
 from prunec.rewrite import PruningPlan, apply_plan
 from prunec.ir.capture_checks import check_dynamic, check_example_inputs, check_model
 from prunec.passes.base import check_passes
-from prunec.validate import check_save_path
 
 __all__ = ["compile", "analyze", "load", "CompiledModel", "Report"]
 

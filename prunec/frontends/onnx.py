@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from prunec.errors import BackendUnavailable, InvalidArgumentError, PrunecError, UnsupportedOpError
+from prunec.errors import BackendUnavailable, InvalidArgumentError, PrunecError
 from prunec.frontends.converters import LINEAR_DOMAIN
 from prunec.frontends.source import PIP_HINT, SOURCE_KEY, OnnxSource, Use
 from prunec.frontends.stand_in import convert

@@ -5,7 +5,6 @@ hooks; :class:`~prunec.passes.base.PassContext` calls them. Pass code never veri
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch

@@ -36,7 +36,7 @@ from prunec.passes.latency import drop_blocks
 from prunec.passes.depth_scores import (branch_scale, calibration_items, log_softmax_rows,
                                         similarity_scores)
 from prunec.rewrite import apply_plan
-from prunec.rewrite.plan import BlockDrop, PruningPlan
+from prunec.rewrite.plan import BlockDrop
 from prunec.train.finetune import logits_of
 
 __all__ = ["Layer", "layers_of", "dropped_layers", "run_layer_depth"]

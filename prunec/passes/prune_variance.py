@@ -47,7 +47,7 @@ from prunec.ir.channels import ChannelGroup, Slot
 from prunec.ir.program import Program
 from prunec.passes.base import PassContext, PruningPass
 from prunec.rewrite.compensation import compensations_for, fold_axis
-from prunec.rewrite.plan import MeanCompensation, PruningPlan
+from prunec.rewrite.plan import PruningPlan
 
 __all__ = ["VarianceBasedPruning", "MeasuredValue", "measured_values", "unmeasured_reason",
            "unit_variances"]

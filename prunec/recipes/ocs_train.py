@@ -201,8 +201,8 @@ def _dataset(data: Any, name: str):
                 f"shuffles itself (batch_size=..., sharded per rank under torchrun).")
     elif isinstance(data, (tuple, list)) and data and all(
             isinstance(b, (tuple, list)) and len(b) == 2 for b in data[:3]):
-        hint = (f" For a list of (inputs, labels) batches pass "
-                f"(torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])).")
+        hint = (" For a list of (inputs, labels) batches pass "
+                "(torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])).")
     raise PrunecError(f"ocspruner: {name} must be a Dataset of (input, label) pairs or an "
                       f"(inputs, labels) tuple of tensors of equal length, got "
                       f"{type(data).__name__}.{hint}")

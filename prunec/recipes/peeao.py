@@ -27,7 +27,6 @@ the parent's pair, so the model is captured twice in all.
 """
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any, Callable, Iterable
 

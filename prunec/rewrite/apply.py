@@ -13,8 +13,6 @@ Given a :class:`~prunec.rewrite.plan.PruningPlan`, :func:`apply_plan`
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import torch
 import torch.fx as fx
@@ -191,7 +189,6 @@ def estimate_macs(program: Program, plan: PruningPlan) -> int:
     analysis = analyze_channels(program)
     keep = element_keep(analysis, plan)
     shapes = concrete_shapes(program)
-    offsets = analysis.offsets
 
     def shape_of(arg):
         shape = shapes.get(arg) if isinstance(arg, fx.Node) else None

@@ -6,7 +6,7 @@ import torch
 
 from prunec.ir.program import Program, Step
 from prunec.rewrite import PruningPlan, apply_plan
-from tests.rewrite.models import captured_mlp, mlp, tokens
+from tests.rewrite.models import captured_mlp, mlp
 
 
 def _program() -> Program:

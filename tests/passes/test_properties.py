@@ -1,7 +1,6 @@
 """Property-based tests: random architectures from the supported ops keep every invariant."""
 from __future__ import annotations
 
-import pytest
 import torch
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st

@@ -11,7 +11,7 @@ from prunec.ir.interpret import run_with_overrides
 from prunec.rewrite import BlockDrop, PruningPlan, apply_plan
 from prunec.rewrite.drop import block_overrides
 from tests.helpers import max_diff
-from tests.rewrite.models import captured_residual, Residual, tokens
+from tests.rewrite.models import captured_residual, tokens
 
 
 def _program():

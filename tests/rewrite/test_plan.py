@@ -12,7 +12,7 @@ from prunec.rewrite import (BlockDrop, MeanCompensation, PruningPlan, ValueCompe
                             convert_plan)
 from prunec.rewrite.compensation import consumer_node
 from tests.helpers import max_diff
-from tests.rewrite.models import calibration, captured_mlp, mlp, tokens
+from tests.rewrite.models import calibration, captured_mlp, tokens
 
 
 def _vbp_plan():

@@ -9,7 +9,7 @@ from prunec.ir.interpret import run_with_overrides
 from prunec.rewrite import MeanCompensation, PruningPlan, apply_plan
 from prunec.rewrite.compensation import consumer_node
 from prunec.rewrite.reference import compensated_values, reference_program, zeroer
-from tests.rewrite.models import captured_mlp, mlp, tokens
+from tests.rewrite.models import captured_mlp, tokens
 
 
 def test_zeroer_zeroes_the_given_indices_on_each_axis():
