@@ -9,12 +9,13 @@ import pytest
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from onnx import helper  # noqa: E402
 
 import prunec  # noqa: E402
 from prunec.backends.onnx_original import save_model, write_back  # noqa: E402
 from prunec.frontends.onnx import onnx_source  # noqa: E402
 from prunec.passes import MagnitudePruning  # noqa: E402
+from tests.frontends import graphs  # noqa: E402
 from tests.helpers import require_onnx2torch  # noqa: E402
 
 require_onnx2torch()
@@ -27,14 +28,7 @@ INITS = {"W1": RNG.standard_normal((6, 16)).astype(np.float32),  # no transB: [i
 
 
 def _model(inits=INITS) -> onnx.ModelProto:
-    nodes = [helper.make_node("Gemm", ["x", "W1", "B1"], ["h"], name="fc1", alpha=0.5, beta=2.0),
-             helper.make_node("Relu", ["h"], ["r"], name="act"),
-             helper.make_node("Gemm", ["r", "W2", "B2"], ["y"], name="fc2", transB=1)]
-    graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 6])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 3])],
-        [numpy_helper.from_array(a, n) for n, a in inits.items()])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return graphs.scaled_gemms(inits)
 
 
 def _run(model, x):

@@ -56,6 +56,19 @@ def gemm(trans_b: bool, seed: int = 0) -> onnx.ModelProto:
     return _model(nodes, [x], [y], inits, "gemm")
 
 
+def scaled_gemms(inits: dict) -> onnx.ModelProto:
+    """``x[B, 6] -> Gemm(alpha=0.5, beta=2, W1 [in, out]) -> Relu -> Gemm(transB, W2 [out, in])
+    -> y[B, 3]``, opset 17, with the given ``W1``, ``B1``, ``W2``, ``B2`` arrays."""
+    nodes = [helper.make_node("Gemm", ["x", "W1", "B1"], ["h"], name="fc1", alpha=0.5, beta=2.0),
+             helper.make_node("Relu", ["h"], ["r"], name="act"),
+             helper.make_node("Gemm", ["r", "W2", "B2"], ["y"], name="fc2", transB=1)]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 3])],
+        [numpy_helper.from_array(inits[n], n) for n in ("W1", "B1", "W2", "B2")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
 def conv_bn_residual(seed: int = 0) -> onnx.ModelProto:
     """``x -> Conv3x3 -> BN -> Relu -> Conv1x1 (no bias) -> + x -> Relu -> GAP -> Gemm``."""
     rng = np.random.default_rng(seed)

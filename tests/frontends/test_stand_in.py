@@ -9,11 +9,12 @@ import torch
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from onnx import helper, numpy_helper  # noqa: E402
 
 from prunec.errors import UnsupportedOpError  # noqa: E402
 from prunec.frontends.onnx import open_onnx  # noqa: E402
 from prunec.frontends.stand_in import _check_converters  # noqa: E402
+from tests.frontends import graphs  # noqa: E402
 from tests.helpers import require_onnx2torch  # noqa: E402
 
 require_onnx2torch()
@@ -26,14 +27,7 @@ B2 = RNG.standard_normal(3).astype(np.float32)
 
 
 def _model() -> onnx.ModelProto:
-    nodes = [helper.make_node("Gemm", ["x", "W1", "B1"], ["h"], name="fc1", alpha=0.5, beta=2.0),
-             helper.make_node("Relu", ["h"], ["r"], name="act"),
-             helper.make_node("Gemm", ["r", "W2", "B2"], ["y"], name="fc2", transB=1)]
-    graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 6])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 3])],
-        [numpy_helper.from_array(a, n) for a, n in ((W1, "W1"), (B1, "B1"), (W2, "W2"), (B2, "B2"))])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return graphs.scaled_gemms({"W1": W1, "B1": B1, "W2": W2, "B2": B2})
 
 
 @pytest.fixture(scope="module")

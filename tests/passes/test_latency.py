@@ -444,10 +444,22 @@ def test_closed_loop_keeps_a_faster_plan_and_never_delivers_a_slower_one():
     assert timed == [3, 1]  # 70 % priced, then the corrected budget (59 %): 50 % priced
 
 
+def _llama_program(layers: int, intermediate: int, kv_heads: int):
+    """A tiny Llama (hidden 32, 4 heads) captured at 2 sequences of 12 tokens."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=intermediate, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=64,
+        use_cache=False)
+    model = transformers.LlamaForCausalLM(config).eval()
+    ids = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(0))
+    return capture(model, (ids,))
+
+
 def test_head_pruning_takes_a_latency_target_and_keeps_min_heads(fake_time, monkeypatch):
     """HeadPruning(latency=...): heads chosen by the knapsack, every layer keeps min_heads,
     and the plan the loop timed is the one applied (the floor included)."""
-    transformers = pytest.importorskip("transformers")
     from prunec.passes import HeadPruning, latency
 
     timed = []
@@ -458,14 +470,7 @@ def test_head_pruning_takes_a_latency_target_and_keeps_min_heads(fake_time, monk
         return measure(program, dense, plan, target, lowered)
 
     monkeypatch.setattr(latency, "_measure_plan", spy)
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=16, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
-        use_cache=False)
-    model = transformers.LlamaForCausalLM(config).eval()
-    ids = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(0))
-    program = capture(model, (ids,))
+    program = _llama_program(layers=2, intermediate=16, kv_heads=4)
     result = HeadPruning(latency=target(0.8), min_heads=3)(program)
     stats = result.stats["latency"]
     # the tables' choice left a layer 2 heads; min_heads=3 raised it, and the loop timed that
@@ -481,15 +486,8 @@ def test_head_pruning_takes_a_latency_target_and_keeps_min_heads(fake_time, monk
 def test_depth_pruning_drops_whole_layers_for_a_latency_target(fake_time):
     """DepthPruning(unit="layer", latency=...): the knapsack picks whole decoder layers (both
     residual blocks of each) and the target is met as measured."""
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-        use_cache=False)
-    model = transformers.LlamaForCausalLM(config).eval()
-    ids = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(0))
-    program = capture(model, (ids,))
+    program = _llama_program(layers=4, intermediate=64, kv_heads=2)
+    ids = program.example_args[0]
     result = DepthPruning(latency=target(0.7), unit="layer", compensate=False,
                           criterion="magnitude")(program)
     stats = result.stats
