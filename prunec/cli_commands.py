@@ -301,6 +301,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if is_onnx and args.finetune_epochs:
         raise CliError("--finetune-epochs does not apply to an .onnx model (prunec cannot "
                        "train an ONNX graph); --data gives calibration batches only")
+    if is_onnx and args.backend == "torch":  # the default: an .onnx file runs on ONNX Runtime
+        args.backend = "onnxruntime"
     epochs = args.finetune_epochs if args.finetune_epochs is not None else \
         (3 if is_builtin or (args.data and not is_onnx) else 0)
     _announce(args, BUILTIN_NAME if is_builtin else args.model, epochs)

@@ -31,8 +31,10 @@ from a file whose output type cannot be rebuilt returns its tensors as a tuple.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -132,9 +134,10 @@ def export_onnx(program: "Program", *, opset: int = DEFAULT_OPSET, dynamic_batch
         with torch.no_grad():
             ep = torch.export.export(flat, tuple(tensors), dynamic_shapes=(specs,),
                                      strict=False)
-            onnx_program = torch.onnx.export(
-                ep, dynamo=True, opset_version=opset, input_names=io.input_names,
-                output_names=io.output_names, verbose=False)
+            with _quiet_registration():
+                onnx_program = torch.onnx.export(
+                    ep, dynamo=True, opset_version=opset, input_names=io.input_names,
+                    output_names=io.output_names, verbose=False)
     except Exception as exc:  # export raises many unrelated types; we re-raise one.
         raise PrunecError(
             f"ONNX export failed: {type(exc).__name__}: {_first_line(exc)}. Try "
@@ -144,6 +147,19 @@ def export_onnx(program: "Program", *, opset: int = DEFAULT_OPSET, dynamic_batch
     model = optimize_onnx(onnx_program.model_proto, batch_inputs=batched)
     _set_metadata(model, IO_METADATA_KEY, io.to_json())
     return model, io
+
+
+@contextlib.contextmanager
+def _quiet_registration():
+    """torch.onnx warns on every export that torchvision's detection ops are not installed
+    (prunec never installs torchvision): nothing a user can act on, so kept out of stderr."""
+    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _check_stateless(program: "Program") -> None:

@@ -514,7 +514,8 @@ def closed_loop(target: LatencyTarget, values: list[list[float]], costs: list[li
             f"best reachable is {floor['measured'] * dense_ms:.3f} ms "
             f"({floor['measured']:.0%}) so far, where the tables predicted "
             f"{floor['predicted']:.0%}. Raise iterations=, ask for at least "
-            f"{math.ceil(floor['measured'] * 100)} %, or widen targets (targets='all').")
+            f"{math.ceil(floor['measured'] * 100)} %, or let pruning reach more of the model "
+            f"(targets='all' for a width pass, depth pruning).")
     loop = [{k: q[k] for k in ("budget", "predicted", "measured")} for q in points]
     return best["picked"], {"measured_fraction": best["measured"], "loop": loop}
 

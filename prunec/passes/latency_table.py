@@ -575,5 +575,6 @@ def check_reachable(best_ms: float, dense_ms: float, target_ms: float, where: st
         raise PlanError(
             f"{where}: the latency target {target_ms / dense_ms:.0%} of the dense "
             f"{dense_ms:.3f} ms ({target_ms:.3f} ms) cannot be met: the best reachable is "
-            f"{best_ms:.3f} ms ({best_ms / dense_ms:.0%}) with {how}. Ask for at least {math.ceil(best_ms / dense_ms * 100)} "
-            f"%, widen targets (targets='all'), or add depth pruning.")
+            f"{best_ms:.3f} ms ({best_ms / dense_ms:.0%}) with {how}. Ask for at least "
+            f"{math.ceil(best_ms / dense_ms * 100)} %, or let pruning reach more of the model "
+            f"(targets='all' for a width pass, depth pruning).")

@@ -220,3 +220,21 @@ def test_a_forward_that_updates_its_buffers_is_refused():
     from prunec.ir.interpret import written_attributes
 
     assert written_attributes(program("cnn").gm) == []  # eval-mode batch norm writes nothing
+
+
+def test_export_keeps_torchvision_registration_warnings_off_stderr():
+    """torch.onnx warns at every export that torchvision's ops are skipped; prunec never
+    installs torchvision, so the user sees none of it (the logger is put back after)."""
+    import logging
+
+    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger.addHandler(handler)
+    try:
+        lower(program("mlp"), "onnx")
+    finally:
+        logger.removeHandler(handler)
+    assert not [r for r in records if "torchvision" in r.getMessage()]
+    assert logger.level == logging.NOTSET
