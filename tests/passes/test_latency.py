@@ -52,16 +52,22 @@ class Stack(nn.Module):
 @pytest.fixture
 def fake_time(monkeypatch, tmp_path):
     """A clock advanced by each timed call: ``1 us + 1 ns per MAC`` of its program."""
+    return _fake_clock(monkeypatch, tmp_path,
+                       lambda program: OVERHEAD_S + count_macs(program) * SECONDS_PER_MAC)
+
+
+def _fake_clock(monkeypatch, tmp_path, seconds) -> list[float]:
+    """Time every lowered program by ``seconds(program)`` on a fake clock (tables cached in
+    ``tmp_path``); returns the list of the seconds of each timed call."""
     now = [0.0]
-    timed = []
+    timed: list[float] = []
 
     def lower(program, spec):
-        seconds = OVERHEAD_S + count_macs(program) * SECONDS_PER_MAC
-        gm = program.gm
+        cost, gm = seconds(program), program.gm
 
         def run(*args, **kwargs):
-            now[0] += seconds
-            timed.append(seconds)
+            now[0] += cost
+            timed.append(cost)
             return gm(*args, **kwargs)
         return run
 
@@ -271,22 +277,10 @@ def test_a_latency_pass_reports_its_target_not_a_ratio():
 def sqrt_time(monkeypatch, tmp_path):
     """A backend that is not additive: a call costs ``1 us + 100 us * sqrt(MACs / 1e5)``,
     so the tables (exact at full and smallest width) misprice the widths between."""
-    now = [0.0]
-
     def seconds(program):
         return OVERHEAD_S + 1e-4 * (count_macs(program) / 1e5) ** 0.5
 
-    def lower(program, spec):
-        cost, gm = seconds(program), program.gm
-
-        def run(*args, **kwargs):
-            now[0] += cost
-            return gm(*args, **kwargs)
-        return run
-
-    monkeypatch.setattr(latency_table, "lower_for_timing", lower)
-    monkeypatch.setattr(latency_table, "clock", lambda: now[0])
-    monkeypatch.setenv(latency_table.CACHE_ENV, str(tmp_path / "cache"))
+    _fake_clock(monkeypatch, tmp_path, seconds)
     return seconds
 
 
