@@ -32,8 +32,8 @@ if TYPE_CHECKING:
 
 __all__ = ["patch_shapes", "changed_shapes"]
 
-_SHAPED = {"Reshape": 1, "Expand": 1}
-"""Op -> the input holding the output shape."""
+_SHAPED = {"Reshape": 1, "Expand": 1, "Resize": 3}
+"""Op -> the input holding the output shape (Resize: its ``sizes``, when it has them)."""
 _PASS_THROUGH = ("Cast", "Identity", "Unsqueeze", "Squeeze")
 
 
@@ -64,6 +64,8 @@ def patch_shapes(editor: "GraphEditor", source: "OnnxSource", program: "Program"
         node = editor.nodes.get(key)
         if node is None or node.op_type not in _SHAPED or len(old) != len(new):
             continue
+        if len(node.input) <= _SHAPED[node.op_type] or not node.input[_SHAPED[node.op_type]]:
+            continue  # a Resize by scales: its output follows the input
         for pos, (a, b) in enumerate(zip(old, new)):
             if a != b:
                 patches.append((key, _SHAPED[node.op_type], pos, a, b))

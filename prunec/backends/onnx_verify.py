@@ -28,7 +28,7 @@ from prunec.errors import PrunecError, VerificationError
 from prunec.frontends.onnx import graph_inputs, open_onnx
 from prunec.ir.capture import capture
 from prunec.ir.program import node_module_path
-from prunec.rewrite.apply import apply_plan
+from prunec.rewrite.replay import replay as replay_lineage
 from prunec.rewrite.reference import reference_program
 
 if TYPE_CHECKING:
@@ -112,9 +112,8 @@ def _compare_replayed(source: "OnnxSource", program: "Program", model: "onnx.Mod
 
     try:
         other = open_onnx(source.model, feeds)
-        replay = capture(other.module, other.example_args, dynamic=False)
-        for plan in program.plans:
-            apply_plan(replay, plan)
+        replay = replay_lineage(capture(other.module, other.example_args, dynamic=False),
+                                program)
     except PrunecError:
         return False
     with torch.no_grad():

@@ -362,15 +362,13 @@ def _unsupported_resize(what: str) -> UnsupportedOpError:
 def _resize(node: Any, graph: Any) -> Any:
     attributes = {k: (v.decode() if isinstance(v, bytes) else v)
                   for k, v in node.attributes.items()}
-    roi = _floats(graph, node, 1)
     if attributes.get("coordinate_transformation_mode") == "tf_crop_and_resize" or \
-            attributes.get("antialias", 0) or (roi and attributes.get(
-                "coordinate_transformation_mode") == "tf_crop_and_resize"):
+            attributes.get("antialias", 0):  # roi is read only by tf_crop_and_resize
         raise _unsupported_resize("with tf_crop_and_resize or antialias")
     if attributes.get("axes") or attributes.get("keep_aspect_ratio_policy",
                                                   "stretch") != "stretch":
         raise _unsupported_resize("with axes or a keep_aspect_ratio_policy")
-    sizes = _ints(graph, node, 3, []) if len(node.input_values) > 3 else []
+    sizes = _ints(graph, node, 3, [])
     module = ResizeModule(attributes, _floats(graph, node, 2), sizes or None)
     return _result(module, node, (node.input_values[0],))
 

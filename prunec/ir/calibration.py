@@ -30,7 +30,7 @@ import torch
 import torch.fx as fx
 
 from prunec.errors import CalibrationError
-from prunec.ir.calibration_checks import check_calibration, check_program_inputs
+from prunec.ir.calibration_checks import _distributed, check_calibration, check_program_inputs
 from prunec.ir.interpret import ProgramInterpreter, describe_node, resolve_nodes, split_inputs
 from prunec.ir.program import Program
 from prunec.progress import bar as progress_bar
@@ -328,12 +328,6 @@ def _finish(acc: _Accumulator,
 
 
 # ---------------------------------------------------------------------------- distributed
-def _distributed() -> bool:
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
 def _rank() -> int:
     import torch.distributed as dist
 

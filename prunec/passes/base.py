@@ -201,8 +201,11 @@ def _ensure_recorded(pass_, steps: int, program: Program, result: PassResult) ->
     :class:`Pass` protocol alone (no :class:`PassBase`) or a skipped one. A step it recorded
     through ``apply_plan`` without statistics gets the result's."""
     target = result.program
-    new = target.lineage[steps:] if target is program else \
-        [s for s in target.lineage if s.stats is result.stats]
+    if target is program:
+        new = target.lineage[steps:]
+    else:  # a program of its own (a clone shares the steps it started from)
+        known = {id(s) for s in program.lineage}
+        new = [s for s in target.lineage if id(s) not in known]
     if new:
         if new[-1].stats is None:
             new[-1].stats = result.stats
@@ -465,8 +468,8 @@ class PruningPass(PassBase):
 
     def _global_keep(self, groups, scores, origin) -> dict[str, int]:
         """Kept counts under a global ratio of the groups' sizes at first sight (``origin``:
-        group key -> size; a group absent from it has its original size now)."""
-        first = {g.key: origin.get(g.key, g.size) for g in groups}
+        group key -> that size, for every group)."""
+        first = origin
         total = sum(first.values())
         to_remove = round(self.ratio * total) - sum(first[g.key] - g.size for g in groups)
         if to_remove <= 0:

@@ -98,15 +98,15 @@ class HeadPruning(PruningPass):
         self.calibration, self.mask, self.max_batches = calibration, mask, max_batches
 
     def __call__(self, program: Program, ctx: PassContext | None = None) -> PassResult:
-        if not head_groups(program) and self.config() not in program.history:
+        groups = head_groups(program)
+        if not groups and not self.already_applied(program):
             raise PrunecError(
                 "HeadPruning: the program has no prunable attention heads (no "
                 "scaled_dot_product_attention whose heads the analysis could follow); "
                 "prunec.analyze(model, x) lists the groups and why.")
-        groups = head_groups(program)
         result = super().__call__(program, ctx)
         per_unit = _query_heads_per_unit(groups)
-        if per_unit > 1 and result.stats is not None:  # GQA: a unit is a key/value group
+        if per_unit > 1:  # GQA: a unit is a key/value group
             result.stats["unit_name"] = (f"key/value heads (each with its {per_unit} "
                                          f"query heads)")
         return result

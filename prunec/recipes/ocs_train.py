@@ -39,10 +39,11 @@ import torch.nn.functional as F
 
 from prunec.backends.compiled import CompiledModel
 from prunec.errors import PrunecError
-from prunec.ir.program import Program, Step
+from prunec.ir.program import Program
+from prunec.passes.base import record_unchanged
 from prunec.progress import bar
 from prunec.recipes.ocs_pruner import OneCyclePruner
-from prunec.report import PassStats, Report
+from prunec.report import Report
 from prunec.rewrite import PruningPlan, recapture
 from prunec.train import assign_state
 
@@ -348,11 +349,7 @@ def _compiled(model: nn.Module, pruner: OneCyclePruner, report: OCSReport, devic
     assign_state(pruner.module, program, clone=True)
     step = next((s for s in reversed(program.lineage) if s.name == "OCSPruner"), None)
     if step is None:  # never pruned: the run is in the lineage as a step that changed nothing
-        sizes = {g.key: g.size for g in pruner.groups}
-        stats = PassStats(groups=len(sizes), pruned_groups=0, units_removed=0,
-                          units_total=sum(sizes.values()))
-        program.record(Step("OCSPruner", pruner.config(), PruningPlan(), {}, stats,
-                            modified=False))
+        record_unchanged(program, "OCSPruner", pruner.config(), pruner._stats(PruningPlan()))
         step = program.lineage[-1]
     step.stats.extra.update(stable_epoch=pruner.stable_epoch, forced=pruner.forced)
     report.read_lineage(program)  # the report lists what the lineage records

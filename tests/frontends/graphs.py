@@ -120,20 +120,23 @@ def depthwise(seed: int = 0, multiplier: int = 1) -> onnx.ModelProto:
     return _model(nodes, [x], [y], inits, "inverted_residual")
 
 
-def upsample(seed: int = 0) -> onnx.ModelProto:
-    """``x -> Conv3x3 -> Relu -> Resize x2 (nearest, as torch exports it) -> Conv1x1``: the
-    channels of the first Conv flow through the Resize."""
+def upsample(seed: int = 0, sizes: bool = False) -> onnx.ModelProto:
+    """``x -> Conv3x3 -> Relu -> Resize x2 (nearest, as torch exports it; by ``sizes``
+    [N, C, 16, 16] instead of scales when asked) -> Conv1x1``: the channels of the first Conv
+    flow through the Resize."""
     rng = np.random.default_rng(seed)
     nodes = [
         helper.make_node("Conv", ["x", "c1w", "c1b"], ["c1"], name="conv1", pads=[1] * 4,
                          kernel_shape=[3, 3]),
         helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
-        helper.make_node("Resize", ["r1", "", "scales"], ["u"], name="up", mode="nearest",
+        helper.make_node("Resize", ["r1", "", "", "sizes"] if sizes else ["r1", "", "scales"],
+                         ["u"], name="up", mode="nearest",
                          coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
         helper.make_node("Conv", ["u", "c2w", "c2b"], ["y"], name="conv2", kernel_shape=[1, 1]),
     ]
     inits = [_init("c1w", (16, 4, 3, 3), rng), _init("c1b", (16,), rng),
-             numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"),
+             numpy_helper.from_array(np.array([2, 16, 16, 16], np.int64), "sizes") if sizes
+             else numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"),
              _init("c2w", (3, 16, 1, 1), rng), _init("c2b", (3,), rng)]
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 8, 8])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 16, 16])

@@ -77,6 +77,7 @@ HELPER_GRAPHS = {
     "depthwise": (graphs.depthwise, (2, 5)),
     "depthwise_multiplier_2": (lambda: graphs.depthwise(multiplier=2), (2, 5)),
     "resize": (graphs.upsample, (2, 5)),
+    "resize_to_sizes": (lambda: graphs.upsample(sizes=True), (2, 5)),
 }
 
 

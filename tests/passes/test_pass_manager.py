@@ -272,3 +272,24 @@ def test_a_protocol_pass_is_recorded_by_the_runner():
     PassContext([SkipAll()]).run(MagnitudePruning(0.5), p)
     assert p.lineage[-1].stats.skipped and p.lineage[-1].config["pass"] == "MagnitudePruning"
     assert p.plans == [] and p.history == []
+
+
+def test_a_protocol_pass_returning_a_clone_is_recorded_once():
+    """A pass without PassBase that prunes a clone through apply_plan (no stats) and returns
+    it: its one step is kept (and gets the result's stats), not recorded a second time."""
+    from prunec.passes import PassContext
+
+    class CloneAndPrune:
+        guarantee = None
+
+        def __call__(self, program, ctx=None):
+            clone = program.clone()
+            plan = MagnitudePruning(0.5).plan(clone, MagnitudePruning(0.5).candidates(
+                prunec.ir.channels.analyze_channels(clone)), None)
+            apply_plan(clone, plan)
+            return PassResult(clone, True, plan)
+
+    p = program()
+    result = PassContext().run(CloneAndPrune(), p)
+    assert p.lineage == [] and len(result.program.lineage) == 1
+    assert result.program.lineage[0].stats is result.stats
