@@ -72,6 +72,16 @@ def _check_options(args: argparse.Namespace) -> tuple[Any, Any]:
     if args.model == BUILTIN and args.inputs:
         raise CliError("--input applies to --model module:factory; the built-in model takes "
                        "8x8 digit images")
+    _check_backend_and_outputs(args)
+    epochs = getattr(args, "finetune_epochs", None)
+    if epochs and args.model != BUILTIN and data_fn is None:
+        raise CliError("--finetune-epochs needs training data for a factory model: give "
+                       "--data module:function returning (inputs, target) batches")
+    return factory, data_fn
+
+
+def _check_backend_and_outputs(args: argparse.Namespace) -> None:
+    """The backend is installed and ``--output`` / ``--json`` can be written."""
     if getattr(args, "backend", None):
         check_backend(args.backend)
     output = getattr(args, "output", None)
@@ -79,11 +89,6 @@ def _check_options(args: argparse.Namespace) -> tuple[Any, Any]:
         check_output_dir(output, "--output")
     if getattr(args, "json", None):
         check_output_file(args.json, "--json")
-    epochs = getattr(args, "finetune_epochs", None)
-    if epochs and args.model != BUILTIN and data_fn is None:
-        raise CliError("--finetune-epochs needs training data for a factory model: give "
-                       "--data module:function returning (inputs, target) batches")
-    return factory, data_fn
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -154,20 +159,15 @@ def _onnx_setup(args: argparse.Namespace) -> Setup:
     data_fn = resolve_callable(args.data, "--data") if args.data else None
     if getattr(args, "backend", "torch") == "torch":
         args.backend = "onnxruntime"
-    if getattr(args, "backend", None):  # checked before any work, as for a PyTorch model
-        if args.backend not in ORIGINAL_BACKENDS:
-            raise CliError(f"--backend {args.backend}: an .onnx model comes back as its own "
-                           f"file, lowered to one of {', '.join(ORIGINAL_BACKENDS)}")
-        check_backend(args.backend)
+    if args.backend not in ORIGINAL_BACKENDS:
+        raise CliError(f"--backend {args.backend}: an .onnx model comes back as its own "
+                       f"file, lowered to one of {', '.join(ORIGINAL_BACKENDS)}")
     for flag, given in (("--static", getattr(args, "static", False)),
                         ("--batch-only", getattr(args, "batch_only", False))):
         if given:
             raise CliError(f"{flag} applies to PyTorch models: an .onnx file keeps the "
                            f"dynamic axes its graph declares; drop {flag}")
-    if getattr(args, "output", None) and not getattr(args, "no_save", False):
-        check_output_dir(args.output, "--output")
-    if getattr(args, "json", None):
-        check_output_file(args.json, "--json")
+    _check_backend_and_outputs(args)  # before any work, as for a PyTorch model
     model, _, _ = load_model(args.model)
     names = [i.name for i in graph_inputs(model)]
     specs = list(args.inputs or [])
