@@ -457,11 +457,23 @@ class PruningPass(PassBase):
                 self.compensate(program, groups, plan, ctx)
             return plan
 
+        def calibrate(widths: dict[str, list[int]]) -> dict[str, float] | None:
+            return self.latency_scales(program, groups, scores, widths, realize)
+
         steps = {g.key: unit_step(g, self.round_to) for g in groups}
         counts, self.latency_stats = width_counts(
             program, groups, scores, self.latency_target, steps,
-            normalize=self.normalize_global, where=type(self).__name__, realize=realize)
+            normalize=self.normalize_global, where=type(self).__name__, realize=realize,
+            calibrate=calibrate)
         return counts
+
+    def latency_scales(self, program: Program, groups: list[ChannelGroup],
+                       scores: dict[str, torch.Tensor], widths: dict[str, list[int]],
+                       realize) -> dict[str, float] | None:
+        """Per group key, the factor that puts the groups' scores on one scale for a latency
+        target's knapsack; None (the default, for passes without data): the scores as they
+        are, normalised per group when ``normalize_global``."""
+        return None
 
     def _local_keep(self, group: ChannelGroup, origin: int) -> int:
         return _round_keep(group, origin * (1.0 - self.ratio), self.round_to)

@@ -27,7 +27,9 @@ How a pass meets it (:func:`width_counts` for width passes, :func:`drop_blocks` 
    ``n`` blocks of its shape dropped (the branch timed alone when that drop is declined).
 3. **Selection** (:mod:`prunec.passes.latency_knapsack`): an exact multiple-choice knapsack
    maximises the importance kept, ``sum_g sum_{u in top k_g} s_gu`` with the pass's own
-   scores ``s`` (normalised per group as the pass's global ranking does), under
+   scores ``s`` (normalised per group as the pass's global ranking does; a pass with
+   calibration data scales each group's scores by their measured output sensitivity,
+   :mod:`prunec.passes.sensitivity`, so that the groups' values share one scale), under
    ``T(plan) <= fraction * T_dense``. Depth: per stage, dropping ``j`` blocks drops the
    ``j`` lowest-scoring ones and keeps the importance of the others.
 4. **Closed loop** (:func:`closed_loop`): the plan chosen is built (cheap: a rewrite of the
@@ -247,7 +249,7 @@ def _record(program: Program, args: tuple, kwargs: dict, names: list[str]) -> di
 # ---------------------------------------------------------------------------- widths
 def width_counts(program: Program, groups: list[ChannelGroup], scores: dict[str, torch.Tensor],
                  target: LatencyTarget, steps: dict[str, int], *, normalize: bool,
-                 where: str, realize=None) -> tuple[dict[str, int], dict]:
+                 where: str, realize=None, calibrate=None) -> tuple[dict[str, int], dict]:
     """Kept unit count per group meeting ``target`` with the most importance kept.
 
     Args:
@@ -261,6 +263,9 @@ def width_counts(program: Program, groups: list[ChannelGroup], scores: dict[str,
         realize: Takes ``{group key: kept count}``, returns the plan the pass would apply
             (its units, its compensations): what the closed loop times. None: the first
             units of each group, no compensation.
+        calibrate: Takes ``{group key: candidate widths}``, returns a factor per group key
+            that puts the groups' scores on one scale (the pass's measured output
+            sensitivity, :mod:`prunec.passes.sensitivity`); replaces ``normalize``.
 
     Returns:
         ``{group key: kept count}`` and the statistics for the report (``latency``).
@@ -270,10 +275,13 @@ def width_counts(program: Program, groups: list[ChannelGroup], scores: dict[str,
     """
     model = WidthModel.build(program, groups, target, steps)
     dense_ms, widths = model.dense_ms, model.widths
+    scales = calibrate(widths) if calibrate is not None else None
     option_values, option_costs = [], []
     for g in groups:
         s = scores[g.key].double()
-        if normalize:
+        if scales is not None:
+            s = s * scales[g.key]
+        elif normalize:
             s = s / s.mean().clamp_min(1e-12)
         kept = torch.sort(s, descending=True).values.cumsum(0)
         option_values.append([float(kept[w - 1]) for w in widths[g.key]])
@@ -295,6 +303,8 @@ def width_counts(program: Program, groups: list[ChannelGroup], scores: dict[str,
     stats = _stats(target, model.spec, dense_ms, target_ms, predicted, model.tables,
                    model.reference)
     stats.update(loop)
+    if scales is not None:
+        stats["sensitivity"] = dict(scales)
     stats["structures"] = len({s.signature for s in model.structures})
     stats["isolated"] = sum(s.isolated for s in model.structures)
     return counts, stats

@@ -46,6 +46,7 @@ from prunec.ir.calibration_checks import check_calibration
 from prunec.ir.channels import ChannelGroup, Slot
 from prunec.ir.program import Program
 from prunec.passes.base import PassContext, PruningPass
+from prunec.passes.sensitivity import output_sensitivity
 from prunec.rewrite.compensation import compensations_for, fold_axis
 from prunec.rewrite.plan import PruningPlan
 
@@ -180,7 +181,8 @@ class VarianceBasedPruning(PruningPass):
         progress: Calibration progress bar: False hides it; by default it shows when
             standard error is a terminal (see :mod:`prunec.progress`).
         latency: Instead of ``ratio``: a latency target (see :mod:`prunec.passes.latency`);
-            the knapsack keeps the most raw variance.
+            the knapsack keeps the most variance, each group's scaled by its measured output
+            sensitivity (:mod:`prunec.passes.sensitivity`).
 
     Raises:
         CalibrationError: empty calibration data, NaN/inf activations, fewer than 2 samples.
@@ -248,6 +250,17 @@ class VarianceBasedPruning(PruningPass):
                     seen.add((mv.node, mv.axis))
                     plan.compensations += compensations_for(
                         nodes[mv.node], stats[mv.node].mean.clone(), program)
+
+    def latency_scales(self, program, groups, scores, widths, realize) -> dict[str, float]:
+        """Raw variances are in each layer's own units; for a latency target each group's
+        are scaled by its measured output distortion per unit of variance
+        (:func:`~prunec.passes.sensitivity.output_sensitivity`, on the first calibration
+        items, with the mean folding this pass applies)."""
+        sizes = {g.key: g.size for g in groups}
+        return output_sensitivity(
+            program, groups, scores, widths,
+            lambda counts: realize({**sizes, **counts}), self.calibration, mask=self.mask,
+            progress=self.progress)
 
     # -- analyses (cached per program version) --------------------------------------------
     def _measured(self, program: Program, groups: list[ChannelGroup]) -> dict[str, list]:

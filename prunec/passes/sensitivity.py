@@ -1,0 +1,151 @@
+"""Put a pass's per-unit scores of different groups on one scale: the model's output.
+
+A latency target trades units of one group against units of another (a wide, cheap layer
+against a narrow, expensive one), so the knapsack's values must mean the same thing in every
+group. A pass's own scores often do not: VBP's activation variances are in each layer's
+units (a layer after a small-gain normalisation has small variances however much the model
+depends on it). Ranking by count, as a ratio does, barely notices; a latency knapsack
+exploits it and prunes where the scores are small in absolute terms, not where the model
+is insensitive (on the digits ResNet: 87 % test accuracy against 99 % for the ratio plan at
+the same latency, ``benchmarks/results/latency_target.md``).
+
+The exchange rate is measured, label-free, on the calibration data. For each group ``g``
+the pass's own plan for ``g`` alone at its first candidate width ``k_g`` (the widest one
+that removes a non-zero score; compensations included) is applied to a copy of the program
+(tensors shared) and run on a few calibration items next to the dense program. Its relative
+output distortion
+
+    D_g = sum ||y'(x) - y(x)||^2 / sum ||y(x) - ybar||^2
+
+(over the items and every floating output; padding positions left out with ``mask``)
+divided by the score it removes, ``R_g = sum of the lowest size_g - k_g scores``, is the
+group's sensitivity ``a_g = D_g / R_g``: the output distortion per unit of score, to first
+order (one small removal per group, as HALP's Taylor importance is a first-order estimate
+of the loss). The knapsack then keeps the most ``sum_g a_g * (score kept in g)``. Within a
+group the order of the units is the pass's own; only the scale between groups is measured.
+
+A group none of whose candidate widths removes any score (every unit scores 0) gets
+``a_g = 0``: removing it is free by its scores, and the pass's plan says so.
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Any, Callable, Iterable
+
+import torch
+
+from prunec.errors import CalibrationError
+from prunec.ir.calibration import _resolve_mask
+from prunec.ir.channels import ChannelGroup
+from prunec.ir.interpret import split_inputs
+from prunec.ir.program import Program
+from prunec.progress import bar as progress_bar
+from prunec.rewrite import PruningPlan, apply_plan
+from prunec.validate import user_items
+
+__all__ = ["output_sensitivity", "probe_width", "relative_distortion"]
+
+Realize = Callable[[dict[str, int]], PruningPlan]
+
+
+def probe_width(scores: torch.Tensor, widths: list[int]) -> tuple[int, float] | None:
+    """The widest candidate width below the full size that removes a positive score, and
+    the score it removes (the sum of the lowest ``size - width`` scores); None when none
+    does."""
+    ordered = torch.sort(scores.double()).values  # ascending: the first ones go
+    size = ordered.numel()
+    for width in sorted((w for w in widths if w < size), reverse=True):
+        removed = float(ordered[:size - width].sum())
+        if removed > 0:
+            return width, removed
+    return None
+
+
+def _outputs(value: Any) -> list[torch.Tensor]:
+    """Every floating tensor in a program's output (tuples, lists, dicts, model outputs)."""
+    if isinstance(value, torch.Tensor):
+        return [value] if value.is_floating_point() else []
+    if isinstance(value, dict) or hasattr(value, "items"):
+        return [t for v in value.values() for t in _outputs(v)]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _outputs(v)]
+    return []
+
+
+def _masked(t: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    if keep is not None and t.dim() >= 2 and tuple(t.shape[:2]) == tuple(keep.shape):
+        return t[keep.bool()]
+    return t
+
+
+def relative_distortion(reference: list[list[torch.Tensor]],
+                        outputs: list[list[torch.Tensor]]) -> float:
+    """``sum ||y' - y||^2 / sum ||y - ybar||^2`` over items and outputs (float64); ``ybar``
+    is each output's mean over all its items and elements. 0 when the reference is
+    constant and the outputs equal it."""
+    num, den = 0.0, 0.0
+    for j in range(len(reference[0])):
+        ref = torch.cat([item[j].double().flatten() for item in reference])
+        out = torch.cat([item[j].double().flatten() for item in outputs])
+        num += float(((out - ref) ** 2).sum())
+        den += float(((ref - ref.mean()) ** 2).sum())
+    if den == 0:
+        return 0.0 if num == 0 else float("inf")
+    return num / den
+
+
+def output_sensitivity(program: Program, groups: list[ChannelGroup],
+                       scores: dict[str, torch.Tensor], widths: dict[str, list[int]],
+                       realize: Realize, calibration: Iterable[Any], *, mask=None,
+                       items: int = 4, progress: bool | None = None) -> dict[str, float]:
+    """Per group key, the measured output distortion per unit of score (see module docstring).
+
+    Args:
+        program: The program the pass receives (left unchanged).
+        groups: The candidate groups.
+        scores: The pass's score per unit of every group.
+        widths: Per group key, its candidate kept counts.
+        realize: ``{group key: kept count}`` -> the plan the pass would apply.
+        calibration: The pass's calibration items; the first ``items`` are run.
+        mask: The pass's padding mask spec (a key of dict items, or a callable).
+        items: Calibration items run per probe.
+        progress: Progress bar (see :mod:`prunec.progress`).
+
+    Raises:
+        CalibrationError: no calibration items, or a distortion that is not finite.
+    """
+    batch = list(itertools.islice(user_items(calibration), items))
+    if not batch:
+        raise CalibrationError("the latency target's sensitivity probe needs calibration "
+                               "items; pass non-empty calibration data.")
+    keeps = [_resolve_mask(mask, item, i) for i, item in enumerate(batch)]
+    calls = [split_inputs(item) for item in batch]
+
+    def run(p: Program) -> list[list[torch.Tensor]]:
+        with torch.no_grad():
+            return [[_masked(t, keep) for t in _outputs(p.run(*args, **kwargs))]
+                    for (args, kwargs), keep in zip(calls, keeps)]
+
+    reference = run(program)
+    sensitivity: dict[str, float] = {}
+    bar = progress_bar(groups, total=len(groups), desc="sensitivity", unit="group",
+                       progress=progress)
+    try:
+        for g in bar:
+            probe = probe_width(scores[g.key], widths[g.key])
+            if probe is None:
+                sensitivity[g.key] = 0.0
+                continue
+            width, removed = probe
+            variant = program.clone(share_tensors=True)
+            apply_plan(variant, realize({g.key: width}))
+            distortion = relative_distortion(reference, run(variant))
+            if not distortion < float("inf"):
+                raise CalibrationError(
+                    f"pruning group {g.key} to {width} of {g.size} units gave a non-finite "
+                    f"output distortion on the calibration items; check the calibration data "
+                    f"for NaN/inf.")
+            sensitivity[g.key] = distortion / removed
+    finally:
+        bar.close()
+    return sensitivity

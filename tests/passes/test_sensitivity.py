@@ -1,0 +1,139 @@
+"""Output sensitivity: the measured scale that makes a pass's scores comparable across groups
+for a latency target (prunec.passes.sensitivity)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from prunec.errors import CalibrationError
+from prunec.ir.capture import capture
+from prunec.passes import VarianceBasedPruning
+from prunec.ir.channels import analyze_channels
+from prunec.ir.cost import count_macs
+from prunec.passes.base import _keep_plan, candidate_groups
+from prunec.passes.sensitivity import output_sensitivity, probe_width, relative_distortion
+from tests.helpers import max_diff
+from tests.passes.test_latency import OVERHEAD_S, SECONDS_PER_MAC, _fake_clock, target
+
+
+class Mlp(nn.Module):
+    """``fc2(relu(fc1 x))`` with fc1's rows scaled by ``up`` and fc2 by ``down``: the hidden
+    variances grow by ``up^2`` while the output moves by ``up * down``."""
+
+    def __init__(self, d: int = 16, h: int = 32, up: float = 1.0, down: float = 1.0):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(d, h), nn.Linear(h, d)
+        with torch.no_grad():
+            self.fc1.weight.mul_(up)
+            self.fc1.bias.mul_(up)
+            self.fc2.weight.mul_(down)
+
+    def forward(self, x):
+        return x + self.fc2(F.relu(self.fc1(x)))
+
+
+class Two(nn.Module):
+    def __init__(self, first: Mlp, second: Mlp):
+        super().__init__()
+        torch.manual_seed(1)
+        self.a, self.b = first, second
+
+    def forward(self, x):
+        return self.b(self.a(x))
+
+
+def test_probe_width_is_the_widest_removing_a_positive_score():
+    scores = torch.tensor([0.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    assert probe_width(scores, [2, 4, 6, 8]) == (4, 3.0)  # 6 removes two zeros only
+    assert probe_width(torch.zeros(8), [4, 8]) is None
+    assert probe_width(scores, [8]) is None
+
+
+def test_relative_distortion():
+    ref = [[torch.tensor([1.0, 3.0])], [torch.tensor([5.0, 7.0])]]
+    out = [[torch.tensor([1.0, 4.0])], [torch.tensor([5.0, 5.0])]]
+    # sum (out - ref)^2 = 1 + 4; sum (ref - 4)^2 = 9 + 1 + 1 + 9
+    assert relative_distortion(ref, out) == pytest.approx(5 / 20)
+    assert relative_distortion(ref, ref) == 0.0
+
+
+def test_sensitivity_is_the_closed_form_mean_replacement_error():
+    """One MLP: with mean folding, removing set P changes the output by
+    ``W2[:, P] (mu_P - h_P)``; the probe's distortion over the removed variance must be
+    exactly that, computed here from the activations themselves."""
+    torch.manual_seed(0)
+    model = Mlp().eval()
+    x = torch.randn(4, 16)
+    program = capture(model, (x,))
+    calibration = [(torch.randn(4, 16),) for _ in range(3)]
+    vbp = VarianceBasedPruning(ratio=0.5, calibration=calibration, round_to=8)
+    groups = [g for g in candidate_groups(analyze_channels(program), "mlp")]
+    scores = vbp.score(program, groups, None)
+
+    def realize(counts):
+        plan = _keep_plan(groups, scores, counts)
+        vbp.compensate(program, groups, plan, None)
+        return plan
+    before = {k: v.clone() for k, v in program.gm.state_dict().items()}
+    got = output_sensitivity(program, groups, scores, {groups[0].key: [8, 16, 24, 32]},
+                             realize, calibration, items=2)
+    assert all(torch.equal(before[k], v) for k, v in program.gm.state_dict().items())
+
+    (key,) = got
+    var = scores[key].double()
+    removed = torch.argsort(var)[:8]  # width 24 removes the 8 lowest variances
+    with torch.no_grad():
+        hs = [F.relu(model.fc1(c[0])).double() for c in calibration]
+        mu = torch.cat(hs).mean(0)
+        w2 = model.fc2.weight.double()[:, removed]
+        refs = [model(c[0]).double() for c in calibration[:2]]
+        num = sum(float(((w2 @ (mu[removed] - h[:, removed]).T) ** 2).sum()) for h in hs[:2])
+        y = torch.cat(refs)
+        den = float(((y - y.mean()) ** 2).sum())
+    assert got[key] == pytest.approx(num / den / float(var[removed].sum()), rel=1e-6)
+
+
+def test_empty_calibration_is_a_clear_error():
+    program = capture(Mlp().eval(), (torch.randn(2, 16),))
+    groups = candidate_groups(analyze_channels(program), "mlp")
+    with pytest.raises(CalibrationError, match="calibration items"):
+        output_sensitivity(program, groups, {g.key: torch.ones(g.size) for g in groups},
+                           {g.key: [8, g.size] for g in groups}, lambda c: None, [])
+
+
+@pytest.fixture
+def fake_time(monkeypatch, tmp_path):
+    return _fake_clock(monkeypatch, tmp_path,
+                       lambda program: OVERHEAD_S + count_macs(program) * SECONDS_PER_MAC)
+
+
+def test_latency_target_prunes_where_the_output_is_insensitive(fake_time):
+    """Block ``a`` has hidden variances 10^4 x block ``b``'s but moves the output 10x less
+    (its fc2 is scaled by 1e-3); both cost the same. Raw variances would keep ``a`` whole
+    and prune ``b``; scaled by the measured sensitivity, ``a`` is the one pruned, and the
+    pruned model is closer to the original."""
+    torch.manual_seed(0)
+    model = Two(Mlp(up=100.0, down=1e-3), Mlp()).eval()
+    x = torch.randn(8, 16)
+    calibration = [(torch.randn(8, 16),) for _ in range(4)]
+    program = capture(model, (x,))
+    result = VarianceBasedPruning(latency=target(0.8), calibration=calibration,
+                                  targets="mlp")(program)
+    sizes = {g.key: g.size for g in analyze_channels(program).prunable()}
+    a, b = "a.fc1.weight:0", "b.fc1.weight:0"
+    assert sizes[a] < 32 and sizes[b] == 32, sizes
+    sens = result.stats["latency"]["sensitivity"]
+    assert sens[a] < sens[b] * 1e-2
+
+    # Without the scale (raw variance), the knapsack makes the other choice and is worse.
+    class Raw(VarianceBasedPruning):
+        def latency_scales(self, *args):
+            return None
+    raw = capture(model, (x,))
+    Raw(latency=target(0.8), calibration=calibration, targets="mlp")(raw)
+    raw_sizes = {g.key: g.size for g in analyze_channels(raw).prunable()}
+    assert raw_sizes[a] == 32 and raw_sizes[b] < 32
+    y = model(x)
+    assert max_diff(program.run(x), y) < max_diff(raw.run(x), y)
