@@ -108,6 +108,7 @@ def compile(  # noqa: A001 - the public name the design asks for
              if donate and isinstance(model, torch.nn.Module) else {})
     if source is not None:
         program.gm.meta[SOURCE_KEY] = source
+        program.capture_notes += source.opaque  # nodes ONNX Runtime runs, channels kept
     report = Report.start(program, model=source.name if source else model, backend=backend)
     for plan in plans:
         _replay(program, plan)

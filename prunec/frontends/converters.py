@@ -9,7 +9,7 @@ computation into initializers first; the converters here read those initializers
 bake them into the module:
 
 * ``Reshape`` (5-21, ``allowzero`` honoured), ``Expand`` (8, 13), ``Slice`` (10-13, positive
-  and negative steps), ``Tile`` (6, 13), ``CumSum`` (11, 14: axis as input), ``Split`` (13, 18: sizes as input),
+  and negative steps), ``Tile`` (6, 13), ``Squeeze`` (13, 21: axes as input), ``CumSum`` (11, 14: axis as input), ``Split`` (13, 18: sizes as input),
   ``ReduceMean`` / ``ReduceMax`` / ``ReduceMin`` / ``ReduceSumSquare`` / ``ReduceProd`` /
   ``ReduceL2`` (18: axes as input), ``ReduceSum`` (13: axes as input);
 * ``Flatten`` (all versions: ``axis`` equal to the rank);
@@ -42,13 +42,20 @@ import torch
 import torch.nn.functional as F
 
 from prunec.errors import UnsupportedOpError
+from prunec.frontends.opaque import OPAQUE_DOMAIN, OPAQUE_OP, opaque_converter
 
-__all__ = ["import_onnx2torch", "register", "LINEAR_DOMAIN", "LinearModule"]
+__all__ = ["import_onnx2torch", "register", "LINEAR_DOMAIN", "LinearModule", "torchvision_missing"]
 
 LINEAR_DOMAIN = "prunec"
 """Domain of the fused ``Linear`` nodes the frontend writes into its working copy."""
 
 _REGISTERED = False
+_TORCHVISION_MISSING = False
+
+
+def torchvision_missing() -> bool:
+    """Whether onnx2torch was imported with the placeholder ``torchvision``."""
+    return _TORCHVISION_MISSING
 
 
 def import_onnx2torch() -> types.ModuleType:
@@ -58,8 +65,10 @@ def import_onnx2torch() -> types.ModuleType:
         ImportError: onnx2torch is not installed (the caller turns it into
             :class:`~prunec.errors.BackendUnavailable`).
     """
+    global _TORCHVISION_MISSING
     if "onnx2torch" not in sys.modules:
         added = _placeholder_torchvision()
+        _TORCHVISION_MISSING = bool(added)
         try:
             import onnx2torch  # noqa: F401
         finally:
@@ -159,6 +168,21 @@ class FlattenModule(torch.nn.Module):
         for size in x.shape[:axis]:
             outer = outer * size
         return torch.reshape(x, (outer, -1)) if x.numel() else torch.reshape(x, (outer, 0))
+
+
+class SqueezeModule(torch.nn.Module):
+    """ONNX Squeeze (13, 21) with constant axes (none: every axis of size 1)."""
+
+    def __init__(self, axes: list[int]) -> None:
+        super().__init__()
+        self.axes = list(axes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.axes:
+            return torch.squeeze(x)
+        for axis in sorted({a % x.dim() for a in self.axes}, reverse=True):
+            x = torch.squeeze(x, dim=axis)
+        return x
 
 
 class TileModule(torch.nn.Module):
@@ -302,6 +326,10 @@ def _flatten(node: Any, graph: Any) -> Any:  # noqa: ARG001 - the registry's sig
     return _result(module, node, (node.input_values[0],))
 
 
+def _squeeze(node: Any, graph: Any) -> Any:
+    return _result(SqueezeModule(_ints(graph, node, 1, [])), node, (node.input_values[0],))
+
+
 def _tile(node: Any, graph: Any) -> Any:
     return _result(TileModule(_ints(graph, node, 1)), node, (node.input_values[0],))
 
@@ -379,6 +407,7 @@ _TABLE: list[tuple[str, tuple[int, ...], Any, str]] = [
     ("Expand", (8, 13), _expand, ""),
     ("Slice", (10, 11, 13), _slice, ""),
     ("Tile", (6, 13), _tile, ""),
+    ("Squeeze", (13, 21), _squeeze, ""),
     ("Flatten", (1, 9, 11, 13, 21), _flatten, ""),
     ("CumSum", (11, 14), _cumsum, ""),
     ("Split", (13, 18), _split, ""),
@@ -386,6 +415,7 @@ _TABLE: list[tuple[str, tuple[int, ...], Any, str]] = [
     ("GreaterOrEqual", (12, 16), _compare, ""),
     ("LessOrEqual", (12, 16), _compare, ""),
     ("Linear", (1,), _linear, LINEAR_DOMAIN),
+    (OPAQUE_OP, (1,), opaque_converter, OPAQUE_DOMAIN),
 ] + [(op, (18,), _reduce, "") for op in
      ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceSumSquare", "ReduceL2")]
 

@@ -25,8 +25,11 @@ Steps (:func:`open_onnx`):
    initializer after it, become one ``prunec.Linear`` node (a linear layer for the analysis
    and for mean folding).
 5. **Convert** with onnx2torch and prunec's converters (:mod:`prunec.frontends.converters`).
-   An op without a converter is an :class:`~prunec.errors.UnsupportedOpError` naming the op
-   type, the node and the opset.
+   A node without a converter (or whose converter raises ``NotImplementedError`` for its
+   attributes) is kept *opaque* (:mod:`prunec.frontends.opaque`): ONNX Runtime runs it inside
+   the stand-in and its channels are not pruned; one it cannot run either, or whose output
+   shapes are unknown at the example, is an :class:`~prunec.errors.UnsupportedOpError`
+   naming the op type, the node and the opset.
 6. **Map**: every tensor of the stand-in is tied to the ``(node, input)`` it came from
    (:class:`Use`): ``onnx2torch`` keeps one buffer per reader of an initializer, so a shared
    initializer has one stand-in tensor per reader and is copied on write when written back.

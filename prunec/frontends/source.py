@@ -55,6 +55,8 @@ class OnnxSource:
         uses: Stand-in tensor name (``get_attr`` target) -> :class:`Use`.
         modules: Stand-in module name -> ONNX node key (first output).
         fused: Fused ``Linear`` key -> ``(MatMul key, Add key or None, bias input index)``.
+        opaque: One note per node that ONNX Runtime runs inside the stand-in (no converter
+            to torch): its channels are not pruned (:mod:`prunec.frontends.opaque`).
     """
 
     model: "onnx.ModelProto"
@@ -66,6 +68,7 @@ class OnnxSource:
     uses: dict[str, Use] = field(default_factory=dict)
     modules: dict[str, str] = field(default_factory=dict)
     fused: dict[str, tuple] = field(default_factory=dict)
+    opaque: list[str] = field(default_factory=list)
 
     def __deepcopy__(self, memo: dict) -> "OnnxSource":
         return self  # shared by every clone of a stand-in program: it is never mutated

@@ -6,6 +6,11 @@ converted module (``<module>.weight``: Conv, Gemm as ``nn.Linear``, LayerNormali
 BatchNormalization, prunec's fused ``Linear``). :data:`PARAMETER_INPUTS` says which node input
 each such parameter holds and how (transposed for Gemm without ``transB`` and for a MatMul
 weight, scaled by Gemm's ``alpha`` / ``beta``).
+
+A node no converter takes (none registered, torchvision needed, or a converter raising
+``NotImplementedError`` for its attributes) is first replaced by a ``prunec.Opaque`` node
+that ONNX Runtime runs (:mod:`prunec.frontends.opaque`); the notes naming those nodes go to
+``source.opaque``.
 """
 from __future__ import annotations
 
@@ -15,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from prunec.errors import BackendUnavailable, UnsupportedOpError
-from prunec.frontends.converters import LINEAR_DOMAIN, import_onnx2torch
+from prunec.frontends.converters import LINEAR_DOMAIN, import_onnx2torch, torchvision_missing
+from prunec.frontends.opaque import make_opaque
 from prunec.frontends.source import PIP_HINT, Use
 
 if TYPE_CHECKING:
@@ -44,13 +50,22 @@ def convert(work: "onnx.ModelProto", source: "OnnxSource"
         o2t = import_onnx2torch()
     except ImportError as exc:
         raise BackendUnavailable(f"ONNX input needs onnx2torch; install {PIP_HINT}.") from exc
-    _check_converters(work)
+    source.opaque = _check_converters(work)
     names = source.input_names
     plain = all(re.fullmatch(r"[A-Za-z_]\w*", n) for n in names) and len(set(names)) == len(names)
     try:
         module = o2t.convert(work, save_input_names=plain, attach_onnx_mapping=True)
-    except Exception as exc:  # a converter failed on one node: find and name it
-        raise _conversion_error(work, exc) from exc
+    except Exception as exc:  # a converter failed on a node: keep it opaque, or name it
+        failed = _failing_nodes(work)
+        if not failed or any(not isinstance(e, NotImplementedError) for _, e in failed):
+            raise _conversion_error(work, exc) from exc
+        source.opaque += make_opaque(work, [n for n, _ in failed],
+                                     {n.output[0]: f"cannot be converted to torch ({e})"
+                                      for n, e in failed})
+        try:
+            module = o2t.convert(work, save_input_names=plain, attach_onnx_mapping=True)
+        except Exception as again:
+            raise _conversion_error(work, again) from again
     module.eval()
     _readable_names(module, work)
     uses, modules = _map(module, work, source)
@@ -116,26 +131,54 @@ def _rename_fused_modules(module: torch.fx.GraphModule) -> None:
         fx_node.target = new
 
 
+_NEEDS_TORCHVISION = {("", "NonMaxSuppression"), ("", "RoiAlign")}
+"""onnx2torch converts these with torchvision, which prunec does not install."""
+
+
 def _opsets(work: "onnx.ModelProto") -> dict[str, int]:
     return {o.domain or "": o.version for o in work.opset_import}
 
 
-def _check_converters(work: "onnx.ModelProto") -> None:
+def _check_converters(work: "onnx.ModelProto") -> list[str]:
+    """Every node without a converter becomes a ``prunec.Opaque`` node that ONNX Runtime
+    runs (:mod:`prunec.frontends.opaque`); returns the notes saying which.
+
+    Raises:
+        UnsupportedOpError: a node without a converter that cannot be kept opaque either.
+    """
     from onnx2torch.node_converters import get_converter
 
     opsets = _opsets(work)
+    missing, reasons = [], {}
     for node in work.graph.node:
         domain = node.domain if node.domain != "ai.onnx" else ""
+        if (domain, node.op_type) in _NEEDS_TORCHVISION and torchvision_missing():
+            missing.append(node)
+            reasons[node.output[0]] = "has a converter that needs torchvision"
+            continue
         try:
             get_converter(domain=domain, operation_type=node.op_type,
                           version=opsets.get(domain, 1))
         except NotImplementedError:
-            raise UnsupportedOpError(
-                f"ONNX op {node.op_type!r} (domain {domain or 'ai.onnx'!r}, opset "
-                f"{opsets.get(domain, '?')}) at node {node.name or node.output[0]!r} has no "
-                f"converter to torch, so prunec cannot analyse this model. Export it with "
-                f"another opset or without that op, or add a converter in "
-                f"prunec/frontends/converters.py.") from None
+            missing.append(node)
+    return make_opaque(work, missing, reasons)
+
+
+def _failing_nodes(work: "onnx.ModelProto") -> list[tuple[Any, Exception]]:
+    """The nodes whose converter raises, with what it raised."""
+    from onnx2torch.node_converters import get_converter
+    from onnx2torch.onnx_graph import OnnxGraph
+
+    graph, opsets = OnnxGraph(work.graph), _opsets(work)
+    protos = {n.output[0]: n for n in work.graph.node if n.output}
+    failed = []
+    for node in graph.nodes.values():
+        try:
+            get_converter(domain=node.domain, operation_type=node.operation_type,
+                          version=opsets.get(node.domain, 1))(node, graph)
+        except Exception as exc:  # the converter's own message says what it lacks
+            failed.append((protos[node.output_values[0]], exc))
+    return failed
 
 
 def _conversion_error(work: "onnx.ModelProto", exc: Exception) -> UnsupportedOpError:

@@ -236,3 +236,124 @@ def gqa(seed: int = 0) -> onnx.ModelProto:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", 16])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", 16])
     return _model(nodes, [x], [y], inits, "gqa")
+
+
+def _conv_gru_bytes() -> bytes:
+    """``x[N, 3, L] -> Conv1d -> Relu -> Conv1d -> Relu -> GRU(8 -> 6) -> last step ->
+    Linear(6, 16) -> Relu -> Linear(16, 4) -> y[N, 4]``, exported by torch's TorchScript
+    exporter (opset 17, ``N`` and ``L`` dynamic). onnx2torch has no GRU converter."""
+    import io
+    import warnings
+
+    import torch
+
+    class ConvGRU(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1 = torch.nn.Conv1d(3, 8, 3, padding=1)
+            self.c2 = torch.nn.Conv1d(8, 8, 3, padding=1)
+            self.gru = torch.nn.GRU(8, 6, batch_first=True)
+            self.fc1, self.fc2 = torch.nn.Linear(6, 16), torch.nn.Linear(16, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.relu(self.c2(torch.relu(self.c1(x)))).transpose(1, 2)
+            out, _ = self.gru(h)
+            return self.fc2(torch.relu(self.fc1(out[:, -1])))
+
+    torch.manual_seed(0)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(ConvGRU().eval(), (torch.randn(2, 3, 7),), buffer, dynamo=False,
+                          opset_version=OPSET, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "N", 2: "L"}, "y": {0: "N"}})
+    return buffer.getvalue()
+
+
+_EXPORTED: dict[str, bytes] = {}
+
+
+def conv_gru() -> onnx.ModelProto:
+    """A fresh copy of the exported conv -> GRU -> MLP model (exported once per session)."""
+    if "conv_gru" not in _EXPORTED:
+        _EXPORTED["conv_gru"] = _conv_gru_bytes()
+    return onnx.load_from_string(_EXPORTED["conv_gru"])
+
+
+def contrib_mlp(op: str = "Gelu", domain: str = "com.microsoft", seed: int = 0
+                ) -> onnx.ModelProto:
+    """``x[N, 8] -> MatMul -> Add -> Relu -> MatMul -> <domain>.<op> -> MatMul -> y[N, 4]``:
+    an op from another domain between the second and third layers."""
+    rng = np.random.default_rng(seed)
+    h = helper.make_node
+    nodes = [h("MatMul", ["x", "w1"], ["a0"], name="fc1/MatMul"),
+             h("Add", ["a0", "b1"], ["a1"], name="fc1/Add"),
+             h("Relu", ["a1"], ["a"], name="act"),
+             h("MatMul", ["a", "w2"], ["g0"], name="fc2/MatMul"),
+             h(op, ["g0"], ["g"], name="special", domain=domain),
+             h("MatMul", ["g", "w3"], ["y"], name="fc3/MatMul")]
+    inits = [_init("w1", (8, 16), rng), _init("b1", (16,), rng), _init("w2", (16, 8), rng),
+             _init("w3", (8, 4), rng)]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+    graph = helper.make_graph(nodes, "contrib_mlp", [x], [y], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
+                                                    helper.make_opsetid(domain, 1)],
+                              producer_name="graph-builder", producer_version="1.2")
+    model.ir_version = 8
+    return model
+
+
+def nms(seed: int = 0) -> onnx.ModelProto:
+    """``boxes[1, 6, 4] -> Mul(scale) -> NonMaxSuppression(., scores) -> indices[?, 3]``:
+    the number of boxes kept depends on the data."""
+    rng = np.random.default_rng(seed)
+    h = helper.make_node
+    nodes = [h("Mul", ["boxes", "scale"], ["b"], name="scale_boxes"),
+             h("NonMaxSuppression", ["b", "scores", "max_out", "iou"], ["kept"], name="nms")]
+    inits = [_init("scale", (4,), rng),
+             numpy_helper.from_array(np.array([3], np.int64), "max_out"),
+             numpy_helper.from_array(np.array([0.5], np.float32), "iou")]
+    boxes = helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, 6, 4])
+    scores = helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 1, 6])
+    kept = helper.make_tensor_value_info("kept", TensorProto.INT64, [None, 3])
+    return _model(nodes, [boxes, scores], [kept], inits, "nms")
+
+
+def lstm(seed: int = 0, hidden: int = 4) -> onnx.ModelProto:
+    """``x[T, 2, 5] -> MatMul -> Relu -> MatMul -> LSTM`` whose ``Y_h`` is omitted (outputs
+    ``y, "", c``): ``c -> Squeeze -> MatMul -> out[2, 3]``, and ``y`` a graph output."""
+    rng = np.random.default_rng(seed)
+    h = helper.make_node
+    nodes = [h("MatMul", ["x", "w1"], ["a0"], name="fc1"), h("Relu", ["a0"], ["a"], name="act"),
+             h("MatMul", ["a", "w2"], ["s"], name="fc2"),
+             h("LSTM", ["s", "W", "R", "B"], ["y", "", "c"], name="lstm", hidden_size=hidden),
+             h("Squeeze", ["c", "axis0"], ["c1"], name="squeeze"),
+             h("MatMul", ["c1", "w3"], ["out"], name="fc3")]
+    inits = [_init("w1", (5, 16), rng), _init("w2", (16, 6), rng),
+             _init("W", (1, 4 * hidden, 6), rng), _init("R", (1, 4 * hidden, hidden), rng),
+             _init("B", (1, 8 * hidden), rng), _init("w3", (hidden, 3), rng),
+             numpy_helper.from_array(np.array([0], np.int64), "axis0")]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", 2, 5])
+    out = helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["T", 1, 2, hidden])
+    return _model(nodes, [x], [out, y], inits, "lstm")
+
+
+def roi_align(seed: int = 0) -> onnx.ModelProto:
+    """``x[N, 3, 8, 8] -> Conv -> Relu -> Conv -> RoiAlign(rois[2, 4], idx[2]) -> y[2, 8, 2, 2]``:
+    onnx2torch converts RoiAlign with torchvision, which prunec does not install."""
+    rng = np.random.default_rng(seed)
+    h = helper.make_node
+    nodes = [h("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             h("Relu", ["c1"], ["r1"], name="act"),
+             h("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+             h("RoiAlign", ["c2", "rois", "idx"], ["y"], name="roi", output_height=2,
+               output_width=2, sampling_ratio=2)]
+    inits = [_init("w1", (16, 3, 3, 3), rng), _init("b1", (16,), rng),
+             _init("w2", (8, 16, 3, 3), rng), _init("b2", (8,), rng)]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])
+    rois = helper.make_tensor_value_info("rois", TensorProto.FLOAT, [2, 4])
+    idx = helper.make_tensor_value_info("idx", TensorProto.INT64, [2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8, 2, 2])
+    return _model(nodes, [x, rois, idx], [y], inits, "roi_align")

@@ -31,12 +31,14 @@ def _graph(opset: int) -> onnx.ModelProto:
         h("Flatten", ["x"], ["fl"], axis=3),                                  # axis == rank
         h("Split", ["x", "split"], ["s0", "s1"], axis=1),
         h("ReduceMax", ["x", "axes1"], ["mx"], keepdims=0),
+        h("Squeeze", ["mean", "squeeze_axes"], ["sq"]),                     # v13: axes input
     ]
     inits = [_ints("axes1", [1]), _ints("shape0", [2, 24]), _ints("shape_copy", [0, 0, 2, 2]),
              _ints("starts", [-1]), _ints("ends", [-100]), _ints("steps", [-2]),
              _ints("expand_to", [3, 2, 6, 4]), _ints("reps", [1, 6, 1]),
-             numpy_helper.from_array(np.array(1, np.int64), "axis1"), _ints("split", [2, 4])]
-    outs = ["mean", "ge", "le", "gef", "r0", "r1", "sl", "ex", "ti", "cs", "fl", "s0", "s1", "mx"]
+             numpy_helper.from_array(np.array(1, np.int64), "axis1"), _ints("split", [2, 4]),
+             _ints("squeeze_axes", [-2])]
+    outs = ["mean", "ge", "le", "gef", "r0", "r1", "sl", "ex", "ti", "cs", "fl", "s0", "s1", "mx", "sq"]
     graph = helper.make_graph(
         nodes, "ops", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6, 4])],
         [helper.make_tensor_value_info(o, TensorProto.UNDEFINED, None) for o in outs], inits)

@@ -1,0 +1,201 @@
+"""prunec.frontends.opaque: an ONNX node without a converter to torch is run by ONNX Runtime
+inside the stand-in; only the channels that reach it or leave it stay, everything else in
+the file prunes, is written back and is verified (the write-back's own check against the
+original with the removed units zeroed or mean-replaced, at the example and other shapes)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+import prunec  # noqa: E402
+from prunec.errors import UnsupportedOpError  # noqa: E402
+from prunec.frontends.onnx import open_onnx  # noqa: E402
+from prunec.frontends.opaque import OpaqueModule  # noqa: E402
+from prunec.ir.capture import capture  # noqa: E402
+from prunec.ir.channels import analyze_channels  # noqa: E402
+from prunec.passes import MagnitudePruning, VarianceBasedPruning  # noqa: E402
+from tests.frontends import graphs  # noqa: E402
+from tests.frontends.test_onnx import assert_same_interface  # noqa: E402
+from tests.helpers import require_onnx2torch  # noqa: E402
+
+require_onnx2torch()
+
+RNG = np.random.default_rng(0)
+GRU_INPUTS = ("onnx::GRU_121", "onnx::GRU_122", "onnx::GRU_123")
+
+
+def _x(batch: int = 2, length: int = 7) -> np.ndarray:
+    return RNG.standard_normal((batch, 3, length)).astype(np.float32)
+
+
+def _run(model: "onnx.ModelProto", feeds: dict) -> list[np.ndarray]:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+def _gru(model: "onnx.ModelProto") -> "onnx.NodeProto":
+    return next(n for n in model.graph.node if n.op_type == "GRU")
+
+
+def _check_pruned_around_the_gru(original: "onnx.ModelProto", compiled, conv: bool) -> None:
+    """Same interface; the head's hidden layer (and conv 1 where ``conv``) shrank; conv 2
+    (which feeds the GRU), the GRU's node and weights and the head's input width are as in
+    the file."""
+    pruned = compiled.artifact.model
+    assert_same_interface(original, pruned)
+    assert "zeroed original" in compiled.artifact.verified
+    before = {t.name: t for t in original.graph.initializer}
+    after = {t.name: t for t in pruned.graph.initializer}
+    assert (after["c1.weight"].dims[0] < 8) == conv
+    assert after["c2.weight"].dims[1] == after["c1.weight"].dims[0]
+    assert after["c2.weight"].dims[0] == 8 and list(after["c2.bias"].dims) == [8]
+    assert after["fc1.weight"].dims[0] < 16 and after["fc1.weight"].dims[1] == 6
+    assert after["fc2.weight"].dims[1] == after["fc1.weight"].dims[0]
+    for name in GRU_INPUTS:  # read only by the GRU: never sliced, bit for bit the same
+        assert after[name].SerializeToString() == before[name].SerializeToString()
+    assert _gru(pruned).SerializeToString() == _gru(original).SerializeToString()
+    note = next(n for n in compiled.report.capture_notes if "kept opaque" in n)
+    assert "'/gru/GRU' (GRU)" in note
+    other = {"x": _x(5, 4)}  # any batch and length the file took
+    assert compiled(other)["y"].shape == (5, 4) == _run(original, other)[0].shape
+
+
+def test_magnitude_prunes_around_a_gru():
+    original = graphs.conv_gru()
+    snapshot = original.SerializeToString()
+    compiled = prunec.compile(original, {"x": _x()}, backend="onnxruntime",
+                              passes=[MagnitudePruning(0.5, scope="local", round_to=1)])
+    assert original.SerializeToString() == snapshot
+    _check_pruned_around_the_gru(original, compiled, conv=True)
+
+
+def test_variance_based_pruning_calibrates_through_the_gru():
+    """VBP runs the stand-in on its calibration batches (the GRU by ONNX Runtime: the head's
+    statistics come from its real outputs) and folds the means of the removed head units
+    into fc2's bias; the written file equals the original with those units replaced by
+    their means."""
+    original = graphs.conv_gru()
+    batches = [{"x": torch.from_numpy(_x())} for _ in range(3)]
+    compiled = prunec.compile(original, {"x": _x()}, backend="onnxruntime", passes=[
+        VarianceBasedPruning(0.5, calibration=batches, round_to=1)])
+    assert compiled.plans[0].compensations
+    _check_pruned_around_the_gru(original, compiled, conv=False)
+
+
+def test_the_stand_in_runs_the_gru_with_onnx_runtime():
+    original = graphs.conv_gru()
+    source = open_onnx(original, {"x": _x()})
+    opaque = [m for m in source.module.modules() if isinstance(m, OpaqueModule)]
+    assert [m.op_type for m in opaque] == ["GRU"]
+    x = _x()
+    with torch.no_grad():
+        got = source.module(torch.from_numpy(x))
+    np.testing.assert_allclose(got.numpy(), _run(original, {"x": x})[0], rtol=1e-5, atol=1e-6)
+    assert source.opaque == ["ONNX node '/gru/GRU' (GRU) kept opaque: ONNX Runtime runs it, "
+                             "the channels it reads and writes are not pruned"]
+
+
+def test_the_channel_analysis_blocks_every_channel_of_the_opaque_op():
+    """The custom op has no coupling rule: every axis it reads (conv 2's output, through the
+    transpose; the GRU's weights) and writes (the head's input) is unprunable, naming the
+    ONNX node; conv 1's and the head's hidden channels stay prunable."""
+    source = open_onnx(graphs.conv_gru(), {"x": _x()})
+    program = capture(source.module, source.example_args, dynamic=False)
+    groups = {g.key: g for g in analyze_channels(program)}
+    assert groups["c1/Conv.weight:0"].prunable and groups["fc1/Gemm.weight:0"].prunable
+    for key in ("c2/Conv.weight:0", "fc1/Gemm.weight:1"):
+        assert not groups[key].prunable
+        assert "no coupling rule for run_node" in groups[key].reason
+        assert "in module 'gru/GRU'" in groups[key].reason
+    weights = [k for k in groups if k.startswith("initializers.onnx__GRU")]
+    assert weights and not any(groups[k].prunable for k in weights)
+
+
+def test_an_op_from_another_domain_that_onnx_runtime_runs():
+    """``com.microsoft.Gelu``: onnx's shape inference does not know it, ONNX Runtime's does;
+    the layer before it prunes, its own width stays."""
+    original = graphs.contrib_mlp()
+    compiled = prunec.compile(original, {"x": RNG.standard_normal((2, 8)).astype(np.float32)},
+                              passes=[MagnitudePruning(0.5)], backend="onnxruntime")
+    assert "zeroed original" in compiled.artifact.verified
+    shapes = {t.name: list(t.dims) for t in compiled.artifact.model.graph.initializer}
+    assert shapes == {"w1": [8, 8], "b1": [8], "w2": [8, 8], "w3": [8, 4]}
+    assert any("'special' (com.microsoft.Gelu) kept opaque" in n
+               for n in compiled.report.capture_notes)
+
+
+def test_an_op_onnx_runtime_cannot_run_is_refused_by_name():
+    model = graphs.contrib_mlp("FancyRelu", "com.example")
+    with pytest.raises(UnsupportedOpError, match=r"ONNX op 'FancyRelu' \(domain 'com.example', "
+                                                 r"opset 1\) at node 'special' has no converter "
+                                                 r"to torch, and prunec cannot keep it opaque: "
+                                                 r"ONNX Runtime cannot run it either"):
+        prunec.compile(model, {"x": np.ones((2, 8), np.float32)}, backend="onnxruntime")
+
+
+def test_an_output_whose_size_depends_on_the_data_is_refused_by_name():
+    feeds = {"boxes": RNG.random((1, 6, 4)).astype(np.float32),
+             "scores": RNG.random((1, 1, 6)).astype(np.float32)}
+    with pytest.raises(UnsupportedOpError, match=r"'NonMaxSuppression' .* at node 'nms' .*no "
+                                                 r"static shape .* output 0 \('kept'\)"):
+        prunec.compile(graphs.nms(), feeds, passes=[MagnitudePruning(0.5)],
+                       backend="onnxruntime")
+
+
+def test_the_fake_refuses_other_shapes_than_recorded():
+    source = open_onnx(graphs.conv_gru(), {"x": _x()})
+    with pytest.raises(UnsupportedOpError, match=r"'/gru/GRU' \(GRU\) runs opaque at the shapes "
+                                                 r"of the example inputs"):
+        capture(source.module, (torch.from_numpy(_x(3)),), dynamic=False)
+
+
+def test_the_cli_names_the_opaque_node(tmp_path, capsys):
+    from prunec.cli import main
+
+    onnx.save(graphs.conv_gru(), str(tmp_path / "gru.onnx"))
+    code = main(["prune", "--model", str(tmp_path / "gru.onnx"), "--input", "x:float32:2x3x7",
+                 "--pass", "magnitude", "--ratio", "0.5", "--output", str(tmp_path / "out")])
+    assert code == 0
+    assert "ONNX node '/gru/GRU' (GRU) kept opaque" in capsys.readouterr().out
+    pruned = onnx.load(str(tmp_path / "out" / "model.onnx"))
+    assert _gru(pruned).SerializeToString() == _gru(graphs.conv_gru()).SerializeToString()
+
+
+def test_an_lstm_with_an_omitted_output_and_a_graph_output():
+    """An LSTM whose ``Y_h`` the file omits (outputs ``y, "", c``), ``y`` a graph output and
+    ``c`` read by the head: fc1's hidden units prune, fc2 (which feeds the LSTM) keeps its
+    width, and the LSTM's weights stay as they were."""
+    original = graphs.lstm()
+    compiled = prunec.compile(original, {"x": RNG.standard_normal((3, 2, 5)).astype(np.float32)},
+                              passes=[MagnitudePruning(0.5)], backend="onnxruntime")
+    assert "zeroed original" in compiled.artifact.verified
+    before = {t.name: t for t in original.graph.initializer}
+    after = {t.name: t for t in compiled.artifact.model.graph.initializer}
+    assert list(after["w1"].dims) == [5, 8] and list(after["w2"].dims) == [8, 6]
+    for name in ("W", "R", "B", "w3"):
+        assert after[name].SerializeToString() == before[name].SerializeToString()
+    lstm = next(n for n in compiled.artifact.model.graph.node if n.op_type == "LSTM")
+    assert list(lstm.output) == ["y", "", "c"]
+
+
+def test_roi_align_without_torchvision():
+    """RoiAlign (onnx2torch's converter needs torchvision) runs opaque: conv1's channels
+    prune, conv2's (which RoiAlign pools) stay."""
+    from prunec.frontends.converters import import_onnx2torch, torchvision_missing
+
+    import_onnx2torch()
+    if not torchvision_missing():
+        pytest.skip("torchvision is installed: onnx2torch converts RoiAlign itself")
+    feeds = {"x": RNG.standard_normal((1, 3, 8, 8)).astype(np.float32),
+             "rois": np.array([[0, 0, 4, 4], [2, 1, 7, 6]], np.float32),
+             "idx": np.zeros(2, np.int64)}
+    compiled = prunec.compile(graphs.roi_align(), feeds, passes=[MagnitudePruning(0.5)],
+                              backend="onnxruntime")
+    assert "zeroed original" in compiled.artifact.verified
+    shapes = {t.name: list(t.dims) for t in compiled.artifact.model.graph.initializer}
+    assert shapes["w1"] == [8, 3, 3, 3] and shapes["w2"] == [8, 8, 3, 3]
+    assert any("'roi' (RoiAlign) kept opaque" in n for n in compiled.report.capture_notes)
