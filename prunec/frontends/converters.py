@@ -9,13 +9,15 @@ computation into initializers first; the converters here read those initializers
 bake them into the module:
 
 * ``Reshape`` (5-21, ``allowzero`` honoured), ``Expand`` (8, 13), ``Slice`` (10-13, positive
-  and negative steps), ``Tile`` (6, 13), ``Squeeze`` (13, 21: axes as input), ``CumSum`` (11, 14: axis as input), ``Split`` (13, 18: sizes as input),
+  and negative steps), ``Tile`` (6, 13), ``Squeeze`` (13, 21: axes as input), ``CumSum``
+  (11, 14: axis as input), ``Split`` (13, 18: sizes as input),
   ``ReduceMean`` / ``ReduceMax`` / ``ReduceMin`` / ``ReduceSumSquare`` / ``ReduceProd`` /
   ``ReduceL2`` (18: axes as input), ``ReduceSum`` (13: axes as input);
 * ``Flatten`` (all versions: ``axis`` equal to the rank);
 * ``GreaterOrEqual`` / ``LessOrEqual`` (12, 16), which onnx2torch maps but does not register;
 * ``Resize`` (11-19: nearest and linear, wherever ``F.interpolate`` samples exactly the
-  pixels the ONNX definition does; see :class:`ResizeModule`);
+  pixels the ONNX definition does; see :class:`ResizeModule`; any other Resize raises
+  :class:`InexactConversion` and runs opaque);
 * ``Gelu`` (20), and newer versions of ops whose change only widened their types
   (``Cast`` 19/21, ``Shape`` 19/21, ``Identity``, ``Constant``, ``Transpose`` 21 ...: see
   :data:`_ALIASES`);
@@ -44,7 +46,8 @@ import torch.nn.functional as F
 from prunec.errors import UnsupportedOpError
 from prunec.frontends.opaque import OPAQUE_DOMAIN, OPAQUE_OP, opaque_converter
 
-__all__ = ["import_onnx2torch", "register", "LINEAR_DOMAIN", "LinearModule", "torchvision_missing"]
+__all__ = ["import_onnx2torch", "register", "LINEAR_DOMAIN", "LinearModule", "torchvision_missing",
+           "InexactConversion"]
 
 LINEAR_DOMAIN = "prunec"
 """Domain of the fused ``Linear`` nodes the frontend writes into its working copy."""
@@ -381,10 +384,24 @@ def _floats(graph: Any, node: Any, index: int) -> list[float] | None:
     return values or None
 
 
-def _unsupported_resize(what: str) -> UnsupportedOpError:
-    return UnsupportedOpError(
+class InexactConversion(UnsupportedOpError):
+    """No torch module computes what this ONNX node does: the frontend runs the node with
+    ONNX Runtime instead (:mod:`prunec.frontends.opaque`), or refuses the file by name."""
+
+
+def _unsupported_resize(what: str) -> InexactConversion:
+    return InexactConversion(
         f"ONNX op 'Resize' {what}: no torch interpolation samples the pixels it does, so "
         f"prunec cannot analyse this model (re-export it with nearest or linear resizing)")
+
+
+def _static_shape(graph: Any, name: str) -> list[int] | None:
+    value = graph.value_info.get(name)
+    ttype = value.type.tensor_type if value is not None else None
+    if ttype is None or not ttype.HasField("shape"):
+        return None
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in ttype.shape.dim]
+    return None if any(d is None for d in dims) or len(dims) < 3 else dims
 
 
 def _resize(node: Any, graph: Any) -> Any:
@@ -398,6 +415,9 @@ def _resize(node: Any, graph: Any) -> Any:
         raise _unsupported_resize("with axes or a keep_aspect_ratio_policy")
     sizes = _ints(graph, node, 3, [])
     module = ResizeModule(attributes, _floats(graph, node, 2), sizes or None)
+    shape = _static_shape(graph, node.input_values[0])
+    if shape is not None:  # decide now, so an inexact Resize can run opaque instead
+        module._choose(shape[1], shape[2:])  # noqa: SLF001 - its own module
     return _result(module, node, (node.input_values[0],))
 
 
@@ -436,9 +456,9 @@ class ResizeModule(torch.nn.Module):
     definition (``coordinate_transformation_mode``, ``nearest_mode``) and by torch's for
     each candidate (``nearest``, ``nearest-exact``; linear with ``align_corners`` off or
     on), at the stand-in's fixed sizes; the first candidate whose coordinates equal ONNX's
-    is used, and none is an ``UnsupportedOpError`` naming the attributes (the file is then
-    refused with that name, never converted into something else). Cubic resizing and
-    resizing the batch or channel axis are refused the same way."""
+    is used, and none is an :class:`InexactConversion` naming the attributes, raised while
+    converting: the node then runs opaque, by ONNX Runtime (never converted into something
+    else). Cubic resizing and resizing the batch or channel axis go the same way."""
 
     def __init__(self, attributes: dict, scales: list[float] | None,
                  sizes: list[int] | None) -> None:

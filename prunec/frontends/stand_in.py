@@ -7,10 +7,10 @@ BatchNormalization, prunec's fused ``Linear``). :data:`PARAMETER_INPUTS` says wh
 each such parameter holds and how (transposed for Gemm without ``transB`` and for a MatMul
 weight, scaled by Gemm's ``alpha`` / ``beta``).
 
-A node no converter takes (none registered, torchvision needed, or a converter raising
-``NotImplementedError`` for its attributes) is first replaced by a ``prunec.Opaque`` node
-that ONNX Runtime runs (:mod:`prunec.frontends.opaque`); the notes naming those nodes go to
-``source.opaque``.
+A node no converter takes (none registered, torchvision needed, a converter raising
+``NotImplementedError`` for its attributes, or a Resize no torch interpolation mirrors) is
+replaced by a ``prunec.Opaque`` node that ONNX Runtime runs (:mod:`prunec.frontends.opaque`);
+the notes naming those nodes go to ``source.opaque``.
 """
 from __future__ import annotations
 
@@ -20,7 +20,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from prunec.errors import BackendUnavailable, UnsupportedOpError
-from prunec.frontends.converters import LINEAR_DOMAIN, import_onnx2torch, torchvision_missing
+from prunec.frontends.converters import (
+    LINEAR_DOMAIN, InexactConversion, import_onnx2torch, torchvision_missing,
+)
 from prunec.frontends.opaque import make_opaque
 from prunec.frontends.source import PIP_HINT, Use
 
@@ -56,13 +58,13 @@ def convert(work: "onnx.ModelProto", source: "OnnxSource"
     try:
         module = o2t.convert(work, save_input_names=plain, attach_onnx_mapping=True)
     except Exception as exc:  # a converter failed on a node: keep it opaque, or name it
-        failed = _failing_nodes(work)
-        if not failed or any(not isinstance(e, NotImplementedError) for _, e in failed):
+        failed = [(n, e) for n, e in _failing_nodes(work) if isinstance(e, _OPAQUE_INSTEAD)]
+        if not failed:
             raise _conversion_error(work, exc) from exc
         source.opaque += make_opaque(work, [n for n, _ in failed],
-                                     {n.output[0]: f"cannot be converted to torch ({e})"
+                                     {n.output[0]: f"cannot be converted to torch exactly ({e})"
                                       for n, e in failed})
-        try:
+        try:  # a node failing for another reason is named by the second attempt
             module = o2t.convert(work, save_input_names=plain, attach_onnx_mapping=True)
         except Exception as again:
             raise _conversion_error(work, again) from again
@@ -130,6 +132,10 @@ def _rename_fused_modules(module: torch.fx.GraphModule) -> None:
         names.add(new)
         fx_node.target = new
 
+
+_OPAQUE_INSTEAD = (NotImplementedError, InexactConversion)
+"""A converter raising these lacks the node's attributes, or would compute something else:
+ONNX Runtime runs the node instead. Other errors name the node and stop."""
 
 _NEEDS_TORCHVISION = {("", "NonMaxSuppression"), ("", "RoiAlign")}
 """onnx2torch converts these with torchvision, which prunec does not install."""

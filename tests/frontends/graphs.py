@@ -120,17 +120,17 @@ def depthwise(seed: int = 0, multiplier: int = 1) -> onnx.ModelProto:
     return _model(nodes, [x], [y], inits, "inverted_residual")
 
 
-def upsample(seed: int = 0, sizes: bool = False) -> onnx.ModelProto:
+def upsample(seed: int = 0, sizes: bool = False, mode: str = "nearest") -> onnx.ModelProto:
     """``x -> Conv3x3 -> Relu -> Resize x2 (nearest, as torch exports it; by ``sizes``
-    [N, C, 16, 16] instead of scales when asked) -> Conv1x1``: the channels of the first Conv
-    flow through the Resize."""
+    [N, C, 16, 16] instead of scales when asked; another ``mode`` when asked) -> Conv1x1``:
+    the channels of the first Conv flow through the Resize."""
     rng = np.random.default_rng(seed)
     nodes = [
         helper.make_node("Conv", ["x", "c1w", "c1b"], ["c1"], name="conv1", pads=[1] * 4,
                          kernel_shape=[3, 3]),
         helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
         helper.make_node("Resize", ["r1", "", "", "sizes"] if sizes else ["r1", "", "scales"],
-                         ["u"], name="up", mode="nearest",
+                         ["u"], name="up", mode=mode,
                          coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
         helper.make_node("Conv", ["u", "c2w", "c2b"], ["y"], name="conv2", kernel_shape=[1, 1]),
     ]

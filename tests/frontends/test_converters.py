@@ -100,6 +100,7 @@ def test_resize_matches_onnx_runtime(opset, case):
     want = ort.InferenceSession(model.SerializeToString(),
                                 providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     source = open_onnx(model, {"x": x})
+    assert not source.opaque  # converted to F.interpolate: its channels can be pruned
     with torch.no_grad():
         got = torch.utils._pytree.tree_leaves(source.module(torch.from_numpy(x)))[0].numpy()
     assert got.shape == want.shape
@@ -111,13 +112,20 @@ def test_resize_matches_onnx_runtime(opset, case):
     dict(scales=[1, 1, 2, 2], mode="cubic"),
     dict(scales=[1, 2, 1, 1], mode="nearest"),
 ])
-def test_resize_torch_cannot_mirror_is_refused_by_name(case):
-    """Where no torch interpolation samples the pixels ONNX does, the file is refused with
-    the op's attributes named (never converted into something that differs)."""
-    from prunec.errors import PrunecError
+def test_resize_torch_cannot_mirror_runs_opaque(case):
+    """Where no torch interpolation samples the pixels ONNX does, the node is never
+    converted into something that differs: ONNX Runtime runs it inside the stand-in (its
+    channels are then not pruned), and the source names it."""
+    from prunec.frontends.opaque import OpaqueModule
 
     model = _resize(19, **case)
-    x = np.zeros((1, 3, 4, 6), np.float32)
-    with pytest.raises(PrunecError, match="Resize"):
-        source = open_onnx(model, {"x": x})
-        source.module(torch.from_numpy(x))
+    x = np.random.default_rng(0).standard_normal((1, 3, 4, 6)).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString(),
+                                providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    source = open_onnx(model, {"x": x})
+    assert [m.op_type for m in source.module.modules() if isinstance(m, OpaqueModule)] == \
+        ["Resize"]
+    assert len(source.opaque) == 1 and "(Resize) kept opaque" in source.opaque[0]
+    with torch.no_grad():
+        got = source.module(torch.from_numpy(x)).numpy()
+    np.testing.assert_array_equal(got, want)

@@ -199,3 +199,15 @@ def test_roi_align_without_torchvision():
     shapes = {t.name: list(t.dims) for t in compiled.artifact.model.graph.initializer}
     assert shapes["w1"] == [8, 3, 3, 3] and shapes["w2"] == [8, 8, 3, 3]
     assert any("'roi' (RoiAlign) kept opaque" in n for n in compiled.report.capture_notes)
+
+
+def test_a_resize_torch_cannot_mirror_keeps_its_channels_instead_of_refusing_the_file():
+    """A cubic Resize runs opaque: the convolution it reads keeps its channels (nothing else
+    is prunable in this file), the file is written back unchanged in size and verified."""
+    original = graphs.upsample(mode="cubic")
+    compiled = prunec.compile(original, {"x": RNG.standard_normal((2, 4, 8, 8)).astype(
+        np.float32)}, passes=[MagnitudePruning(0.5)], backend="onnxruntime")
+    shapes = {t.name: list(t.dims) for t in compiled.artifact.model.graph.initializer}
+    assert shapes == {t.name: list(t.dims) for t in original.graph.initializer}
+    assert any("'up' (Resize) kept opaque" in n for n in compiled.report.capture_notes)
+    assert compiled.artifact.verified.startswith("equal to the pruned program")
