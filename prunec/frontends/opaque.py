@@ -6,7 +6,9 @@ working copy by a ``prunec.Opaque`` node whose ``spec`` attribute holds, as JSON
 
 * ``model``: a one-node ONNX model (base64), the node itself with its attributes, its
   non-weight initializers (folded shape constants, ``K`` of ``TopK`` ...) inside, every
-  other input a graph input typed by element type only (no shape, so any size runs);
+  other input a graph input typed by element type only (no shape, so any size runs); the
+  values of the main graph that its subgraphs read (an ``If`` branch, a ``Loop`` body) are
+  inputs too;
 * ``inputs`` / ``outputs``: the static shapes ONNX shape inference gave the node's inputs
   and outputs at the example shapes, and the outputs' element types.
 
@@ -138,7 +140,8 @@ def opaque_converter(node: Any, graph: Any) -> Any:  # noqa: ARG001 - the regist
     spec = node.attributes["spec"]
     spec = spec.decode() if isinstance(spec, bytes) else str(spec)
     module = OpaqueModule(spec)
-    inputs = tuple(n for n in node.input_values if n and n not in _parsed(spec)["embedded"])
+    inputs = tuple(n for n in dict.fromkeys(node.input_values)
+                   if n and n not in _parsed(spec)["embedded"])
     return OperationConverterResult(torch_module=module,
                                     onnx_mapping=OnnxMapping(inputs=inputs,
                                                              outputs=node.output_values))
@@ -171,7 +174,7 @@ def make_opaque(work: "onnx.ModelProto", nodes: list, reasons: dict[str, str]) -
     for node in nodes:
         spec = _spec(work, node, types, inits, opsets, reasons)
         outputs = _named_outputs(node)
-        replaced[id(node)] = helper.make_node(OPAQUE_OP, list(node.input), outputs,
+        replaced[id(node)] = helper.make_node(OPAQUE_OP, _all_inputs(node), outputs,
                                               name=node.name, domain=OPAQUE_DOMAIN, spec=spec)
         notes.append(f"ONNX node {node.name or node.output[0]!r} ({_op_label(node)}) kept "
                      f"opaque: ONNX Runtime runs it, the channels it reads and writes are not "
@@ -225,6 +228,37 @@ def _is_weight(tensor: Any) -> bool:
     return tensor.data_type in (1, 10, 11, 16) and int(np.prod(tensor.dims)) > 1
 
 
+def _all_inputs(node: Any) -> list[str]:
+    """The node's inputs, then the outer values its subgraphs read (an ``If`` branch or a
+    ``Loop`` body reading a tensor of the main graph): the one-node model takes those as
+    inputs too."""
+    declared = list(node.input)
+    implicit = [n for graph in _subgraphs(node) for n in _outer_names(graph)]
+    return declared + [n for n in dict.fromkeys(implicit) if n not in declared]
+
+
+def _subgraphs(node: Any) -> list[Any]:
+    graphs: list[Any] = []
+    for attribute in node.attribute:
+        if attribute.type == 5:  # GRAPH
+            graphs.append(attribute.g)
+        elif attribute.type == 10:  # GRAPHS
+            graphs.extend(attribute.graphs)
+    return graphs
+
+
+def _outer_names(graph: Any) -> list[str]:
+    """Names a subgraph (and the subgraphs inside it) reads without defining them."""
+    defined = {v.name for v in graph.input} | {t.name for t in graph.initializer}
+    outer: list[str] = []
+    for inner in graph.node:
+        reads = list(inner.input) + [n for g in _subgraphs(inner) for n in _outer_names(g)]
+        outer += [n for n in reads if n and n not in defined]
+        defined.update(inner.output)
+    outer += [v.name for v in graph.output if v.name not in defined]
+    return list(dict.fromkeys(outer))
+
+
 def _named_outputs(node: Any) -> list[str]:
     """The node's outputs; an omitted one before a present one gets a private name (the
     stand-in's module returns a value at every position; nothing reads those)."""
@@ -245,7 +279,7 @@ def _spec(work: "onnx.ModelProto", node: Any, types: dict, inits: dict, opsets: 
     where = _where(node, opsets)
     why = reasons.get(node.output[0], "has no converter to torch")
     inputs, shapes, embedded, inner = [], [], [], []
-    for name in (n for n in node.input if n):
+    for name in (n for n in dict.fromkeys(_all_inputs(node)) if n):
         tensor = inits.get(name)
         if tensor is not None and not _is_weight(tensor):
             embedded.append(name)

@@ -357,3 +357,26 @@ def roi_align(seed: int = 0) -> onnx.ModelProto:
     idx = helper.make_tensor_value_info("idx", TensorProto.INT64, [2])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8, 2, 2])
     return _model(nodes, [x, rois, idx], [y], inits, "roi_align")
+
+
+def branch(seed: int = 0) -> onnx.ModelProto:
+    """``x[2, 8] -> MatMul -> If(sum(x) > 0: Relu, else Neg) -> MatMul -> Relu -> MatMul ->
+    y[2, 4]``: the If's branches read the first MatMul's output from the main graph."""
+    rng = np.random.default_rng(seed)
+    h = helper.make_node
+    then_graph = helper.make_graph([h("Relu", ["a"], ["t"])], "then", [],
+                                   [helper.make_tensor_value_info("t", TensorProto.FLOAT, [2, 16])])
+    else_graph = helper.make_graph([h("Neg", ["a"], ["e"])], "else", [],
+                                   [helper.make_tensor_value_info("e", TensorProto.FLOAT, [2, 16])])
+    nodes = [h("MatMul", ["x", "w1"], ["a"], name="fc1"),
+             h("ReduceSum", ["x"], ["s"], keepdims=0, name="sum"),
+             h("Greater", ["s", "zero"], ["cond"], name="positive"),
+             h("If", ["cond"], ["b"], name="branch", then_branch=then_graph,
+               else_branch=else_graph),
+             h("MatMul", ["b", "w2"], ["c"], name="fc2"), h("Relu", ["c"], ["d"], name="act"),
+             h("MatMul", ["d", "w3"], ["y"], name="fc3")]
+    inits = [_init("w1", (8, 16), rng), _init("w2", (16, 16), rng), _init("w3", (16, 4), rng),
+             numpy_helper.from_array(np.array(0, np.float32), "zero")]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])
+    return _model(nodes, [x], [y], inits, "branch")

@@ -211,3 +211,22 @@ def test_a_resize_torch_cannot_mirror_keeps_its_channels_instead_of_refusing_the
     assert shapes == {t.name: list(t.dims) for t in original.graph.initializer}
     assert any("'up' (Resize) kept opaque" in n for n in compiled.report.capture_notes)
     assert compiled.artifact.verified.startswith("equal to the pruned program")
+
+
+def test_an_if_whose_branches_read_the_main_graph():
+    """An ``If`` on the data: its branches read ``a`` from the main graph, which the one-node
+    model takes as an input; the stand-in follows the branch the data picks, fc2's hidden
+    units prune, ``a`` (fc1's output) keeps its width."""
+    original = graphs.branch()
+    x = RNG.standard_normal((2, 8)).astype(np.float32)
+    compiled = prunec.compile(original, {"x": x}, passes=[MagnitudePruning(0.5)],
+                              backend="onnxruntime")
+    assert "zeroed original" in compiled.artifact.verified
+    shapes = {t.name: list(t.dims) for t in compiled.artifact.model.graph.initializer}
+    assert shapes["w1"] == [8, 16] and shapes["w2"] == [16, 8] and shapes["w3"] == [8, 4]
+    source = open_onnx(original, {"x": x})
+    for sign in (1.0, -1.0):  # both branches, in the stand-in and in the pruned file
+        feeds = {"x": np.abs(x) * np.float32(sign)}
+        with torch.no_grad():
+            got = source.module(torch.from_numpy(feeds["x"])).numpy()
+        np.testing.assert_allclose(got, _run(original, feeds)[0], rtol=1e-5, atol=1e-6)
