@@ -1,16 +1,18 @@
 """Opaque stand-ins: ONNX nodes that no converter turns into torch, run by ONNX Runtime.
 
-A file with one op that onnx2torch cannot convert (``LSTM``, ``GRU``, ``RNN``, a
-``com.microsoft`` op ...) is not refused whole. The frontend replaces each such node in its
+A file with one op that onnx2torch cannot convert, or not exactly (``LSTM``, ``GRU``,
+``RNN``, ``If``, a ``com.microsoft`` op, ``RoiAlign`` without torchvision, a cubic
+``Resize`` ...) is not refused whole. The frontend replaces each such node in its
 working copy by a ``prunec.Opaque`` node whose ``spec`` attribute holds, as JSON:
 
 * ``model``: a one-node ONNX model (base64), the node itself with its attributes, its
-  non-weight initializers (folded shape constants, ``K`` of ``TopK`` ...) inside, every
+  small non-weight initializers (folded shape constants, ``K`` of ``TopK`` ...) inside, every
   other input a graph input typed by element type only (no shape, so any size runs); the
   values of the main graph that its subgraphs read (an ``If`` branch, a ``Loop`` body) are
   inputs too;
-* ``inputs`` / ``outputs``: the static shapes ONNX shape inference gave the node's inputs
-  and outputs at the example shapes, and the outputs' element types.
+* ``inputs`` / ``outputs``: the static shapes shape inference (onnx's, else ONNX Runtime's
+  symbolic one, which knows its contrib ops) gave the node's inputs and outputs at the
+  example shapes, and the outputs' element types.
 
 The converter turns that node into an :class:`OpaqueModule`, whose forward calls the torch
 custom op ``prunec_onnx::run_node(Tensor[] inputs, str spec) -> Tensor[]``:
@@ -22,7 +24,7 @@ custom op ``prunec_onnx::run_node(Tensor[] inputs, str spec) -> Tensor[]``:
   traces with it). The stand-in is captured at fixed shapes; tracing it at other input
   shapes than those recorded is an error naming the node, never a guessed shape.
 
-The node's weight initializers (floating, more than one element) are passed as tensors,
+The node's other initializers (floating weights, large tables) are passed as tensors,
 so the stand-in holds them as buffers that the channel analysis sees: an op without a
 coupling rule blocks every axis it reads or writes (DESIGN contract 5), so the channels
 that reach the node and its outputs stay, its weights are never sliced, and the write-back
@@ -224,8 +226,17 @@ def _torch_dtype(elem_type: int) -> str | None:
     return name
 
 
-def _is_weight(tensor: Any) -> bool:
-    return tensor.data_type in (1, 10, 11, 16) and int(np.prod(tensor.dims)) > 1
+_EMBED_LIMIT = 1 << 16
+"""Largest constant (bytes) written into the spec; larger ones are passed as tensors."""
+
+
+def _embedded(tensor: Any) -> bool:
+    """Whether an initializer the node reads goes into its one-node model: a constant that
+    is no floating weight (folded shapes, axes, ``K``: ONNX Runtime's shape inference reads
+    them) and small. Weights (float, more than one element) and large tables (quantised
+    weights) are passed as tensors, so the stand-in holds them as buffers."""
+    weight = tensor.data_type in (1, 10, 11, 16) and int(np.prod(tensor.dims)) > 1
+    return not weight and tensor.ByteSize() <= _EMBED_LIMIT
 
 
 def _all_inputs(node: Any) -> list[str]:
@@ -281,7 +292,7 @@ def _spec(work: "onnx.ModelProto", node: Any, types: dict, inits: dict, opsets: 
     inputs, shapes, embedded, inner = [], [], [], []
     for name in (n for n in dict.fromkeys(_all_inputs(node)) if n):
         tensor = inits.get(name)
-        if tensor is not None and not _is_weight(tensor):
+        if tensor is not None and _embedded(tensor):
             embedded.append(name)
             inner.append(tensor)
             continue
