@@ -204,15 +204,14 @@ def macs_plan(case: Case, target: LatencyTarget, predicted_ms: float) -> tuple[P
     groups = [g for g in candidate_groups(analyze_channels(probe), "mlp")]
     measured = pass_._measured(probe, groups)
     groups = [g for g in groups if g.key in measured]
-    for g in groups:
-        probe.origin.setdefault(g.key, g.size)
+    origin = {g.key: g.size for g in groups}  # the probe is unpruned
     scores = pass_.score(probe, groups, PassContext())
     steps = {g.key: unit_step(g, 8) for g in groups}
     model = WidthModel.build(probe, groups, target, steps)
 
     def predicted(ratio: float) -> float:
         pass_.ratio = ratio
-        return model.predict_ms(pass_._global_keep(groups, scores, probe.origin))
+        return model.predict_ms(pass_._global_keep(groups, scores, origin))
     low, high = 0.0, 0.95
     for _ in range(30):
         mid = (low + high) / 2

@@ -24,6 +24,7 @@ from prunec.errors import InvalidArgumentError, PassError, PrunecError
 from prunec.ir.channels import UNCHOOSABLE, ChannelAnalysis, ChannelGroup, analyze_channels
 from prunec.ir.program import Program, Step
 from prunec.passes.latency import check_latency, width_counts
+from prunec.passes.sensitivity import OutputProbe, output_sensitivity
 from prunec.report import PassStats
 from prunec.rewrite import PruningPlan, apply_plan
 
@@ -457,22 +458,28 @@ class PruningPass(PassBase):
                 self.compensate(program, groups, plan, ctx)
             return plan
 
-        def calibrate(widths: dict[str, list[int]]) -> dict[str, float] | None:
-            return self.latency_scales(program, groups, scores, widths, realize)
-
         steps = {g.key: unit_step(g, self.round_to) for g in groups}
+        probe = self.output_probe(program)
+
+        def calibrate(widths: dict[str, list[int]]) -> dict[str, float]:
+            return output_sensitivity(probe, groups, scores, widths, realize,
+                                      progress=getattr(self, "progress", None))
+
+        def judge(counts: dict[str, int]) -> float:
+            return probe.distortion(realize(counts))
+
         counts, self.latency_stats = width_counts(
             program, groups, scores, self.latency_target, steps,
             normalize=self.normalize_global, where=type(self).__name__, realize=realize,
-            calibrate=calibrate)
+            calibrate=calibrate if probe is not None else None,
+            judge=judge if probe is not None else None)
         return counts
 
-    def latency_scales(self, program: Program, groups: list[ChannelGroup],
-                       scores: dict[str, torch.Tensor], widths: dict[str, list[int]],
-                       realize) -> dict[str, float] | None:
-        """Per group key, the factor that puts the groups' scores on one scale for a latency
-        target's knapsack; None (the default, for passes without data): the scores as they
-        are, normalised per group when ``normalize_global``."""
+    def output_probe(self, program: Program) -> OutputProbe | None:
+        """For a latency target: the program's outputs on the pass's calibration items, to
+        scale the groups' scores by their measured sensitivity and to choose between plans
+        by their output distortion (:mod:`prunec.passes.sensitivity`); None (the default,
+        for passes without data): the knapsack takes the scores as they are."""
         return None
 
     def _local_keep(self, group: ChannelGroup, origin: int) -> int:

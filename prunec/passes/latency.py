@@ -27,11 +27,12 @@ How a pass meets it (:func:`width_counts` for width passes, :func:`drop_blocks` 
    ``n`` blocks of its shape dropped (the branch timed alone when that drop is declined).
 3. **Selection** (:mod:`prunec.passes.latency_knapsack`): an exact multiple-choice knapsack
    maximises the importance kept, ``sum_g sum_{u in top k_g} s_gu`` with the pass's own
-   scores ``s`` (normalised per group as the pass's global ranking does; a pass with
-   calibration data scales each group's scores by their measured output sensitivity,
-   :mod:`prunec.passes.sensitivity`, so that the groups' values share one scale), under
+   scores ``s`` (normalised per group as the pass's global ranking does), under
    ``T(plan) <= fraction * T_dense``. Depth: per stage, dropping ``j`` blocks drops the
-   ``j`` lowest-scoring ones and keeps the importance of the others.
+   ``j`` lowest-scoring ones and keeps the importance of the others. A pass with
+   calibration data (VBP) solves twice, with its scores as they are and with each group's
+   scores scaled by its measured output sensitivity (:mod:`prunec.passes.sensitivity`), and
+   keeps the plan whose measured output distortion on calibration items is lower.
 4. **Closed loop** (:func:`closed_loop`): the plan chosen is built (cheap: a rewrite of the
    program) and timed against the dense program on the backend. The tables' additive model
    is exact only where the backend is additive; when the measured fraction is farther than
@@ -249,7 +250,8 @@ def _record(program: Program, args: tuple, kwargs: dict, names: list[str]) -> di
 # ---------------------------------------------------------------------------- widths
 def width_counts(program: Program, groups: list[ChannelGroup], scores: dict[str, torch.Tensor],
                  target: LatencyTarget, steps: dict[str, int], *, normalize: bool,
-                 where: str, realize=None, calibrate=None) -> tuple[dict[str, int], dict]:
+                 where: str, realize=None, calibrate=None,
+                 judge=None) -> tuple[dict[str, int], dict]:
     """Kept unit count per group meeting ``target`` with the most importance kept.
 
     Args:
@@ -265,7 +267,10 @@ def width_counts(program: Program, groups: list[ChannelGroup], scores: dict[str,
             units of each group, no compensation.
         calibrate: Takes ``{group key: candidate widths}``, returns a factor per group key
             that puts the groups' scores on one scale (the pass's measured output
-            sensitivity, :mod:`prunec.passes.sensitivity`); replaces ``normalize``.
+            sensitivity, :mod:`prunec.passes.sensitivity`): a second set of values.
+        judge: Takes ``{group key: kept count}``, returns the plan's measured output
+            distortion; with ``calibrate``, decides between the two sets' plans
+            (:func:`closed_loop`).
 
     Returns:
         ``{group key: kept count}`` and the statistics for the report (``latency``).
@@ -275,17 +280,18 @@ def width_counts(program: Program, groups: list[ChannelGroup], scores: dict[str,
     """
     model = WidthModel.build(program, groups, target, steps)
     dense_ms, widths = model.dense_ms, model.widths
+    def kept_values(scale) -> list[list[float]]:
+        out = []
+        for g in groups:
+            s = scale(g, scores[g.key].double())
+            kept = torch.sort(s, descending=True).values.cumsum(0)
+            out.append([float(kept[w - 1]) for w in widths[g.key]])
+        return out
+
+    option_values = kept_values(lambda g, s: s / s.mean().clamp_min(1e-12) if normalize else s)
+    option_costs = [model.costs[g.key] for g in groups]
     scales = calibrate(widths) if calibrate is not None else None
-    option_values, option_costs = [], []
-    for g in groups:
-        s = scores[g.key].double()
-        if scales is not None:
-            s = s * scales[g.key]
-        elif normalize:
-            s = s / s.mean().clamp_min(1e-12)
-        kept = torch.sort(s, descending=True).values.cumsum(0)
-        option_values.append([float(kept[w - 1]) for w in widths[g.key]])
-        option_costs.append(model.costs[g.key])
+    alternatives = () if scales is None else (kept_values(lambda g, s: s * scales[g.key]),)
     target_ms = target.fraction * dense_ms
     sizes = {g.key: g.size for g in groups}
     lowered: dict = {}
@@ -296,14 +302,23 @@ def width_counts(program: Program, groups: list[ChannelGroup], scores: dict[str,
             {k: list(range(c)) for k, c in counts.items() if c < sizes[k]})
         return _measure_plan(program, model.dense, plan, target, lowered)
 
+    def judged(picked: list[int]) -> float:
+        return judge({g.key: widths[g.key][j] for g, j in zip(groups, picked)})
+
     picked, loop = closed_loop(target, option_values, option_costs, dense_ms, measure,
-                               where=where)
+                               where=where, alternatives=alternatives,
+                               judge=judged if judge is not None else None)
     counts = {g.key: widths[g.key][j] for g, j in zip(groups, picked)}
     predicted = dense_ms + plan_cost(option_costs, picked)
     stats = _stats(target, model.spec, dense_ms, target_ms, predicted, model.tables,
                    model.reference)
     stats.update(loop)
-    if scales is not None:
+    if scales is not None:  # which value set each plan came from, by name
+        names = ("pass scores", "sensitivity-scaled")
+        for point in stats["loop"]:
+            point["scores"] = names[point["scores"]]
+        if "scores" in stats:
+            stats["scores"] = names[stats["scores"]]
         stats["sensitivity"] = dict(scales)
     stats["structures"] = len({s.signature for s in model.structures})
     stats["isolated"] = sum(s.isolated for s in model.structures)
@@ -435,7 +450,8 @@ def corrected_budget(asked: float, points: list[dict]) -> float:
 
 
 def closed_loop(target: LatencyTarget, values: list[list[float]], costs: list[list[float]],
-                dense_ms: float, measure, *, where: str) -> tuple[list[int], dict]:
+                dense_ms: float, measure, *, where: str, alternatives: tuple = (),
+                judge=None) -> tuple[list[int], dict]:
     """Solve the knapsack, measure the plan on the backend, correct the budget, repeat.
 
     The tables price a plan additively; a backend is not additive (kernels chosen per width,
@@ -448,8 +464,13 @@ def closed_loop(target: LatencyTarget, values: list[list[float]], costs: list[li
     is not timed twice: the budget then moves past it (below its predicted fraction by
     ``|m - asked|`` when it was too slow, above when too fast).
 
-    Of the measured plans, the one keeping the most importance among those within the
-    tolerance is taken; if none is, the slowest of those faster than asked (the target is
+    With ``alternatives`` (other value sets for the same options) and a ``judge``, every
+    budget is solved for each value set and, when they disagree, the plan the judge scores
+    lowest is taken (the pass's measured output distortion: which notion of importance to
+    trust is decided on the model, not assumed); plans are then compared by that score.
+
+    Of the measured plans, the one keeping the most importance (the lowest judged score)
+    among those within the tolerance is taken; if none is, the slowest of those faster than asked (the target is
     met, with more pruned); if every plan measured is slower than asked, a
     :class:`~prunec.errors.PlanError` names the fastest one measured (a model that misses
     the latency asked is not delivered).
@@ -461,10 +482,14 @@ def closed_loop(target: LatencyTarget, values: list[list[float]], costs: list[li
         dense_ms: The dense program's latency.
         measure: Takes the option per class, returns the plan's measured fraction.
         where: The pass's name, for errors.
+        alternatives: Other value sets (each like ``values``), solved too when ``judge`` is
+            given.
+        judge: Takes the option per class, returns a score to minimise (lower = better).
 
     Returns:
         The option per class, and the statistics: ``measured_fraction`` (None when nothing
-        was measured) and ``loop`` (per plan measured: budget, predicted, measured).
+        was measured) and ``loop`` (per plan measured: budget, predicted, measured, and with
+        a judge the value set it came from, ``scores``, and its ``judged`` score).
 
     Raises:
         PlanError: the target cannot be met: the tables say so and ``iterations`` is 0, or
@@ -475,12 +500,35 @@ def closed_loop(target: LatencyTarget, values: list[list[float]], costs: list[li
     fastest = [int(np.argmin(c)) for c in costs]
     fastest_ms = dense_ms + plan_cost(costs, fastest)
 
-    def solve(budget: float) -> list[int]:
-        picked = select_options(values, costs, budget * dense_ms - dense_ms)
-        return fastest if picked is None else picked
+    sets = [values, *alternatives] if judge is not None else [values]
+    judged: dict[tuple, float] = {}
+    source: dict[tuple, int] = {}
+
+    def score(picked: list[int]) -> float:
+        key = tuple(picked)
+        if key not in judged:
+            judged[key] = float(judge(picked))
+        return judged[key]
+
+    def solve(budget: float) -> list[int] | None:
+        found = []
+        for i, vals in enumerate(sets):
+            picked = select_options(vals, costs, budget * dense_ms - dense_ms)
+            if picked is not None and tuple(picked) not in source:
+                source[tuple(picked)] = i
+            found.append(picked)
+        unique = list(dict.fromkeys(tuple(p) for p in found if p is not None))
+        if not unique:
+            return None
+        if len(unique) == 1 or judge is None:
+            return list(unique[0])
+        return list(min(unique, key=lambda key: (score(list(key)), source[key])))
+
+    def value(picked: list[int]) -> float:
+        return -score(picked) if judge is not None else plan_value(values, picked)
 
     if target.iterations == 0:
-        picked = select_options(values, costs, asked * dense_ms - dense_ms)
+        picked = solve(asked)
         if picked is None:
             tables.check_reachable(fastest_ms, dense_ms, asked * dense_ms, where)
         return picked, {"measured_fraction": None, "loop": []}
@@ -488,19 +536,22 @@ def closed_loop(target: LatencyTarget, values: list[list[float]], costs: list[li
     measured: dict[tuple, dict] = {}
     budget = asked
     for _ in range(target.iterations):
-        picked = solve(budget)
+        picked = solve(budget) or fastest
         key = tuple(picked)
         if key in measured:  # the budget did not change the plan: move past it
             point = measured[key]
             step = abs(point["measured"] - asked)
             budget = point["predicted"] + (-step if point["measured"] > asked else step)
-            picked = solve(min(1.0, max(0.0, budget)))
+            picked = solve(min(1.0, max(0.0, budget))) or fastest
             key = tuple(picked)
             if key in measured:
                 break
         point = {"budget": budget, "predicted": (dense_ms + plan_cost(costs, picked)) / dense_ms,
-                 "measured": float(measure(picked)), "value": plan_value(values, picked),
+                 "measured": float(measure(picked)), "value": value(picked),
                  "fastest": picked == fastest, "picked": picked}
+        if judge is not None:
+            point["scores"] = source.get(key, 0)
+            point["judged"] = score(picked)
         measured[key] = point
         points.append(point)
         if abs(point["measured"] - asked) <= tol:
@@ -526,8 +577,12 @@ def closed_loop(target: LatencyTarget, values: list[list[float]], costs: list[li
             f"{floor['predicted']:.0%}. Raise iterations=, ask for at least "
             f"{math.ceil(floor['measured'] * 100)} %, or let pruning reach more of the model "
             f"(targets='all' for a width pass, depth pruning).")
-    loop = [{k: q[k] for k in ("budget", "predicted", "measured")} for q in points]
-    return best["picked"], {"measured_fraction": best["measured"], "loop": loop}
+    loop = [{k: q[k] for k in ("budget", "predicted", "measured", "scores", "judged") if k in q}
+            for q in points]
+    stats = {"measured_fraction": best["measured"], "loop": loop}
+    if judge is not None:
+        stats["scores"], stats["judged"] = best["scores"], best["judged"]
+    return best["picked"], stats
 
 
 def _measure_plan(program: Program, dense: tables.Structure, plan: PruningPlan,

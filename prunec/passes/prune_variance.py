@@ -46,7 +46,7 @@ from prunec.ir.calibration_checks import check_calibration
 from prunec.ir.channels import ChannelGroup, Slot
 from prunec.ir.program import Program
 from prunec.passes.base import PassContext, PruningPass
-from prunec.passes.sensitivity import output_sensitivity
+from prunec.passes.sensitivity import OutputProbe
 from prunec.rewrite.compensation import compensations_for, fold_axis
 from prunec.rewrite.plan import PruningPlan
 
@@ -181,8 +181,9 @@ class VarianceBasedPruning(PruningPass):
         progress: Calibration progress bar: False hides it; by default it shows when
             standard error is a terminal (see :mod:`prunec.progress`).
         latency: Instead of ``ratio``: a latency target (see :mod:`prunec.passes.latency`);
-            the knapsack keeps the most variance, each group's scaled by its measured output
-            sensitivity (:mod:`prunec.passes.sensitivity`).
+            the knapsack keeps the most variance, as it is or scaled per group by its measured
+            output sensitivity, whichever plan moves the output less
+            (:mod:`prunec.passes.sensitivity`).
 
     Raises:
         CalibrationError: empty calibration data, NaN/inf activations, fewer than 2 samples.
@@ -251,16 +252,12 @@ class VarianceBasedPruning(PruningPass):
                     plan.compensations += compensations_for(
                         nodes[mv.node], stats[mv.node].mean.clone(), program)
 
-    def latency_scales(self, program, groups, scores, widths, realize) -> dict[str, float]:
-        """Raw variances are in each layer's own units; for a latency target each group's
-        are scaled by its measured output distortion per unit of variance
-        (:func:`~prunec.passes.sensitivity.output_sensitivity`, on the first calibration
-        items, with the mean folding this pass applies)."""
-        sizes = {g.key: g.size for g in groups}
-        return output_sensitivity(
-            program, groups, scores, widths,
-            lambda counts: realize({**sizes, **counts}), self.calibration, mask=self.mask,
-            progress=self.progress)
+    def output_probe(self, program: Program) -> OutputProbe:
+        """Raw variances are in each layer's own units: for a latency target the knapsack
+        also solves with each group's scaled by its measured output sensitivity and keeps
+        the plan that moves the output least on the first calibration items
+        (:mod:`prunec.passes.sensitivity`)."""
+        return OutputProbe(program, self.calibration, mask=self.mask)
 
     # -- analyses (cached per program version) --------------------------------------------
     def _measured(self, program: Program, groups: list[ChannelGroup]) -> dict[str, list]:

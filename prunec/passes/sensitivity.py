@@ -24,6 +24,14 @@ order (one small removal per group, as HALP's Taylor importance is a first-order
 of the loss). The knapsack then keeps the most ``sum_g a_g * (score kept in g)``. Within a
 group the order of the units is the pass's own; only the scale between groups is measured.
 
+Both value sets are solved for every budget (:func:`~prunec.passes.latency.closed_loop`):
+the pass's scores as they are, and scaled by ``a_g``. When their plans differ, the one whose
+whole-plan distortion ``D`` (:meth:`OutputProbe.distortion`, the same items) is lower is
+kept. The scaled scores fix what the raw ones get badly wrong (layers whose activations are
+small but matter); the raw ones stay when the first-order scale misleads (a model whose
+groups all cost the same, where the pass's own ranking is already its MACs plan). Which one
+wins is measured on the model, never assumed.
+
 A group none of whose candidate widths removes any score (every unit scores 0) gets
 ``a_g = 0``: removing it is free by its scores, and the pass's plan says so.
 """
@@ -43,7 +51,7 @@ from prunec.progress import bar as progress_bar
 from prunec.rewrite import PruningPlan, apply_plan
 from prunec.validate import user_items
 
-__all__ = ["output_sensitivity", "probe_width", "relative_distortion"]
+__all__ = ["OutputProbe", "output_sensitivity", "probe_width", "relative_distortion"]
 
 Realize = Callable[[dict[str, int]], PruningPlan]
 
@@ -94,58 +102,79 @@ def relative_distortion(reference: list[list[torch.Tensor]],
     return num / den
 
 
-def output_sensitivity(program: Program, groups: list[ChannelGroup],
+class OutputProbe:
+    """The program's outputs on its first calibration items, and the relative distortion of
+    a plan applied to a copy of it (tensors shared; the program is left unchanged).
+
+    Args:
+        program: The program the pass receives.
+        calibration: The pass's calibration items; the first ``items`` are run.
+        mask: The pass's padding mask spec (a key of dict items, or a callable).
+        items: Calibration items run per plan.
+
+    Raises:
+        CalibrationError: no calibration items.
+    """
+
+    def __init__(self, program: Program, calibration: Iterable[Any], *, mask=None,
+                 items: int = 4):
+        batch = list(itertools.islice(user_items(calibration), items))
+        if not batch:
+            raise CalibrationError("the latency target's output probe needs calibration "
+                                   "items; pass non-empty calibration data.")
+        self.program = program
+        self._keeps = [_resolve_mask(mask, item, i) for i, item in enumerate(batch)]
+        self._calls = [split_inputs(item) for item in batch]
+        self._reference = self._run(program)
+
+    def _run(self, p: Program) -> list[list[torch.Tensor]]:
+        with torch.no_grad():
+            return [[_masked(t, keep) for t in _outputs(p.run(*args, **kwargs))]
+                    for (args, kwargs), keep in zip(self._calls, self._keeps)]
+
+    def distortion(self, plan: PruningPlan) -> float:
+        """:func:`relative_distortion` of the program with ``plan`` applied.
+
+        Raises:
+            CalibrationError: the distortion is not finite (NaN/inf outputs).
+        """
+        if not plan:
+            return 0.0
+        variant = self.program.clone(share_tensors=True)
+        apply_plan(variant, plan)
+        value = relative_distortion(self._reference, self._run(variant))
+        if not value < float("inf"):
+            raise CalibrationError(
+                "a candidate plan gave a non-finite output distortion on the calibration "
+                "items; check the calibration data for NaN/inf.")
+        return value
+
+
+def output_sensitivity(probe: OutputProbe, groups: list[ChannelGroup],
                        scores: dict[str, torch.Tensor], widths: dict[str, list[int]],
-                       realize: Realize, calibration: Iterable[Any], *, mask=None,
-                       items: int = 4, progress: bool | None = None) -> dict[str, float]:
+                       realize: Realize, *, progress: bool | None = None) -> dict[str, float]:
     """Per group key, the measured output distortion per unit of score (see module docstring).
 
     Args:
-        program: The program the pass receives (left unchanged).
+        probe: The program's output probe.
         groups: The candidate groups.
         scores: The pass's score per unit of every group.
         widths: Per group key, its candidate kept counts.
-        realize: ``{group key: kept count}`` -> the plan the pass would apply.
-        calibration: The pass's calibration items; the first ``items`` are run.
-        mask: The pass's padding mask spec (a key of dict items, or a callable).
-        items: Calibration items run per probe.
+        realize: ``{group key: kept count}`` (every group) -> the plan the pass would apply.
         progress: Progress bar (see :mod:`prunec.progress`).
-
-    Raises:
-        CalibrationError: no calibration items, or a distortion that is not finite.
     """
-    batch = list(itertools.islice(user_items(calibration), items))
-    if not batch:
-        raise CalibrationError("the latency target's sensitivity probe needs calibration "
-                               "items; pass non-empty calibration data.")
-    keeps = [_resolve_mask(mask, item, i) for i, item in enumerate(batch)]
-    calls = [split_inputs(item) for item in batch]
-
-    def run(p: Program) -> list[list[torch.Tensor]]:
-        with torch.no_grad():
-            return [[_masked(t, keep) for t in _outputs(p.run(*args, **kwargs))]
-                    for (args, kwargs), keep in zip(calls, keeps)]
-
-    reference = run(program)
+    sizes = {g.key: g.size for g in groups}
     sensitivity: dict[str, float] = {}
     bar = progress_bar(groups, total=len(groups), desc="sensitivity", unit="group",
                        progress=progress)
     try:
         for g in bar:
-            probe = probe_width(scores[g.key], widths[g.key])
-            if probe is None:
+            found = probe_width(scores[g.key], widths[g.key])
+            if found is None:
                 sensitivity[g.key] = 0.0
                 continue
-            width, removed = probe
-            variant = program.clone(share_tensors=True)
-            apply_plan(variant, realize({g.key: width}))
-            distortion = relative_distortion(reference, run(variant))
-            if not distortion < float("inf"):
-                raise CalibrationError(
-                    f"pruning group {g.key} to {width} of {g.size} units gave a non-finite "
-                    f"output distortion on the calibration items; check the calibration data "
-                    f"for NaN/inf.")
-            sensitivity[g.key] = distortion / removed
+            width, removed = found
+            sensitivity[g.key] = probe.distortion(realize({**sizes, g.key: width})) / removed
     finally:
         bar.close()
     return sensitivity

@@ -13,7 +13,8 @@ from prunec.passes import VarianceBasedPruning
 from prunec.ir.channels import analyze_channels
 from prunec.ir.cost import count_macs
 from prunec.passes.base import _keep_plan, candidate_groups
-from prunec.passes.sensitivity import output_sensitivity, probe_width, relative_distortion
+from prunec.passes.sensitivity import (OutputProbe, output_sensitivity, probe_width,
+                                      relative_distortion)
 from tests.helpers import max_diff
 from tests.passes.test_latency import OVERHEAD_S, SECONDS_PER_MAC, _fake_clock, target
 
@@ -77,8 +78,8 @@ def test_sensitivity_is_the_closed_form_mean_replacement_error():
         vbp.compensate(program, groups, plan, None)
         return plan
     before = {k: v.clone() for k, v in program.gm.state_dict().items()}
-    got = output_sensitivity(program, groups, scores, {groups[0].key: [8, 16, 24, 32]},
-                             realize, calibration, items=2)
+    probe = OutputProbe(program, calibration, items=2)
+    got = output_sensitivity(probe, groups, scores, {groups[0].key: [8, 16, 24, 32]}, realize)
     assert all(torch.equal(before[k], v) for k, v in program.gm.state_dict().items())
 
     (key,) = got
@@ -97,10 +98,8 @@ def test_sensitivity_is_the_closed_form_mean_replacement_error():
 
 def test_empty_calibration_is_a_clear_error():
     program = capture(Mlp().eval(), (torch.randn(2, 16),))
-    groups = candidate_groups(analyze_channels(program), "mlp")
     with pytest.raises(CalibrationError, match="calibration items"):
-        output_sensitivity(program, groups, {g.key: torch.ones(g.size) for g in groups},
-                           {g.key: [8, g.size] for g in groups}, lambda c: None, [])
+        OutputProbe(program, [])
 
 
 @pytest.fixture
@@ -124,12 +123,16 @@ def test_latency_target_prunes_where_the_output_is_insensitive(fake_time):
     sizes = {g.key: g.size for g in analyze_channels(program).prunable()}
     a, b = "a.fc1.weight:0", "b.fc1.weight:0"
     assert sizes[a] < 32 and sizes[b] == 32, sizes
-    sens = result.stats["latency"]["sensitivity"]
-    assert sens[a] < sens[b] * 1e-2
+    stats = result.stats["latency"]
+    assert stats["sensitivity"][a] < stats["sensitivity"][b] * 1e-2
+    # Both value sets were solved and disagreed; the judge kept the scaled one.
+    assert stats["scores"] == "sensitivity-scaled"
+    assert stats["judged"] > 0
 
-    # Without the scale (raw variance), the knapsack makes the other choice and is worse.
+    # Without the probe (raw variance only), the knapsack makes the other choice and is
+    # worse.
     class Raw(VarianceBasedPruning):
-        def latency_scales(self, *args):
+        def output_probe(self, program):
             return None
     raw = capture(model, (x,))
     Raw(latency=target(0.8), calibration=calibration, targets="mlp")(raw)
@@ -137,3 +140,62 @@ def test_latency_target_prunes_where_the_output_is_insensitive(fake_time):
     assert raw_sizes[a] == 32 and raw_sizes[b] < 32
     y = model(x)
     assert max_diff(program.run(x), y) < max_diff(raw.run(x), y)
+
+
+def test_judge_keeps_the_pass_scores_when_they_move_the_output_less(fake_time, monkeypatch):
+    """The judge decides on the model: block ``b``'s hidden activations are 10x ``a``'s and
+    move the output 10x more, so the raw variances rightly prune ``a``. Feed the knapsack
+    wrong sensitivities (``a`` precious, ``b`` free): the scaled plan prunes ``b``, moves the
+    output more, and the plan of the pass's own scores must be kept."""
+    torch.manual_seed(0)
+    model = Two(Mlp(), Mlp(up=10.0)).eval()
+    x = torch.randn(8, 16)
+    calibration = [(torch.randn(8, 16),) for _ in range(4)]
+    a, b = "a.fc1.weight:0", "b.fc1.weight:0"
+
+    def wrong(probe, groups, scores, widths, realize, progress=None):
+        return {a: 1e6, b: 1e-6}
+    monkeypatch.setattr("prunec.passes.base.output_sensitivity", wrong)
+    judged: dict = {}
+    distortion = OutputProbe.distortion
+
+    def recorded(self, plan):
+        judged[plan.to_json()] = distortion(self, plan)
+        return judged[plan.to_json()]
+    monkeypatch.setattr(OutputProbe, "distortion", recorded)
+    program = capture(model, (x,))
+    stats = VarianceBasedPruning(latency=target(0.8), calibration=calibration,
+                                 targets="mlp")(program).stats["latency"]
+    sizes = {g.key: g.size for g in analyze_channels(program).prunable()}
+    assert stats["scores"] == "pass scores"
+    assert sizes[a] < 32 and sizes[b] == 32
+    # both plans were judged: the kept one moved the output less
+    assert len(judged) >= 2 and stats["judged"] == min(judged.values())
+
+
+def test_closed_loop_takes_the_judged_plan_of_two_value_sets():
+    """Pure closed loop: two value sets that disagree; the judge's lower score wins, is
+    reported, and without a judge the first set decides alone."""
+    from prunec.passes.latency import LatencyTarget, closed_loop
+
+    spec = LatencyTarget(0.7, backend="torch", threads=1)
+    costs = [[-3.0, 0.0], [-3.0, 0.0]]  # ms added to a 10 ms program: one class must go
+    pass_values = [[0.0, 1.0], [0.0, 2.0]]  # prefers keeping class 1
+    scaled = [[0.0, 2.0], [0.0, 1.0]]  # prefers keeping class 0
+
+    def measure(picked):
+        return (10.0 + sum(c[j] for c, j in zip(costs, picked))) / 10.0
+
+    seen = []
+
+    def judge(picked):
+        seen.append(tuple(picked))
+        return 1.0 if picked == [0, 1] else 0.5  # pruning class 0 moves the output more
+    picked, stats = closed_loop(spec, pass_values, costs, 10.0, measure, where="Test",
+                                alternatives=(scaled,), judge=judge)
+    assert picked == [1, 0] and sorted(set(seen)) == [(0, 1), (1, 0)]
+    assert stats["scores"] == 1 and stats["judged"] == 0.5
+    assert stats["loop"][0]["scores"] == 1
+    picked, stats = closed_loop(spec, pass_values, costs, 10.0, measure, where="Test",
+                                alternatives=(scaled,))
+    assert picked == [0, 1] and "scores" not in stats
