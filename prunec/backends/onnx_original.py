@@ -27,6 +27,7 @@ metadata, plus ``prunec.*`` metadata.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -282,12 +283,20 @@ def _flexible_feeds(model: "onnx.ModelProto", inputs: Any) -> dict[str, np.ndarr
 
 def save_model(model: "onnx.ModelProto", path: str | Path, *, external: bool) -> Path:
     """Atomic save: everything goes to a temporary directory beside ``path`` first, then is
-    moved into place, so a failure never leaves a partial file."""
+    moved into place, so a failure never leaves a partial file.
+
+    External weights go to ``<name>.data``. Two files cannot be replaced in one step, so when
+    ``path`` already exists and reads its weights from ``<name>.data``, the new weights go
+    to ``<name>.<digest>.data`` instead: the existing model stays whole (its graph and its
+    weights) until the new graph replaces it in one rename, and its old weights file is
+    removed only after that. A save that fails or is cut off at any point leaves the
+    previous model loadable.
+    """
     import onnx
 
     path = Path(path)
     external = external or model.ByteSize() >= EXTERNAL_LIMIT
-    data_name = path.name + ".data"
+    previous = _external_locations(path)
     with tempfile.TemporaryDirectory(dir=path.parent or ".", prefix=".prunec-") as tmp:
         staged = Path(tmp) / path.name
         copy = onnx.ModelProto()
@@ -295,19 +304,51 @@ def save_model(model: "onnx.ModelProto", path: str | Path, *, external: bool) ->
         if external:  # by hand: onnx.save_model refuses a location that exists in the cwd
             from onnx.external_data_helper import set_external_data, write_external_data_tensors
 
+            data_name = path.name + ".data"
+            if data_name in previous:
+                digest = hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
+                data_name = f"{path.name}.{digest[:16]}.data"
             for tensor in copy.graph.initializer:
                 if tensor.HasField("raw_data") and len(tensor.raw_data) >= 1024:
                     set_external_data(tensor, data_name)
             copy = write_external_data_tensors(copy, tmp)
         onnx.save_model(copy, str(staged))
-        for produced in sorted(Path(tmp).iterdir(), key=lambda p: p.name == path.name):
-            with open(produced, "rb") as handle:
-                os.fsync(handle.fileno())
-            os.chmod(produced, 0o644)  # temporary files are private; the result is not
-            os.replace(produced, path.parent / produced.name)  # the .onnx last
+        written = set()
+        try:
+            for produced in sorted(Path(tmp).iterdir(), key=lambda p: p.name == path.name):
+                with open(produced, "rb") as handle:
+                    os.fsync(handle.fileno())
+                os.chmod(produced, 0o644)  # temporary files are private; the result is not
+                os.replace(produced, path.parent / produced.name)  # the .onnx last
+                written.add(produced.name)
+        except BaseException:  # the graph was not replaced: drop the new weights beside it
+            for name in written - previous - {path.name}:
+                (path.parent / name).unlink(missing_ok=True)
+            raise
 
     fsync_directory(path.parent)  # the renames themselves survive a crash
+    for stale in previous - written:  # the previous model's own weights, now unreferenced
+        if stale.startswith(path.name + ".") and stale.endswith(".data") and "/" not in stale:
+            (path.parent / stale).unlink(missing_ok=True)
     return path
+
+
+def _external_locations(path: Path) -> set[str]:
+    """The external-data files an existing ONNX file at ``path`` reads (its graph only is
+    parsed; nothing runs); empty when there is none or it cannot be read."""
+    import onnx
+
+    if not path.is_file():
+        return set()
+    try:
+        existing = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not an ONNX file: nothing of ours to keep track of
+        return set()
+    found = set()
+    for tensor in existing.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            found.update(e.value for e in tensor.external_data if e.key == "location")
+    return found
 
 
 # ---------------------------------------------------------------------------- lowering

@@ -94,3 +94,47 @@ def test_save_model_with_external_data_is_whole_and_leaves_no_scratch(tmp_path):
     assert all(t.HasField("raw_data") for t in model.graph.initializer)  # the caller's copy
     save_model(model, tmp_path / "small.onnx", external=False)
     assert not (tmp_path / "small.onnx.data").exists()
+
+
+def _big(seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    return dict(INITS, W1=rng.standard_normal((6, 256)).astype(np.float32),
+                B1=rng.standard_normal(256).astype(np.float32),
+                W2=rng.standard_normal((3, 256)).astype(np.float32))
+
+
+def test_overwriting_an_external_data_model_never_pairs_old_graph_and_new_weights(
+        tmp_path, monkeypatch):
+    """A save over an existing model with external weights: the new weights go to a new file
+    until the graph is replaced; a save cut off before that leaves the old model whole; the
+    old weights are removed once nothing reads them."""
+    import os
+
+    from prunec.backends import onnx_original
+
+    first, second = _model(_big(1)), _model(_big(2))
+    x = RNG.standard_normal((2, 6)).astype(np.float32)
+    path = save_model(first, tmp_path / "m.onnx", external=True)
+
+    real_replace = os.replace
+
+    def cut_off(src, dst):  # the save dies before the graph is renamed into place
+        if str(dst).endswith("m.onnx"):
+            raise OSError("disk full")
+        return real_replace(src, dst)
+    monkeypatch.setattr(onnx_original.os, "replace", cut_off)
+    with pytest.raises(OSError, match="disk full"):
+        save_model(second, path, external=True)
+    monkeypatch.setattr(onnx_original.os, "replace", real_replace)
+    np.testing.assert_array_equal(_run(onnx.load(str(path)), x), _run(first, x))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]
+
+    save_model(second, path, external=True)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names[0] == "m.onnx" and len(names) == 2
+    assert names[1].startswith("m.onnx.") and names[1].endswith(".data")
+    assert names[1] != "m.onnx.data"  # the old model's weights were never overwritten
+    np.testing.assert_array_equal(_run(onnx.load(str(path)), x), _run(second, x))
+    save_model(first, path, external=True)  # and back: the usual name is free again
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]
+    np.testing.assert_array_equal(_run(onnx.load(str(path)), x), _run(first, x))
