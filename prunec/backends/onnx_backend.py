@@ -48,6 +48,7 @@ from prunec.backends.integrity import load_onnx_file, onnx_io, read_io, stamp_on
 from prunec.backends.registry import BackendSpec, Requirement, register
 from prunec.errors import PrunecError
 from prunec.fileio import atomic_path
+from prunec.frontends.opaque import opaque_labels
 from prunec.ir.interpret import scratch_state, written_attributes
 
 if TYPE_CHECKING:
@@ -139,6 +140,13 @@ def export_onnx(program: "Program", *, opset: int = DEFAULT_OPSET, dynamic_batch
                     ep, dynamo=True, opset_version=opset, input_names=io.input_names,
                     output_names=io.output_names, verbose=False)
     except Exception as exc:  # export raises many unrelated types; we re-raise one.
+        opaque = opaque_labels(program.gm)
+        if opaque:  # the stand-in of an .onnx file calls ONNX Runtime: only its write-back
+            raise PrunecError(
+                f"ONNX export failed: the program runs ONNX node(s) {', '.join(opaque)} of "
+                f"its .onnx file by ONNX Runtime (no torch converter), which only the "
+                f"write-back into that file holds, not a new export. Prune the file with a "
+                f"ratio, or convert those nodes to torch first.") from exc
         raise PrunecError(
             f"ONNX export failed: {type(exc).__name__}: {_first_line(exc)}. Try "
             f"dynamic_batch=False, another opset (now {opset}), or the 'torch' backend."

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     import onnx
 
 __all__ = ["OPAQUE_DOMAIN", "OPAQUE_OP", "OpaqueModule", "make_opaque", "opaque_converter",
-           "run_node"]
+           "run_node", "opaque_labels"]
 
 OPAQUE_DOMAIN = "prunec"
 OPAQUE_OP = "Opaque"
@@ -147,6 +147,19 @@ def opaque_converter(node: Any, graph: Any) -> Any:  # noqa: ARG001 - the regist
     return OperationConverterResult(torch_module=module,
                                     onnx_mapping=OnnxMapping(inputs=inputs,
                                                              outputs=node.output_values))
+
+
+def opaque_labels(gm: torch.fx.GraphModule) -> list[str]:
+    """``'<node>' (<op>)`` for every opaque ONNX node a captured graph calls, for messages
+    (a re-export of such a graph has no ONNX translation of the custom op)."""
+    labels = []
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and str(node.target).startswith("prunec_onnx."):
+            spec = next((a for a in node.args if isinstance(a, str)), None)
+            if spec is not None:
+                parsed = _parsed(spec)
+                labels.append(f"{parsed['node']!r} ({parsed['op']})")
+    return labels
 
 
 # ---------------------------------------------------------------------------- the rewrite

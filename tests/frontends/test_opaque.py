@@ -230,3 +230,17 @@ def test_an_if_whose_branches_read_the_main_graph():
         with torch.no_grad():
             got = source.module(torch.from_numpy(feeds["x"])).numpy()
         np.testing.assert_allclose(got, _run(original, feeds)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_a_new_export_of_the_stand_in_names_the_opaque_node():
+    """Only the write-back into the file holds an opaque node: exporting the stand-in anew
+    (what timing a latency target does) is refused naming the node, not a converter
+    error."""
+    from prunec.backends.onnx_backend import export_onnx
+    from prunec.errors import PrunecError
+
+    source = open_onnx(graphs.conv_gru(), {"x": _x()})
+    program = capture(source.module, source.example_args, dynamic=False)
+    with pytest.raises(PrunecError, match=r"runs ONNX node\(s\) '/gru/GRU' \(GRU\) of its "
+                                          r"\.onnx file by ONNX Runtime"):
+        export_onnx(program, dynamic_batch=False)
