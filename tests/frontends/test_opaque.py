@@ -71,6 +71,11 @@ def test_magnitude_prunes_around_a_gru():
                               passes=[MagnitudePruning(0.5, scope="local", round_to=1)])
     assert original.SerializeToString() == snapshot
     _check_pruned_around_the_gru(original, compiled, conv=True)
+    # the plan (named by the file's tensors) replays from JSON on a fresh stand-in
+    plan = prunec.PruningPlan.from_json(compiled.plans[0].to_json())
+    replay = prunec.compile(original, {"x": _x()}, plans=[plan], backend="onnxruntime")
+    other = {"x": _x(3, 5)}
+    np.testing.assert_array_equal(replay(other)["y"], compiled(other)["y"])
 
 
 def test_variance_based_pruning_calibrates_through_the_gru():
