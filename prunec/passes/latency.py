@@ -279,7 +279,12 @@ def width_counts(program: Program, groups: list[ChannelGroup], scores: dict[str,
         PlanError: the target cannot be met; the message names the best latency reachable.
     """
     model = WidthModel.build(program, groups, target, steps)
-    dense_ms, widths = model.dense_ms, model.widths
+    dense_ms = model.dense_ms
+    # Every allowed width is an option, priced between the measured ones by interpolation
+    # (the closed loop times what is chosen): the knapsack is not limited to the few
+    # widths measured, as a ratio plan is not.
+    widths = {g.key: tables.candidate_widths(g.size, steps[g.key], g.size) for g in groups}
+
     def kept_values(scale) -> list[list[float]]:
         out = []
         for g in groups:
@@ -289,8 +294,9 @@ def width_counts(program: Program, groups: list[ChannelGroup], scores: dict[str,
         return out
 
     option_values = kept_values(lambda g, s: s / s.mean().clamp_min(1e-12) if normalize else s)
-    option_costs = [model.costs[g.key] for g in groups]
-    scales = calibrate(widths) if calibrate is not None else None
+    option_costs = [[float(c) for c in np.interp(widths[g.key], model.widths[g.key],
+                                                 model.costs[g.key])] for g in groups]
+    scales = calibrate(model.widths) if calibrate is not None else None
     alternatives = () if scales is None else (kept_values(lambda g, s: s * scales[g.key]),)
     target_ms = target.fraction * dense_ms
     sizes = {g.key: g.size for g in groups}
