@@ -237,7 +237,8 @@ class OriginalOnnxArtifact(Artifact):
     """What verification showed (:func:`~prunec.backends.onnx_verify.verify_file`)."""
 
     def __init__(self, model: "onnx.ModelProto", *, external: bool = False,
-                 intra_op_threads: int = 0, inter_op_threads: int = 0) -> None:
+                 intra_op_threads: int = 0, inter_op_threads: int = 0,
+                 spinning: bool = True) -> None:
         import onnxruntime as ort
 
         self.model, self.external = model, external
@@ -246,6 +247,8 @@ class OriginalOnnxArtifact(Artifact):
             options.intra_op_num_threads = intra_op_threads
         if inter_op_threads:
             options.inter_op_num_threads = inter_op_threads
+        if not spinning:  # see prunec.backends.onnxruntime_backend
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(_serialize(model), options,
                                             providers=["CPUExecutionProvider"])
         self.output_names = [o.name for o in model.graph.output]
@@ -354,7 +357,7 @@ def _external_locations(path: Path) -> set[str]:
 # ---------------------------------------------------------------------------- lowering
 def lower_original(program: "Program", backend: str = "onnxruntime", *, check: bool = True,
                    intra_op_threads: int = 0, inter_op_threads: int = 0,
-                   **options: Any) -> Any:
+                   spinning: bool = True, **options: Any) -> Any:
     """Write ``program``'s plans back into its source ONNX file and serve it.
 
     Args:
@@ -364,6 +367,7 @@ def lower_original(program: "Program", backend: str = "onnxruntime", *, check: b
         check: Verify the file (see the module docstring).
         intra_op_threads: ONNX Runtime threads inside an op (0: its default).
         inter_op_threads: Threads across ops (0: its default).
+        spinning: Let idle intra-op threads spin (ONNX Runtime's default).
         **options: For ``tensorrt``: ``fp16``, ``max_batch_size``, ``workspace_gb``.
 
     Raises:
@@ -393,7 +397,7 @@ def lower_original(program: "Program", backend: str = "onnxruntime", *, check: b
         return _tensorrt_engine(source, model, program, **options)
     artifact = OriginalOnnxArtifact(model, external=source.external,
                                     intra_op_threads=intra_op_threads,
-                                    inter_op_threads=inter_op_threads)
+                                    inter_op_threads=inter_op_threads, spinning=spinning)
     artifact.verified = verified
     return artifact
 

@@ -48,7 +48,9 @@ import torch
 import torch.fx as fx
 
 from prunec.backends import lower
+from prunec.backends.onnx_original import lower_original
 from prunec.errors import PlanError
+from prunec.frontends.onnx import onnx_source
 from prunec.ir.capture import capture
 from prunec.ir.channels import ChannelGroup, analyze_channels
 from prunec.ir.program import Program
@@ -394,7 +396,9 @@ def torch_threads(threads: int) -> Iterator[None]:
 
 def lower_for_timing(program: Program, spec: MeasureSpec) -> Callable[..., Any]:
     """A callable running ``program`` on the backend (torch: the graph module itself, the
-    same ATen graph the torch artifact runs, without the cost of re-exporting it; inductor:
+    same ATen graph the torch artifact runs, without the cost of re-exporting it; ONNX
+    Runtime: the exported program, or for a program from an ``.onnx`` file that file with
+    the program's plans written back, as ``compile`` delivers it; inductor:
     the artifact ``compile`` would give, compiled by TorchInductor (C++ on CPU) on its
     first call, which :func:`time_callables`' warm-up makes)."""
 
@@ -408,6 +412,10 @@ def lower_for_timing(program: Program, spec: MeasureSpec) -> Callable[..., Any]:
         # Spinning workers of one session steal the cores of the next one timed after it:
         # timings interleave many sessions, so spinning is off unless asked for.
         options.setdefault("spinning", False)
+        if onnx_source(program) is not None:
+            # A program from the user's .onnx file: time the file they get back (the plan
+            # written into their graph, opaque nodes included), not a re-export.
+            return lower_original(program, "onnxruntime", **options)
         return lower(program, "onnxruntime", **options)
     if spec.backend == "inductor":
         # Inductor's C++ kernels take their OpenMP thread count when they are generated:

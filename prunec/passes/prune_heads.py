@@ -38,6 +38,7 @@ from prunec.ir.channels import ChannelGroup, analyze_channels
 from prunec.ir.program import Program
 from prunec.passes.base import PassContext, PassResult, PruningPass
 from prunec.passes.prune_magnitude import unit_norms
+from prunec.passes.sensitivity import OutputProbe
 from prunec.rewrite.plan import PruningPlan
 
 __all__ = ["HeadPruning", "head_groups"]
@@ -110,6 +111,14 @@ class HeadPruning(PruningPass):
             result.stats["unit_name"] = (f"key/value heads (each with its {per_unit} "
                                          f"query heads)")
         return result
+
+    def output_probe(self, program: Program) -> OutputProbe | None:
+        """With calibration data, a latency target also solves with each layer's head scores
+        scaled by its measured output sensitivity and keeps the plan that moves the output
+        less (:mod:`prunec.passes.sensitivity`); without, the scores as they are."""
+        if self.calibration is None:
+            return None
+        return OutputProbe(program, self.calibration, mask=self.mask)
 
     def candidates(self, analysis) -> list[ChannelGroup]:
         return [g for g in analysis.prunable() if "attention" in g.tags]

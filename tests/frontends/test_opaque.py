@@ -249,3 +249,43 @@ def test_a_new_export_of_the_stand_in_names_the_opaque_node():
     with pytest.raises(PrunecError, match=r"runs ONNX node\(s\) '/gru/GRU' \(GRU\) of its "
                                           r"\.onnx file by ONNX Runtime"):
         export_onnx(program, dynamic_batch=False)
+
+
+def test_a_latency_target_times_the_written_back_file(tmp_path, monkeypatch):
+    """Latency tables and plans of a program from an .onnx file are timed as the file
+    written back (what compile delivers), not a re-export, which a stand-in running an
+    opaque node cannot give: the dense program times the original graph, a pruned one its
+    written-back graph, and a latency target on such a file plans (or refuses by the
+    latency reached, never by the export)."""
+    from prunec.backends.onnx_original import OriginalOnnxArtifact
+    from prunec.errors import PlanError
+    from prunec.frontends.source import SOURCE_KEY
+    from prunec.passes import latency_table
+    from prunec.rewrite import PruningPlan, apply_plan
+
+    source = open_onnx(graphs.conv_gru(), {"x": _x()})
+    program = capture(source.module, source.example_args, dynamic=False)
+    program.gm.meta[SOURCE_KEY] = source
+    spec = prunec.LatencyTarget(0.9, backend="onnxruntime", threads=1).spec()
+    dense = latency_table.lower_for_timing(program, spec)
+    assert isinstance(dense, OriginalOnnxArtifact)
+    assert _gru(dense.model).SerializeToString() == _gru(source.model).SerializeToString()
+    variant = program.clone(share_tensors=True)
+    apply_plan(variant, PruningPlan({"c1/Conv.weight:0": [0, 2, 4, 6]}))
+    pruned = latency_table.lower_for_timing(variant, spec)
+    shapes = {t.name: list(t.dims) for t in pruned.model.graph.initializer}
+    assert shapes["c1.weight"][0] == 4 and shapes["c2.weight"][1] == 4
+    x = torch.from_numpy(_x())
+    np.testing.assert_allclose(pruned(x)["y"].numpy(), variant.run(x).detach().numpy(),
+                               rtol=1e-4, atol=1e-5)
+
+    monkeypatch.setenv(latency_table.CACHE_ENV, str(tmp_path))
+    target = prunec.LatencyTarget(0.95, backend="onnxruntime", threads=1, rounds=2)
+    try:
+        compiled = prunec.compile(graphs.conv_gru(), {"x": _x()}, backend="onnxruntime",
+                                  passes=[MagnitudePruning(latency=target, round_to=1)])
+    except PlanError as exc:  # the GRU may dominate: then the reachable latency is named
+        assert "best reachable" in str(exc)
+    else:
+        assert compiled.report.latency["backend"] == "onnxruntime"
+        assert "zeroed original" in compiled.artifact.verified

@@ -199,3 +199,21 @@ def test_closed_loop_takes_the_judged_plan_of_two_value_sets():
     picked, stats = closed_loop(spec, pass_values, costs, 10.0, measure, where="Test",
                                 alternatives=(scaled,))
     assert picked == [0, 1] and "scores" not in stats
+
+
+def test_head_pruning_with_calibration_probes_the_output(fake_time):
+    """HeadPruning with calibration data judges its plans on the output like VBP; the plan
+    applied is the judged one; without data it takes its scores as they are."""
+    from prunec.passes import HeadPruning
+    from tests.passes.test_latency import _llama_program
+
+    program = _llama_program(layers=2, intermediate=16, kv_heads=4)
+    calibration = [torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(s))
+                   for s in range(3)]
+    result = HeadPruning(latency=target(0.85), criterion="activation",
+                         calibration=calibration)(program)
+    stats = result.stats["latency"]
+    assert len(stats["sensitivity"]) == 2 and set(result.plan.keep) <= set(stats["sensitivity"])
+    assert stats["scores"] in ("pass scores", "sensitivity-scaled") and stats["judged"] >= 0
+    plain = _llama_program(layers=2, intermediate=16, kv_heads=4)
+    assert "sensitivity" not in HeadPruning(latency=target(0.85))(plain).stats["latency"]
