@@ -539,9 +539,13 @@ def latency_line(latency: dict, passes: list) -> str:
     predicted = [f.predicted_fraction for f in found
                  if f is not None and f.predicted_fraction is not None]
     guess = f", predicted {predicted[-1]:.0%}" if predicted else ""
+    # Which value set the knapsack's plan came from, when the pass judged two on the output.
+    scores = [f.extra["scores"] for f in found if f is not None and f.extra.get("scores")]
+    which = f"; scores: {scores[-1]}" if scores else ""
     return (f"latency on {latency['backend']} ({latency['threads']} threads)  "
             f"{latency['dense_ms']:.3f} ms -> {latency['achieved_ms']:.3f} ms "
-            f"({latency['achieved_fraction']:.0%}, asked {latency['fraction']:.0%}{guess})")
+            f"({latency['achieved_fraction']:.0%}, asked {latency['fraction']:.0%}{guess}"
+            f"{which})")
 
 
 def pass_entry(name: str, options: Any, modified: bool, stats: PassStats,

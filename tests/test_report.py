@@ -343,3 +343,6 @@ def test_latency_statistics_are_typed_and_serialise_as_before():
     assert latency_line(achieved, report.passes).endswith("predicted 58%)")
     stats.latency["measured_fraction"], stats.latency["loop"] = 0.61, [{"budget": 0.6}]
     assert stats.latency.measured_fraction == 0.61 and stats.latency.loop == [{"budget": 0.6}]
+    stats.latency["scores"] = "sensitivity-scaled"  # a pass that judged two value sets
+    assert latency_line(achieved, report.passes).endswith(
+        "predicted 58%; scores: sensitivity-scaled)")
