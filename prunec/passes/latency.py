@@ -475,9 +475,9 @@ def closed_loop(target: LatencyTarget, values: list[list[float]], costs: list[li
     lowest is taken (the pass's measured output distortion: which notion of importance to
     trust is decided on the model, not assumed); plans are then compared by that score.
 
-    Of the measured plans, the one keeping the most importance (the lowest judged score)
-    among those within the tolerance is taken; if none is, the slowest of those faster than asked (the target is
-    met, with more pruned); if every plan measured is slower than asked, a
+    Of the measured plans, the one keeping the most importance (with a judge: the lowest
+    judged score) among those within the tolerance is taken; if none is, the slowest of
+    those faster than asked (the target is met, with more pruned); if every plan measured is slower than asked, a
     :class:`~prunec.errors.PlanError` names the fastest one measured (a model that misses
     the latency asked is not delivered).
 
