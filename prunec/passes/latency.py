@@ -477,9 +477,9 @@ def closed_loop(target: LatencyTarget, values: list[list[float]], costs: list[li
 
     Of the measured plans, the one keeping the most importance (with a judge: the lowest
     judged score) among those within the tolerance is taken; if none is, the slowest of
-    those faster than asked (the target is met, with more pruned); if every plan measured is slower than asked, a
-    :class:`~prunec.errors.PlanError` names the fastest one measured (a model that misses
-    the latency asked is not delivered).
+    those faster than asked (the target is met, with more pruned); if every plan measured
+    is slower than asked, a :class:`~prunec.errors.PlanError` names the fastest one
+    measured (a model that misses the latency asked is not delivered).
 
     Args:
         target: The latency target (``fraction``, ``iterations``, ``tolerance``).
