@@ -10,7 +10,8 @@ Steps (:func:`open_onnx`):
 1. **Load and check**: a path or an ``onnx.ModelProto`` (never mutated); external data read
    from beside the file; ``onnx.checker.check_model(full_check=True)``. A missing file is a
    ``FileNotFoundError`` naming it; a truncated file, a failing check or missing external
-   data a :class:`~prunec.errors.PrunecError` saying which.
+   data a :class:`~prunec.errors.PrunecError` saying which; a node in prunec's own domain
+   (``prunec``, its working nodes) an :class:`~prunec.errors.UnsupportedOpError` naming it.
 2. **Feeds**: example inputs as a dict by graph-input name or a tuple in graph-input order
    (numpy arrays or torch tensors); each must have the input's element type and rank and
    match its fixed dims.
@@ -44,8 +45,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from prunec.errors import BackendUnavailable, InvalidArgumentError, PrunecError
+from prunec.errors import (
+    BackendUnavailable, InvalidArgumentError, PrunecError, UnsupportedOpError,
+)
 from prunec.frontends.converters import LINEAR_DOMAIN
+from prunec.frontends.opaque import OPAQUE_DOMAIN
 from prunec.frontends.source import PIP_HINT, SOURCE_KEY, OnnxSource, Use
 from prunec.frontends.stand_in import convert
 
@@ -225,6 +229,7 @@ def open_onnx(model: Any, example_inputs: Any) -> OnnxSource:
     """Load, check and convert ``model`` at the shapes of ``example_inputs`` (see the module
     docstring for the steps and the errors)."""
     proto, path, external = load_model(model)
+    _check_reserved_domain(proto)
     feeds = check_feeds(proto, example_inputs)
     source = OnnxSource(proto, path, external, feeds, [i.name for i in graph_inputs(proto)])
     work = _working_copy(proto, feeds)
@@ -234,6 +239,28 @@ def open_onnx(model: Any, example_inputs: Any) -> OnnxSource:
     source.fused = _fuse_linear(work)
     source.module, source.uses, source.modules = convert(work, source)
     return source
+
+
+def _check_reserved_domain(proto: "onnx.ModelProto") -> None:
+    """Refuse a file with nodes in prunec's own domain (its working copy's fused ``Linear``
+    and ``Opaque`` nodes): an ``Opaque`` node from the file would run a one-node model the file
+    chose, a ``Linear`` one would be taken for a fused layer.
+
+    Raises:
+        UnsupportedOpError: naming the first such node.
+    """
+    pending = [proto.graph]
+    while pending:
+        graph = pending.pop()
+        for node in graph.node:
+            if node.domain in (LINEAR_DOMAIN, OPAQUE_DOMAIN):
+                raise UnsupportedOpError(
+                    f"ONNX node {node.name or node.output[0]!r} ({node.op_type}) is in the "
+                    f"domain {node.domain!r}, which is reserved for prunec's own working "
+                    f"nodes, so prunec cannot take this file. Export the model again without "
+                    f"that node, or rename its domain.")
+            for attribute in node.attribute:  # If branches, Loop and Scan bodies
+                pending.extend([attribute.g] if attribute.type == 5 else attribute.graphs)
 
 
 def _working_copy(proto: "onnx.ModelProto", feeds: dict[str, np.ndarray]) -> "onnx.ModelProto":

@@ -289,3 +289,13 @@ def test_a_latency_target_times_the_written_back_file(tmp_path, monkeypatch):
     else:
         assert compiled.report.latency["backend"] == "onnxruntime"
         assert "zeroed original" in compiled.artifact.verified
+
+
+@pytest.mark.parametrize("op", ["Opaque", "Linear"])
+def test_a_file_using_prunecs_own_domain_is_refused(op):
+    """``prunec.Opaque`` / ``prunec.Linear`` are prunec's private nodes: one in the user's
+    file would run a spec the file wrote (a one-node model of its choosing) or be taken for
+    a fused layer; the file is refused naming the node before anything is converted."""
+    model = graphs.contrib_mlp(op, "prunec")
+    with pytest.raises(UnsupportedOpError, match=r"node 'special' .*domain 'prunec'.*reserved"):
+        prunec.compile(model, {"x": np.ones((2, 8), np.float32)}, backend="onnxruntime")
