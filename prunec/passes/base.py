@@ -460,6 +460,8 @@ class PruningPass(PassBase):
 
         steps = {g.key: unit_step(g, self.round_to) for g in groups}
         probe = self.output_probe(program)
+        if probe is not None and probe.blind:  # nothing to measure: the scores as they are
+            probe = None
 
         def calibrate(widths: dict[str, list[int]]) -> dict[str, float]:
             return output_sensitivity(probe, groups, scores, widths, realize,

@@ -34,6 +34,11 @@ wins is measured on the model, never assumed.
 
 A group none of whose candidate widths removes any score (every unit scores 0) gets
 ``a_g = 0``: removing it is free by its scores, and the pass's plan says so.
+
+A probe whose reference has no spread, ``sum ||y - ybar||^2 = 0`` (no floating output, as a
+model returning class ids; or outputs constant over the items), measures nothing: every
+``D`` would be 0 (or undefined). It is *blind* (:attr:`OutputProbe.blind`), and the pass then
+takes its scores as they are.
 """
 from __future__ import annotations
 
@@ -86,6 +91,16 @@ def _masked(t: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
     return t
 
 
+def _spread(reference: list[list[torch.Tensor]]) -> float:
+    """``sum ||y - ybar||^2`` over the outputs (float64), as :func:`relative_distortion`'s
+    denominator; 0 without floating outputs."""
+    total = 0.0
+    for j in range(len(reference[0]) if reference else 0):
+        ref = torch.cat([item[j].double().flatten() for item in reference])
+        total += float(((ref - ref.mean()) ** 2).sum())
+    return total
+
+
 def relative_distortion(reference: list[list[torch.Tensor]],
                         outputs: list[list[torch.Tensor]]) -> float:
     """``sum ||y' - y||^2 / sum ||y - ybar||^2`` over items and outputs (float64); ``ybar``
@@ -112,6 +127,10 @@ class OutputProbe:
         mask: The pass's padding mask spec (a key of dict items, or a callable).
         items: Calibration items run per plan.
 
+    Attributes:
+        blind: The reference outputs have no spread (no floating output, or constant over
+            the items): no distortion can be measured, so the pass should not use the probe.
+
     Raises:
         CalibrationError: no calibration items.
     """
@@ -126,6 +145,7 @@ class OutputProbe:
         self._keeps = [_resolve_mask(mask, item, i) for i, item in enumerate(batch)]
         self._calls = [split_inputs(item) for item in batch]
         self._reference = self._run(program)
+        self.blind = _spread(self._reference) == 0  # NaN outputs still raise when judged
 
     def _run(self, p: Program) -> list[list[torch.Tensor]]:
         with torch.no_grad():

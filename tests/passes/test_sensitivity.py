@@ -217,3 +217,38 @@ def test_head_pruning_with_calibration_probes_the_output(fake_time):
     assert stats["scores"] in ("pass scores", "sensitivity-scaled") and stats["judged"] >= 0
     plain = _llama_program(layers=2, intermediate=16, kv_heads=4)
     assert "sensitivity" not in HeadPruning(latency=target(0.85))(plain).stats["latency"]
+
+
+class Labels(nn.Module):
+    """A model whose only output is integer (class ids): no float output to measure."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x).argmax(-1)
+
+
+def test_a_probe_with_no_float_output_spread_leaves_the_pass_scores_alone(fake_time):
+    """Integer outputs only (or a reference constant over the items): every plan's measured
+    distortion would be 0 (every sensitivity 0, every plan judged alike, the plan within the
+    tolerance then chosen by speed, not importance). The probe says it is blind and the
+    knapsack takes the pass's scores as they are, the same plan as without a probe."""
+    torch.manual_seed(0)
+    model = Labels(Two(Mlp(up=100.0, down=1e-3), Mlp())).eval()
+    x = torch.randn(8, 16)
+    calibration = [(torch.randn(8, 16),) for _ in range(4)]
+    assert OutputProbe(capture(model, (x,)), calibration).blind
+    assert not OutputProbe(capture(model.inner, (x,)), calibration).blind
+
+    class Raw(VarianceBasedPruning):
+        def output_probe(self, program):
+            return None
+    program, raw = capture(model, (x,)), capture(model, (x,))
+    stats = VarianceBasedPruning(latency=target(0.8), calibration=calibration,
+                                 targets="mlp")(program).stats["latency"]
+    Raw(latency=target(0.8), calibration=calibration, targets="mlp")(raw)
+    assert "sensitivity" not in stats and "scores" not in stats
+    assert ({g.key: g.size for g in analyze_channels(program).prunable()}
+            == {g.key: g.size for g in analyze_channels(raw).prunable()})
