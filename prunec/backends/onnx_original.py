@@ -238,10 +238,13 @@ class OriginalOnnxArtifact(Artifact):
 
     def __init__(self, model: "onnx.ModelProto", *, external: bool = False,
                  intra_op_threads: int = 0, inter_op_threads: int = 0,
-                 spinning: bool = True) -> None:
+                 spinning: bool = True, source: Path | None = None) -> None:
         import onnxruntime as ort
 
         self.model, self.external = model, external
+        # The file it was pruned from (absolute, links unresolved, as its data is found):
+        # a save never overwrites or removes that file's weights.
+        self.source = Path(os.path.abspath(source)) if source is not None else None
         options = ort.SessionOptions()
         if intra_op_threads:
             options.intra_op_num_threads = intra_op_threads
@@ -265,12 +268,15 @@ class OriginalOnnxArtifact(Artifact):
     def save(self, path: str | Path) -> Path:
         """Write the pruned model to ``path`` atomically; weights go to ``<name>.data``
         beside it when the original kept them external or the model is over 2 GB."""
-        return save_model(self.model, path, external=self.external)
+        keep = frozenset()
+        if self.source is not None and self.source.resolve() != Path(path).resolve():
+            keep = external_files(self.source)  # a save over the source itself replaces it
+        return save_model(self.model, path, external=self.external, keep=keep)
 
     @classmethod
     def load(cls, path: str | Path, **options: Any) -> "OriginalOnnxArtifact":
         model, _, external = load_model(path)
-        return cls(model, external=external, **options)
+        return cls(model, external=external, source=Path(path), **options)
 
 
 def _serialize(model: "onnx.ModelProto") -> bytes:
@@ -284,7 +290,8 @@ def _flexible_feeds(model: "onnx.ModelProto", inputs: Any) -> dict[str, np.ndarr
     return check_feeds(model, inputs, what="inputs")
 
 
-def save_model(model: "onnx.ModelProto", path: str | Path, *, external: bool) -> Path:
+def save_model(model: "onnx.ModelProto", path: str | Path, *, external: bool,
+               keep: frozenset[Path] = frozenset()) -> Path:
     """Atomic save: everything goes to a temporary directory beside ``path`` first, then is
     moved into place, so a failure never leaves a partial file.
 
@@ -294,6 +301,11 @@ def save_model(model: "onnx.ModelProto", path: str | Path, *, external: bool) ->
     weights) until the new graph replaces it in one rename, and its old weights file is
     removed only after that. A save that fails or is cut off at any point leaves the
     previous model loadable.
+
+    ``keep`` (resolved paths: the external-data files of the model this one was pruned from)
+    are never overwritten nor removed: a source graph ``orig.onnx`` reading ``m.onnx.data``
+    stays whole when the pruned model is saved as ``m.onnx`` beside it (the new weights then
+    take the ``<name>.<digest>.data`` name too).
     """
     import onnx
 
@@ -308,7 +320,7 @@ def save_model(model: "onnx.ModelProto", path: str | Path, *, external: bool) ->
             from onnx.external_data_helper import set_external_data, write_external_data_tensors
 
             data_name = path.name + ".data"
-            if data_name in previous:
+            if data_name in previous or (path.parent / data_name).resolve() in keep:
                 digest = hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
                 data_name = f"{path.name}.{digest[:16]}.data"
             for tensor in copy.graph.initializer:
@@ -331,9 +343,16 @@ def save_model(model: "onnx.ModelProto", path: str | Path, *, external: bool) ->
 
     fsync_directory(path.parent)  # the renames themselves survive a crash
     for stale in previous - written:  # the previous model's own weights, now unreferenced
-        if stale.startswith(path.name + ".") and stale.endswith(".data") and "/" not in stale:
+        if (stale.startswith(path.name + ".") and stale.endswith(".data") and "/" not in stale
+                and (path.parent / stale).resolve() not in keep):
             (path.parent / stale).unlink(missing_ok=True)
     return path
+
+
+def external_files(path: Path) -> frozenset[Path]:
+    """The resolved paths of the external-data files the ONNX file at ``path`` reads (empty
+    when there is no file there or it holds its weights inside)."""
+    return frozenset((path.parent / name).resolve() for name in _external_locations(path))
 
 
 def _external_locations(path: Path) -> set[str]:
@@ -397,7 +416,8 @@ def lower_original(program: "Program", backend: str = "onnxruntime", *, check: b
         return _tensorrt_engine(source, model, program, **options)
     artifact = OriginalOnnxArtifact(model, external=source.external,
                                     intra_op_threads=intra_op_threads,
-                                    inter_op_threads=inter_op_threads, spinning=spinning)
+                                    inter_op_threads=inter_op_threads, spinning=spinning,
+                                    source=source.path)
     artifact.verified = verified
     return artifact
 

@@ -138,3 +138,21 @@ def test_overwriting_an_external_data_model_never_pairs_old_graph_and_new_weight
     save_model(first, path, external=True)  # and back: the usual name is free again
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]
     np.testing.assert_array_equal(_run(onnx.load(str(path)), x), _run(first, x))
+
+
+def test_saving_the_pruned_model_never_touches_the_sources_own_weights(tmp_path):
+    """The source graph ``orig.onnx`` reads ``m.onnx.data`` (a graph copied or renamed after
+    export); the pruned model saved as ``m.onnx`` beside it must neither overwrite that file
+    (its usual data name) nor remove it on a later save: the source still loads, whole."""
+    original = _model(_big(3))
+    onnx.save_model(_model(_big(3)), str(tmp_path / "orig.onnx"), save_as_external_data=True,
+                    location="m.onnx.data", size_threshold=0)
+    x = RNG.standard_normal((2, 6)).astype(np.float32)
+    compiled = prunec.compile(str(tmp_path / "orig.onnx"), {"x": x}, backend="onnxruntime",
+                              passes=[MagnitudePruning(0.5, round_to=1)])
+    for _ in range(2):  # a new file, then a save over it
+        compiled.artifact.save(tmp_path / "m.onnx")
+        np.testing.assert_array_equal(_run(onnx.load(str(tmp_path / "orig.onnx")), x),
+                                      _run(original, x))
+        np.testing.assert_array_equal(_run(onnx.load(str(tmp_path / "m.onnx")), x),
+                                      compiled({"x": x})["y"])
