@@ -48,9 +48,9 @@ from typing import Any, Callable, Iterable
 import torch
 
 from prunec.errors import CalibrationError
-from prunec.ir.calibration import _resolve_mask
+from prunec.ir.calibration import _checked_item, _resolve_mask
+from prunec.ir.calibration_checks import check_calibration
 from prunec.ir.channels import ChannelGroup
-from prunec.ir.interpret import split_inputs
 from prunec.ir.program import Program
 from prunec.progress import bar as progress_bar
 from prunec.rewrite import PruningPlan, apply_plan
@@ -132,18 +132,23 @@ class OutputProbe:
             the items): no distortion can be measured, so the pass should not use the probe.
 
     Raises:
-        CalibrationError: no calibration items.
+        CalibrationError: no calibration items, one bare tensor, or an item that does not
+            fit the program's inputs (naming it).
     """
 
     def __init__(self, program: Program, calibration: Iterable[Any], *, mask=None,
                  items: int = 4):
+        # A pass may read its data only here (HeadPruning by magnitude): check it as
+        # calibration is checked everywhere else, before running anything.
+        if not (hasattr(calibration, "__len__") and len(calibration) == 0):
+            check_calibration(calibration, "the latency target's output probe")  # else below
         batch = list(itertools.islice(user_items(calibration), items))
         if not batch:
             raise CalibrationError("the latency target's output probe needs calibration "
                                    "items; pass non-empty calibration data.")
         self.program = program
         self._keeps = [_resolve_mask(mask, item, i) for i, item in enumerate(batch)]
-        self._calls = [split_inputs(item) for item in batch]
+        self._calls = [_checked_item(program, item, i) for i, item in enumerate(batch)]
         self._reference = self._run(program)
         self.blind = _spread(self._reference) == 0  # NaN outputs still raise when judged
 

@@ -252,3 +252,14 @@ def test_a_probe_with_no_float_output_spread_leaves_the_pass_scores_alone(fake_t
     assert "sensitivity" not in stats and "scores" not in stats
     assert ({g.key: g.size for g in analyze_channels(program).prunable()}
             == {g.key: g.size for g in analyze_channels(raw).prunable()})
+
+
+def test_the_probe_checks_its_calibration_items_before_running_them():
+    """HeadPruning(criterion='magnitude') reads its calibration data only through the probe:
+    one bare tensor, or an item of the wrong shape, is a CalibrationError naming it, not an
+    error deep in an op."""
+    program = capture(Mlp().eval(), (torch.randn(2, 16),))
+    with pytest.raises(CalibrationError, match="one tensor"):
+        OutputProbe(program, torch.randn(4, 2, 16))
+    with pytest.raises(CalibrationError, match="calibration item 1"):
+        OutputProbe(program, [(torch.randn(2, 16),), (torch.randn(2, 5),)])
