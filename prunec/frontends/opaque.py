@@ -50,11 +50,17 @@ from prunec.errors import UnsupportedOpError
 if TYPE_CHECKING:
     import onnx
 
-__all__ = ["OPAQUE_DOMAIN", "OPAQUE_OP", "OpaqueModule", "make_opaque", "opaque_converter",
-           "run_node", "opaque_labels"]
+__all__ = ["OPAQUE_DOMAIN", "OPAQUE_OP", "OpaqueModule", "OpaqueRunError", "make_opaque",
+           "opaque_converter", "run_node", "opaque_labels"]
 
 OPAQUE_DOMAIN = "prunec"
 OPAQUE_OP = "Opaque"
+
+
+class OpaqueRunError(UnsupportedOpError, RuntimeError):
+    """ONNX Runtime failed running an opaque node on the data it got (another dtype than the
+    file declares ...). A ``RuntimeError`` as a torch op's failure is, so that calibration
+    names the item's input whose dtype differs from the example's."""
 
 
 # ---------------------------------------------------------------------------- the torch op
@@ -90,7 +96,15 @@ def run_node(inputs: list[torch.Tensor], spec: str) -> list[torch.Tensor]:
     session = _session(spec)
     names = [i.name for i in session.get_inputs()]
     feeds = {n: t.detach().cpu().contiguous().numpy() for n, t in zip(names, inputs)}
-    outs = [torch.from_numpy(np.ascontiguousarray(o)) for o in session.run(None, feeds)]
+    try:
+        results = session.run(None, feeds)
+    except Exception as exc:  # onnxruntime's own exception types
+        got = ", ".join(f"{str(t.dtype).split('.')[-1]}{list(t.shape)}" for t in inputs)
+        raise OpaqueRunError(
+            f"ONNX node {parsed['node']!r} ({parsed['op']}), run by ONNX Runtime, failed on "
+            f"inputs {got}: {str(exc).strip().splitlines()[0][:300]}. Pass inputs of the "
+            f"element types the file declares.") from exc
+    outs = [torch.from_numpy(np.ascontiguousarray(o)) for o in results]
     for out, (_, dtype) in zip(outs, parsed["outputs"]):
         if out.dtype != getattr(torch, dtype):  # the traced graph holds the inferred type
             raise UnsupportedOpError(

@@ -299,3 +299,35 @@ def test_a_file_using_prunecs_own_domain_is_refused(op):
     model = graphs.contrib_mlp(op, "prunec")
     with pytest.raises(UnsupportedOpError, match=r"node 'special' .*domain 'prunec'.*reserved"):
         prunec.compile(model, {"x": np.ones((2, 8), np.float32)}, backend="onnxruntime")
+
+
+def test_onnx_runtime_failing_on_the_data_names_the_node_and_the_input():
+    """Calibration items of another dtype than the file's reach the opaque node first: ONNX
+    Runtime's refusal becomes an error naming the node and the input it got (and
+    calibration names the item's input), not a bare ONNX Runtime error."""
+    from prunec.errors import CalibrationError
+    from prunec.frontends.opaque import OpaqueRunError
+
+    model = graphs.contrib_mlp()
+    source = open_onnx(model, {"x": np.ones((2, 8), np.float32)})
+    opaque = next(m for m in source.module.modules() if isinstance(m, OpaqueModule))
+    with pytest.raises(OpaqueRunError, match=r"ONNX node 'special' \(com.microsoft.Gelu\).*"
+                                             r"ONNX Runtime.*float64\[2, 8\]"):
+        opaque(torch.ones(2, 8, dtype=torch.float64))
+    h = onnx.helper.make_node  # the same op first: the data reaches it before any torch op
+    first = onnx.helper.make_graph(
+        [h("Gelu", ["x"], ["g"], name="special", domain="com.microsoft"),
+         h("MatMul", ["g", "w1"], ["a"], name="fc1"), h("Relu", ["a"], ["r"], name="act"),
+         h("MatMul", ["r", "w2"], ["y"], name="fc2")], "first",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 8])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 4])],
+        [onnx.numpy_helper.from_array(RNG.standard_normal(s).astype(np.float32), n)
+         for n, s in (("w1", (8, 16)), ("w2", (16, 4)))])
+    model = onnx.helper.make_model(first, opset_imports=[onnx.helper.make_opsetid("", 17),
+                                                         onnx.helper.make_opsetid(
+                                                             "com.microsoft", 1)])
+    model.ir_version = 8
+    with pytest.raises(CalibrationError, match=r"calibration item 0: input 'x'.*float64"):
+        prunec.compile(model, {"x": np.ones((2, 8), np.float32)}, backend="onnxruntime",
+                       passes=[VarianceBasedPruning(0.5, calibration=[
+                           torch.ones(2, 8, dtype=torch.float64)])])
