@@ -69,14 +69,20 @@ def _parsed(spec: str) -> dict:
     return json.loads(spec)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=1024)
 def _session(spec: str) -> Any:
+    """The node's session, made once: a stand-in calls every opaque node at each run, so the
+    cache holds more nodes than a file has (an ONNX Runtime-optimised transformer has several
+    contrib ops per layer); a smaller one would make a session per call."""
+    return _new_session(base64.b64decode(_parsed(spec)["model"]))
+
+
+def _new_session(model: bytes) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # untyped outputs warn at every run otherwise
-    return ort.InferenceSession(base64.b64decode(_parsed(spec)["model"]), options,
-                                providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 def _check_shapes(inputs: list[torch.Tensor], spec: dict) -> None:
@@ -200,7 +206,9 @@ def make_opaque(work: "onnx.ModelProto", nodes: list, reasons: dict[str, str]) -
     inits = {t.name: t for t in work.graph.initializer}
     opsets = {o.domain or "": o.version for o in work.opset_import}
     replaced, notes = {}, []
-    for node in nodes:
+    for node in nodes:  # in graph order: an opaque node's output types serve the next ones
+        if any(n and n not in inits and _static(types.get(n)) is None for n in node.input):
+            types = _propagated(work, types)
         spec = _spec(work, node, types, inits, opsets, reasons)
         outputs = _named_outputs(node)
         replaced[id(node)] = helper.make_node(OPAQUE_OP, _all_inputs(node), outputs,
@@ -233,6 +241,29 @@ def _value_types(work: "onnx.ModelProto") -> dict[str, Any]:
         if value.type.HasField("tensor_type"):
             types.setdefault(value.name, value.type.tensor_type)
     return types
+
+
+def _propagated(work: "onnx.ModelProto", types: dict[str, Any]) -> dict[str, Any]:
+    """``types`` completed by onnx's shape inference run again with every type known so far
+    (the outputs of the opaque nodes already specified, which onnx cannot infer) declared:
+    the values computed from them (an ``Add`` between two contrib ops) get theirs too."""
+    import onnx
+    from onnx.shape_inference import infer_shapes
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(work)
+    declared = ({v.name for v in probe.graph.input} | {v.name for v in probe.graph.output}
+                | {t.name for t in probe.graph.initializer})
+    del probe.graph.value_info[:]
+    for name, ttype in types.items():
+        if name not in declared:
+            value = probe.graph.value_info.add(name=name)
+            value.type.tensor_type.CopyFrom(ttype)
+    try:
+        probe = infer_shapes(probe, data_prop=True)
+    except Exception:  # then the node's own checks name what is missing
+        return types
+    return {**_value_types(probe), **types}
 
 
 def _static(ttype: Any) -> list[int] | None:
@@ -341,7 +372,7 @@ def _spec(work: "onnx.ModelProto", node: Any, types: dict, inits: dict, opsets: 
     model.ir_version = work.ir_version
     encoded = base64.b64encode(model.SerializeToString()).decode()
     try:
-        _session(json.dumps({"model": encoded}))
+        _new_session(model.SerializeToString())  # a trial: not kept in the cache
     except Exception as exc:  # onnxruntime's own exception types
         raise _refused(where, why, f"ONNX Runtime cannot run it either: "
                                    f"{str(exc).strip().splitlines()[0][:300]}") from exc
@@ -364,6 +395,7 @@ def _spec(work: "onnx.ModelProto", node: Any, types: dict, inits: dict, opsets: 
                                        f"example inputs, nor does ONNX Runtime's (a size that "
                                        f"depends on the data)")
         outputs.append([shape, dtype])
+        types[name] = ttype  # for the opaque nodes after this one (make_opaque)
     return json.dumps({"model": encoded, "node": node.name or node.output[0],
                        "op": _op_label(node), "inputs": shapes, "outputs": outputs,
                        "positions": [i for i, _ in present], "embedded": embedded})

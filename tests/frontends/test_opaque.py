@@ -331,3 +331,59 @@ def test_onnx_runtime_failing_on_the_data_names_the_node_and_the_input():
         prunec.compile(model, {"x": np.ones((2, 8), np.float32)}, backend="onnxruntime",
                        passes=[VarianceBasedPruning(0.5, calibration=[
                            torch.ones(2, 8, dtype=torch.float64)])])
+
+
+def test_many_opaque_nodes_keep_their_sessions(monkeypatch):
+    """A file with more opaque nodes than a small cache holds (an ONNX Runtime-optimised
+    transformer has several contrib ops per layer): every node's session is made once, not
+    again at every call of the stand-in."""
+    from prunec.frontends import opaque
+
+    h = onnx.helper.make_node
+    count = 70
+    nodes = [h("Gelu", [f"v{i}"], [f"v{i + 1}"], name=f"gelu{i}", domain="com.microsoft")
+             for i in range(count)]
+    nodes.append(h("MatMul", [f"v{count}", "w"], ["y"], name="fc"))
+    graph = onnx.helper.make_graph(
+        nodes, "many", [onnx.helper.make_tensor_value_info("v0", onnx.TensorProto.FLOAT, [2, 8])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 4])],
+        [onnx.numpy_helper.from_array(RNG.standard_normal((8, 4)).astype(np.float32), "w")])
+    model = onnx.helper.make_model(graph, opset_imports=[
+        onnx.helper.make_opsetid("", 17), onnx.helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    source = open_onnx(model, {"v0": np.ones((2, 8), np.float32)})
+    x = torch.randn(2, 8)
+    with torch.no_grad():
+        first = source.module(x)
+    made = []
+    real = ort.InferenceSession
+    monkeypatch.setattr(ort, "InferenceSession", lambda *a, **k: made.append(1) or real(*a, **k))
+    with torch.no_grad():
+        second = source.module(x)
+    assert not made and torch.equal(first, second)
+
+
+def test_an_opaque_node_reading_values_computed_from_another():
+    """Two contrib ops, directly chained and with an ``Add`` between: onnx's shape inference
+    types none of the values after the first; the types ONNX Runtime gave its outputs serve
+    the next ones, so every node runs opaque instead of the file being refused."""
+    h = onnx.helper.make_node
+    nodes = [h("Gelu", ["x"], ["a"], name="g1", domain="com.microsoft"),
+             h("Gelu", ["a"], ["b"], name="g2", domain="com.microsoft"),
+             h("Add", ["b", "bias"], ["c"], name="add"),
+             h("Gelu", ["c"], ["d"], name="g3", domain="com.microsoft"),
+             h("MatMul", ["d", "w"], ["y"], name="fc")]
+    graph = onnx.helper.make_graph(
+        nodes, "chain", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 8])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 4])],
+        [onnx.numpy_helper.from_array(RNG.standard_normal(s).astype(np.float32), n)
+         for n, s in (("bias", (8,)), ("w", (8, 4)))])
+    model = onnx.helper.make_model(graph, opset_imports=[
+        onnx.helper.make_opsetid("", 17), onnx.helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    x = RNG.standard_normal((2, 8)).astype(np.float32)
+    source = open_onnx(model, {"x": x})
+    assert len([m for m in source.module.modules() if isinstance(m, OpaqueModule)]) == 3
+    with torch.no_grad():
+        got = source.module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, _run(model, {"x": x})[0], rtol=1e-5, atol=1e-6)
