@@ -216,6 +216,7 @@ def make_opaque(work: "onnx.ModelProto", nodes: list, reasons: dict[str, str]) -
         notes.append(f"ONNX node {node.name or node.output[0]!r} ({_op_label(node)}) kept "
                      f"opaque: ONNX Runtime runs it, the channels it reads and writes are not "
                      f"pruned")
+    _declare(work, _propagated(work, types))
     kept = [replaced.get(id(n), n) for n in work.graph.node]
     del work.graph.node[:]
     work.graph.node.extend(kept)
@@ -252,18 +253,25 @@ def _propagated(work: "onnx.ModelProto", types: dict[str, Any]) -> dict[str, Any
 
     probe = onnx.ModelProto()
     probe.CopyFrom(work)
-    declared = ({v.name for v in probe.graph.input} | {v.name for v in probe.graph.output}
-                | {t.name for t in probe.graph.initializer})
-    del probe.graph.value_info[:]
-    for name, ttype in types.items():
-        if name not in declared:
-            value = probe.graph.value_info.add(name=name)
-            value.type.tensor_type.CopyFrom(ttype)
+    _declare(probe, types)
     try:
         probe = infer_shapes(probe, data_prop=True)
     except Exception:  # then the node's own checks name what is missing
         return types
     return {**_value_types(probe), **types}
+
+
+def _declare(work: "onnx.ModelProto", types: dict[str, Any]) -> None:
+    """Write ``types`` into ``work``'s value_info, so that converters of the nodes after an
+    opaque one see their input shapes (a ``Resize`` decides at conversion whether torch
+    mirrors it; onnx's own inference stopped at the opaque node)."""
+    declared = ({v.name for v in work.graph.input} | {v.name for v in work.graph.output}
+                | {t.name for t in work.graph.initializer})
+    del work.graph.value_info[:]
+    for name, ttype in types.items():
+        if name not in declared:
+            value = work.graph.value_info.add(name=name)
+            value.type.tensor_type.CopyFrom(ttype)
 
 
 def _static(ttype: Any) -> list[int] | None:

@@ -387,3 +387,36 @@ def test_an_opaque_node_reading_values_computed_from_another():
     with torch.no_grad():
         got = source.module(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(got, _run(model, {"x": x})[0], rtol=1e-5, atol=1e-6)
+
+
+def test_a_cubic_resize_after_an_opaque_node_runs_opaque_too():
+    """onnx's shape inference stops at a contrib op, so the cubic ``Resize`` after it had no
+    input shape at conversion: its converter could not decide then, and the file was refused
+    at capture. The opaque node's output types reach the converters: the Resize runs opaque
+    as well, and the first conv still prunes."""
+    h = onnx.helper.make_node
+    nodes = [h("Conv", ["x", "w0"], ["c0"], name="conv0", pads=[1, 1, 1, 1]),
+             h("Relu", ["c0"], ["a"], name="act"),
+             h("Conv", ["a", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             h("Gelu", ["c1"], ["g"], name="special", domain="com.microsoft"),
+             h("Resize", ["g", "", "scales"], ["r"], name="resize", mode="cubic"),
+             h("Conv", ["r", "w2"], ["y"], name="conv2", pads=[1, 1, 1, 1])]
+    inits = [onnx.numpy_helper.from_array(RNG.standard_normal(s).astype(np.float32), n)
+             for n, s in (("w0", (8, 3, 3, 3)), ("w1", (4, 8, 3, 3)), ("w2", (2, 4, 3, 3)))]
+    inits.append(onnx.numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"))
+    graph = onnx.helper.make_graph(
+        nodes, "resize_after", [onnx.helper.make_tensor_value_info(
+            "x", onnx.TensorProto.FLOAT, ["N", 3, 4, 4])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 2, 8, 8])], inits)
+    model = onnx.helper.make_model(graph, opset_imports=[
+        onnx.helper.make_opsetid("", 17), onnx.helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    x = RNG.standard_normal((2, 3, 4, 4)).astype(np.float32)
+    compiled = prunec.compile(model, {"x": x}, passes=[MagnitudePruning(0.5, round_to=1)],
+                              backend="onnxruntime")
+    assert "zeroed original" in compiled.artifact.verified
+    notes = " ".join(compiled.report.capture_notes)
+    assert "'special' (com.microsoft.Gelu) kept opaque" in notes
+    assert "'resize' (Resize) kept opaque" in notes
+    shapes = {t.name: list(t.dims) for t in compiled.artifact.model.graph.initializer}
+    assert shapes["w0"][0] < 8 and shapes["w1"] == [4, shapes["w0"][0], 3, 3]
