@@ -32,8 +32,9 @@ leaves the node as the file has it. Everything else in the file prunes as before
 
 A node is refused (:class:`~prunec.errors.UnsupportedOpError`, naming the op, its domain,
 opset and node) when ONNX Runtime cannot run it either, when an output's shape is not
-known from shape inference at the example shapes (its size then depends on the data, as
-``NonMaxSuppression``'s does), or when a value is not a tensor of a numeric type.
+known from shape inference at the example shapes (its size depends on the data, as
+``NonMaxSuppression``'s does, or neither onnx's nor ONNX Runtime's inference knows the op, as
+``com.microsoft.FusedMatMul``), or when a value is not a tensor of a numeric type.
 """
 from __future__ import annotations
 
@@ -401,7 +402,8 @@ def _spec(work: "onnx.ModelProto", node: Any, types: dict, inits: dict, opsets: 
             raise _refused(where, why, f"ONNX shape inference gives no static shape and "
                                        f"numeric type for its output {index} ({name!r}) at the "
                                        f"example inputs, nor does ONNX Runtime's (a size that "
-                                       f"depends on the data)")
+                                       f"depends on the data, or an op neither inference "
+                                       f"knows)")
         outputs.append([shape, dtype])
         types[name] = ttype  # for the opaque nodes after this one (make_opaque)
     return json.dumps({"model": encoded, "node": node.name or node.output[0],

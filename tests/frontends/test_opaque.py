@@ -420,3 +420,17 @@ def test_a_cubic_resize_after_an_opaque_node_runs_opaque_too():
     assert "'resize' (Resize) kept opaque" in notes
     shapes = {t.name: list(t.dims) for t in compiled.artifact.model.graph.initializer}
     assert shapes["w0"][0] < 8 and shapes["w1"] == [4, shapes["w0"][0], 3, 3]
+
+
+def test_an_op_no_shape_inference_knows_is_refused_saying_so():
+    """``com.microsoft.FusedMatMul``: ONNX Runtime runs it, but neither onnx's nor ONNX
+    Runtime's symbolic shape inference types its output; the message says that may be why,
+    not only that its size depends on the data."""
+    model = graphs.contrib_mlp("FusedMatMul")
+    node = next(n for n in model.graph.node if n.name == "special")
+    node.input.append("w2b")
+    model.graph.initializer.append(onnx.numpy_helper.from_array(
+        RNG.standard_normal((8, 8)).astype(np.float32), "w2b"))
+    with pytest.raises(UnsupportedOpError, match=r"'FusedMatMul' .* at node 'special' .*an op "
+                                                 r"neither inference knows"):
+        prunec.compile(model, {"x": np.ones((2, 8), np.float32)}, backend="onnxruntime")
