@@ -38,7 +38,7 @@ from prunec.ir.channels import ChannelGroup, analyze_channels
 from prunec.ir.program import Program
 from prunec.passes.base import PassContext, PassResult, PruningPass
 from prunec.passes.prune_magnitude import unit_norms
-from prunec.passes.sensitivity import OutputProbe
+from prunec.passes.sensitivity import OutputProbe, check_reiterable
 from prunec.rewrite.plan import PruningPlan
 
 __all__ = ["HeadPruning", "head_groups"]
@@ -97,6 +97,8 @@ class HeadPruning(PruningPass):
         self.targets = "heads"  # for the report: candidates are the attention groups
         self.uniform, self.min_heads = bool(uniform), min_heads
         self.calibration, self.mask, self.max_batches = calibration, mask, max_batches
+        if latency is not None:
+            check_reiterable(calibration, where)
 
     def __call__(self, program: Program, ctx: PassContext | None = None) -> PassResult:
         groups = head_groups(program)

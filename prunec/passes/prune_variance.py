@@ -46,7 +46,7 @@ from prunec.ir.calibration_checks import check_calibration
 from prunec.ir.channels import ChannelGroup, Slot
 from prunec.ir.program import Program
 from prunec.passes.base import PassContext, PruningPass
-from prunec.passes.sensitivity import OutputProbe
+from prunec.passes.sensitivity import OutputProbe, check_reiterable
 from prunec.rewrite.compensation import compensations_for, fold_axis
 from prunec.rewrite.plan import PruningPlan
 
@@ -201,6 +201,8 @@ class VarianceBasedPruning(PruningPass):
                          latency=latency)
         where = type(self).__name__
         self.calibration = check_calibration(calibration, where)
+        if latency is not None:
+            check_reiterable(calibration, where)
         if mask is not None and not isinstance(mask, str) and not callable(mask):
             raise InvalidArgumentError(f"{where}: mask must be None, a key of the items (e.g. "
                                        f"'attention_mask') or a callable item -> [B, N] mask, "

@@ -56,7 +56,8 @@ from prunec.progress import bar as progress_bar
 from prunec.rewrite import PruningPlan, apply_plan
 from prunec.validate import user_items
 
-__all__ = ["OutputProbe", "output_sensitivity", "probe_width", "relative_distortion"]
+__all__ = ["OutputProbe", "check_reiterable", "output_sensitivity", "probe_width",
+           "relative_distortion"]
 
 Realize = Callable[[dict[str, int]], PruningPlan]
 
@@ -115,6 +116,21 @@ def relative_distortion(reference: list[list[torch.Tensor]],
     if den == 0:
         return 0.0 if num == 0 else float("inf")
     return num / den
+
+
+def check_reiterable(calibration: Any, where: str) -> None:
+    """A latency target reads a pass's calibration data twice (its statistics, then the
+    output probe): a one-shot iterator (a generator, ``iter(list)``) would be empty the
+    second time.
+
+    Raises:
+        CalibrationError: ``calibration`` is its own iterator, naming ``where``.
+    """
+    if calibration is not None and iter(calibration) is calibration:
+        raise CalibrationError(
+            f"{where}: with a latency target the calibration data is read twice (statistics, "
+            f"then the output probe), but a one-shot iterator ({type(calibration).__name__}) "
+            f"is empty the second time; pass a list or a DataLoader.")
 
 
 class OutputProbe:

@@ -263,3 +263,17 @@ def test_the_probe_checks_its_calibration_items_before_running_them():
         OutputProbe(program, torch.randn(4, 2, 16))
     with pytest.raises(CalibrationError, match="calibration item 1"):
         OutputProbe(program, [(torch.randn(2, 16),), (torch.randn(2, 5),)])
+
+
+def test_a_one_shot_iterator_is_refused_with_a_latency_target():
+    """Statistics then the probe read the data twice: a generator is refused up front, by
+    name; a list is fine, and a ratio (one read) still takes a generator."""
+    from prunec.passes import HeadPruning
+
+    batches = [(torch.randn(8, 16),) for _ in range(2)]
+    with pytest.raises(CalibrationError, match="VarianceBasedPruning: .*one-shot iterator"):
+        VarianceBasedPruning(latency=0.8, calibration=(b for b in batches))
+    with pytest.raises(CalibrationError, match="HeadPruning: .*list or a DataLoader"):
+        HeadPruning(latency=0.8, criterion="activation", calibration=iter(batches))
+    VarianceBasedPruning(latency=0.8, calibration=batches)
+    VarianceBasedPruning(0.5, calibration=(b for b in batches))
