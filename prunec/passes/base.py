@@ -474,8 +474,14 @@ class PruningPass(PassBase):
             program, groups, scores, self.latency_target, steps,
             normalize=self.normalize_global, where=type(self).__name__, realize=realize,
             calibrate=calibrate if probe is not None else None,
-            judge=judge if probe is not None else None)
+            judge=judge if probe is not None else None,
+            floors={g.key: self.floor(g) for g in groups})
         return counts
+
+    def floor(self, group: ChannelGroup) -> int:
+        """The fewest units :meth:`settle` lets ``group`` keep; a latency target's knapsack
+        offers no fewer, so that it prices the plan the pass applies (default 0: none)."""
+        return 0
 
     def output_probe(self, program: Program) -> OutputProbe | None:
         """For a latency target: the program's outputs on the pass's calibration items, to

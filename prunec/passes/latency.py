@@ -250,8 +250,8 @@ def _record(program: Program, args: tuple, kwargs: dict, names: list[str]) -> di
 # ---------------------------------------------------------------------------- widths
 def width_counts(program: Program, groups: list[ChannelGroup], scores: dict[str, torch.Tensor],
                  target: LatencyTarget, steps: dict[str, int], *, normalize: bool,
-                 where: str, realize=None, calibrate=None,
-                 judge=None) -> tuple[dict[str, int], dict]:
+                 where: str, realize=None, calibrate=None, judge=None,
+                 floors: dict[str, int] | None = None) -> tuple[dict[str, int], dict]:
     """Kept unit count per group meeting ``target`` with the most importance kept.
 
     Args:
@@ -271,6 +271,8 @@ def width_counts(program: Program, groups: list[ChannelGroup], scores: dict[str,
         judge: Takes ``{group key: kept count}``, returns the plan's measured output
             distortion; with ``calibrate``, decides between the two sets' plans
             (:func:`closed_loop`).
+        floors: Per group key, the fewest units the pass lets it keep (options below are
+            not offered).
 
     Returns:
         ``{group key: kept count}`` and the statistics for the report (``latency``).
@@ -283,7 +285,9 @@ def width_counts(program: Program, groups: list[ChannelGroup], scores: dict[str,
     # Every allowed width is an option, priced between the measured ones by interpolation
     # (the closed loop times what is chosen): the knapsack is not limited to the few
     # widths measured, as a ratio plan is not.
-    widths = {g.key: tables.candidate_widths(g.size, steps[g.key], g.size) for g in groups}
+    floors = floors or {}
+    widths = {g.key: [w for w in tables.candidate_widths(g.size, steps[g.key], g.size)
+                      if w >= floors.get(g.key, 0) or w == g.size] for g in groups}
 
     def kept_values(scale) -> list[list[float]]:
         out = []

@@ -125,6 +125,10 @@ class HeadPruning(PruningPass):
     def candidates(self, analysis) -> list[ChannelGroup]:
         return [g for g in analysis.prunable() if "attention" in g.tags]
 
+    def floor(self, group: ChannelGroup) -> int:
+        """A layer keeps at least ``min_heads`` units (all it has when fewer)."""
+        return min(self.min_heads, group.size)
+
     def settle(self, plan: PruningPlan, groups: list[ChannelGroup],
                scores: dict[str, torch.Tensor]) -> PruningPlan:
         for g in groups:  # a layer never loses its last heads
