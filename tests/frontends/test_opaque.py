@@ -239,8 +239,8 @@ def test_an_if_whose_branches_read_the_main_graph():
 
 def test_a_new_export_of_the_stand_in_names_the_opaque_node():
     """Only the write-back into the file holds an opaque node: exporting the stand-in anew
-    (what timing a latency target does) is refused naming the node, not a converter
-    error."""
+    is refused naming the node, not a converter error (latency timing takes the write-back,
+    see below)."""
     from prunec.backends.onnx_backend import export_onnx
     from prunec.errors import PrunecError
 
