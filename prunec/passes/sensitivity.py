@@ -46,6 +46,7 @@ import itertools
 from typing import Any, Callable, Iterable
 
 import torch
+import torch.utils._pytree as pytree
 
 from prunec.errors import CalibrationError
 from prunec.ir.calibration import _checked_item, _resolve_mask
@@ -77,13 +78,8 @@ def probe_width(scores: torch.Tensor, widths: list[int]) -> tuple[int, float] | 
 
 def _outputs(value: Any) -> list[torch.Tensor]:
     """Every floating tensor in a program's output (tuples, lists, dicts, model outputs)."""
-    if isinstance(value, torch.Tensor):
-        return [value] if value.is_floating_point() else []
-    if isinstance(value, dict) or hasattr(value, "items"):
-        return [t for v in value.values() for t in _outputs(v)]
-    if isinstance(value, (tuple, list)):
-        return [t for v in value for t in _outputs(v)]
-    return []
+    return [t for t in pytree.tree_leaves(value)
+            if isinstance(t, torch.Tensor) and t.is_floating_point()]
 
 
 def _masked(t: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
@@ -107,12 +103,12 @@ def relative_distortion(reference: list[list[torch.Tensor]],
     """``sum ||y' - y||^2 / sum ||y - ybar||^2`` over items and outputs (float64); ``ybar``
     is each output's mean over all its items and elements. 0 when the reference is
     constant and the outputs equal it."""
-    num, den = 0.0, 0.0
-    for j in range(len(reference[0])):
+    num = 0.0
+    for j in range(len(reference[0]) if reference else 0):
         ref = torch.cat([item[j].double().flatten() for item in reference])
         out = torch.cat([item[j].double().flatten() for item in outputs])
         num += float(((out - ref) ** 2).sum())
-        den += float(((ref - ref.mean()) ** 2).sum())
+    den = _spread(reference)
     if den == 0:
         return 0.0 if num == 0 else float("inf")
     return num / den
@@ -156,10 +152,9 @@ class OutputProbe:
                  items: int = 4):
         # A pass may read its data only here (HeadPruning by magnitude): check it as
         # calibration is checked everywhere else, before running anything.
-        if not (hasattr(calibration, "__len__") and len(calibration) == 0):
-            check_calibration(calibration, "the latency target's output probe")  # else below
+        check_calibration(calibration, "the latency target's output probe")
         batch = list(itertools.islice(user_items(calibration), items))
-        if not batch:
+        if not batch:  # an iterator without a length, found empty
             raise CalibrationError("the latency target's output probe needs calibration "
                                    "items; pass non-empty calibration data.")
         self.program = program

@@ -98,8 +98,10 @@ def test_sensitivity_is_the_closed_form_mean_replacement_error():
 
 def test_empty_calibration_is_a_clear_error():
     program = capture(Mlp().eval(), (torch.randn(2, 16),))
-    with pytest.raises(CalibrationError, match="calibration items"):
+    with pytest.raises(CalibrationError, match="output probe: calibration is empty"):
         OutputProbe(program, [])
+    with pytest.raises(CalibrationError, match="output probe needs calibration items"):
+        OutputProbe(program, iter([]))  # no length: found empty when read
 
 
 @pytest.fixture
