@@ -48,9 +48,8 @@ import torch
 import torch.fx as fx
 
 from prunec.backends import lower
-from prunec.backends.onnx_original import lower_original
+from prunec.backends.compiled import lower_program
 from prunec.errors import PlanError
-from prunec.frontends.onnx import onnx_source
 from prunec.ir.capture import capture
 from prunec.ir.channels import ChannelGroup, analyze_channels
 from prunec.ir.program import Program
@@ -412,11 +411,9 @@ def lower_for_timing(program: Program, spec: MeasureSpec) -> Callable[..., Any]:
         # Spinning workers of one session steal the cores of the next one timed after it:
         # timings interleave many sessions, so spinning is off unless asked for.
         options.setdefault("spinning", False)
-        if onnx_source(program) is not None:
-            # A program from the user's .onnx file: time the file they get back (the plan
-            # written into their graph, opaque nodes included), not a re-export.
-            return lower_original(program, "onnxruntime", **options)
-        return lower(program, "onnxruntime", **options)
+        # As compile lowers: a program from the user's .onnx file is timed as that file with
+        # the plan written back (opaque nodes included), not as a re-export.
+        return lower_program(program, "onnxruntime", options)
     if spec.backend == "inductor":
         # Inductor's C++ kernels take their OpenMP thread count when they are generated:
         # whatever compiles here (aot=True, check=True) compiles at the target's threads;
